@@ -1,0 +1,43 @@
+// The op schema of dropblock_cuda, registered once; each backend folder adds its kernels.
+//
+// DropBlock runs as two ops so that the data is read once and written once:
+//   drop_block_mask   draws the packed keep mask (1 bit per element, or per (sample, position)
+//                     when the channels share it) and the scale numel / (eps + kept); it touches
+//                     no data, only the input's shape, and is a pure function of `seed`;
+//   drop_block_apply  out = keep ? input * scale : 0, the single pass over the data. It is linear
+//                     in its input, so it is its own backward.
+#include <Python.h>
+
+#include <torch/library.h>
+
+namespace dropblock {
+#ifdef DROPBLOCK_WITH_CUDA
+int64_t compiled_cuda_version();
+#endif
+}  // namespace dropblock
+
+namespace {
+
+int64_t cuda_version() {
+#ifdef DROPBLOCK_WITH_CUDA
+  return dropblock::compiled_cuda_version();
+#else
+  return -1;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(dropblock_cuda, m) {
+  m.def("drop_block_mask(Tensor input, Tensor seed, float p, int[] block_size, float eps, bool shared_channels)"
+        " -> (Tensor mask, Tensor scale)");
+  m.def("drop_block_apply(Tensor input, Tensor mask, Tensor scale, bool shared_channels) -> Tensor");
+  m.def("drop_block_apply_(Tensor(a!) input, Tensor mask, Tensor scale, bool shared_channels) -> ()");
+  m.def("_cuda_version() -> int", &cuda_version);
+}
+
+// `import dropblock_cuda._C` loads this library, which runs the registrations above.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

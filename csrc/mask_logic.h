@@ -1,0 +1,266 @@
+#pragma once
+// The DropBlock mask law, written once for host and device.
+//
+// Everything that decides WHICH elements are dropped lives here, so the CPU kernels and the
+// CUDA kernels cannot drift apart: the mask is a pure function of (key, logical index).
+//
+// The law, for an input (N, C, *spatial) viewed as planes of D x H x W (1d/2d inputs pad the
+// leading spatial sizes with 1):
+//   * plane q is (n, c) for per-channel masks, n for shared masks;
+//   * b = min(block_size, size) per dimension; a seed may only sit at 0 <= i <= size - b;
+//   * the logical index of element (q, z, y, x) is g = q * D*H*W + (z*H + y)*W + x;
+//   * position g is a seed with probability T / 2^32, T = round(gamma * 2^32) capped at 2^32,
+//     decided by a 32-bit uniform u(g) < T whose top 8 bits come from stream 0 (byte g % 16 of
+//     Philox(counter = (g / 16, stream 0), key)) and whose low 24 bits come from stream 1
+//     (low 24 bits of word 0 of Philox(counter = (g, stream 1), key)). Stream 1 is only drawn
+//     when the top byte ties with T's, so most positions cost 1/16 of a Philox call;
+//   * a seed at (z, y, x) drops the block [z, z+bd) x [y, y+bh) x [x, x+bw);
+//   * the packed mask holds one KEEP bit per logical element: bit g % 64 of 64-bit word g / 64.
+#include <cstdint>
+
+#include <c10/macros/Macros.h>
+
+namespace dropblock {
+
+constexpr int kMaxSpatialDims = 3;
+
+struct PhiloxKey {
+  uint32_t lo;
+  uint32_t hi;
+};
+
+C10_HOST_DEVICE inline PhiloxKey make_key(uint64_t seed) {
+  return {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
+}
+
+struct Philox4 {
+  uint32_t word[4];
+};
+
+// One round of Philox4x32 (Salmon et al., SC'11). Exposed so that batched host loops can
+// vectorise it while computing exactly what philox4x32_10 computes.
+C10_HOST_DEVICE inline void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0,
+                                         uint32_t k1) {
+#ifdef __CUDA_ARCH__
+  const uint32_t hi0 = __umulhi(0xD2511F53u, c0);
+  const uint32_t lo0 = 0xD2511F53u * c0;
+  const uint32_t hi1 = __umulhi(0xCD9E8D57u, c2);
+  const uint32_t lo1 = 0xCD9E8D57u * c2;
+#else
+  const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
+  const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+  const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32);
+  const uint32_t lo0 = static_cast<uint32_t>(p0);
+  const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32);
+  const uint32_t lo1 = static_cast<uint32_t>(p1);
+#endif
+  c0 = hi1 ^ c1 ^ k0;
+  c1 = lo1;
+  c2 = hi0 ^ c3 ^ k1;
+  c3 = lo0;
+}
+
+// Key schedule: the key used by round r (0-based).
+C10_HOST_DEVICE inline uint32_t philox_round_key_lo(PhiloxKey key, int round) {
+  return key.lo + 0x9E3779B9u * static_cast<uint32_t>(round);
+}
+C10_HOST_DEVICE inline uint32_t philox_round_key_hi(PhiloxKey key, int round) {
+  return key.hi + 0xBB67AE85u * static_cast<uint32_t>(round);
+}
+
+// Philox4x32-10 in stateless form: any element's random bits can be produced by any thread,
+// in any order, on any device. Counter words: (counter_lo, counter_hi) as 2 x 64 bits.
+C10_HOST_DEVICE inline Philox4 philox4x32_10(uint64_t counter_lo, uint64_t counter_hi, PhiloxKey key) {
+  uint32_t c0 = static_cast<uint32_t>(counter_lo);
+  uint32_t c1 = static_cast<uint32_t>(counter_lo >> 32);
+  uint32_t c2 = static_cast<uint32_t>(counter_hi);
+  uint32_t c3 = static_cast<uint32_t>(counter_hi >> 32);
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    philox_round(c0, c1, c2, c3, philox_round_key_lo(key, round), philox_round_key_hi(key, round));
+  }
+  return {{c0, c1, c2, c3}};
+}
+
+// Seed probability T / 2^32 split at the byte drawn first: `top` is T >> 24 (0..256, where 256
+// means every valid position is a seed) and `low` is T's low 24 bits.
+struct SeedThreshold {
+  uint32_t top;
+  uint32_t low;
+};
+
+C10_HOST_DEVICE inline bool never_seeds(SeedThreshold t) {
+  return t.top == 0 && t.low == 0;
+}
+
+C10_HOST_DEVICE inline uint32_t tie_break_bits(uint64_t g, PhiloxKey key) {
+  return philox4x32_10(g, /*stream=*/1, key).word[0] & 0xFFFFFFu;
+}
+
+C10_HOST_DEVICE inline bool seed_from_top_byte(uint32_t byte, uint64_t g, PhiloxKey key, SeedThreshold t) {
+  if (byte != t.top) {
+    return byte < t.top;
+  }
+  return tie_break_bits(g, key) < t.low;
+}
+
+// True when some byte of `word` is <= top (valid for top <= 127): lets the common case of a
+// small gamma skip four positions with a handful of integer operations.
+C10_HOST_DEVICE inline bool may_hold_seed(uint32_t word, uint32_t top) {
+  const uint32_t bound = top + 1;
+  return ((word - 0x01010101u * bound) & ~word & 0x80808080u) != 0;
+}
+
+// Seed bits of the 16 logical indices 16*k .. 16*k+15 (bit j <-> index 16*k + j) from the
+// stream-0 draw `r` of group k, before any validity test: callers keep only the bits of
+// positions where a block fits.
+C10_HOST_DEVICE inline uint32_t seed_bits_from_draw(const Philox4& r, uint64_t k, PhiloxKey key, SeedThreshold t) {
+  uint32_t bits = 0;
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    const uint32_t word = r.word[w];
+    if (t.top <= 127 && !may_hold_seed(word, t.top)) {
+      continue;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t byte = (word >> (8 * j)) & 0xFFu;
+      const int lane = 4 * w + j;
+      if (seed_from_top_byte(byte, 16 * k + lane, key, t)) {
+        bits |= 1u << lane;
+      }
+    }
+  }
+  return bits;
+}
+
+C10_HOST_DEVICE inline uint32_t seed_bits_of_group(uint64_t k, PhiloxKey key, SeedThreshold t) {
+  return seed_bits_from_draw(philox4x32_10(k, /*stream=*/0, key), k, key, t);
+}
+
+// Geometry of the mask: planes of D x H x W with clamped block sizes.
+struct MaskGeometry {
+  int64_t planes;
+  int64_t size[kMaxSpatialDims];   // D, H, W
+  int64_t block[kMaxSpatialDims];  // bd, bh, bw, each in [1, size]
+  C10_HOST_DEVICE int64_t plane_numel() const {
+    return size[0] * size[1] * size[2];
+  }
+  // Number of positions along dimension d where a block fits.
+  C10_HOST_DEVICE int64_t seed_extent(int d) const {
+    return size[d] - block[d] + 1;
+  }
+};
+
+// ---- bit lines: a line is an array of 64-bit words, bit i of the line <-> position i ----
+
+C10_HOST_DEVICE inline uint64_t low_bits(int64_t n) {
+  return n >= 64 ? ~uint64_t(0) : ((uint64_t(1) << n) - 1);
+}
+
+// 64 bits of `line` starting at bit `offset`; bits past `nwords` read as zero.
+C10_HOST_DEVICE inline uint64_t read_bits64(const uint64_t* line, int64_t nwords, int64_t offset) {
+  const int64_t w = offset >> 6;
+  const int shift = static_cast<int>(offset & 63);
+  const uint64_t first = w < nwords ? line[w] : 0;
+  if (shift == 0) {
+    return first;
+  }
+  const uint64_t second = w + 1 < nwords ? line[w + 1] : 0;
+  return (first >> shift) | (second << (64 - shift));
+}
+
+// line |= line << shift, in place, across words (towards higher positions).
+C10_HOST_DEVICE inline void or_shifted_up(uint64_t* line, int64_t nwords, int64_t shift) {
+  const int64_t word_shift = shift >> 6;
+  const int bit_shift = static_cast<int>(shift & 63);
+  for (int64_t w = nwords - 1; w >= word_shift; --w) {
+    const int64_t src = w - word_shift;
+    uint64_t v = line[src] << bit_shift;
+    if (bit_shift != 0 && src > 0) {
+      v |= line[src - 1] >> (64 - bit_shift);
+    }
+    line[w] |= v;
+  }
+}
+
+// Block expansion along a line: position i ends up set when any seed sits in [i - b + 1, i].
+// Doubling the covered width keeps it at O(log b) passes.
+C10_HOST_DEVICE inline void expand_line(uint64_t* line, int64_t nwords, int64_t b) {
+  int64_t covered = 1;
+  while (covered < b) {
+    const int64_t step = covered < b - covered ? covered : b - covered;
+    or_shifted_up(line, nwords, step);
+    covered += step;
+  }
+}
+
+C10_HOST_DEVICE inline void atomic_or_word(uint64_t* word, uint64_t bits) {
+#ifdef __CUDA_ARCH__
+  atomicOr(reinterpret_cast<unsigned long long*>(word), static_cast<unsigned long long>(bits));
+#else
+  __atomic_fetch_or(word, bits, __ATOMIC_RELAXED);
+#endif
+}
+
+C10_HOST_DEVICE inline void atomic_and_word(uint64_t* word, uint64_t bits) {
+#ifdef __CUDA_ARCH__
+  atomicAnd(reinterpret_cast<unsigned long long*>(word), static_cast<unsigned long long>(bits));
+#else
+  __atomic_fetch_and(word, bits, __ATOMIC_RELAXED);
+#endif
+}
+
+// Writes into the packed mask (zero-initialised). Words strictly inside (shared_lo, shared_hi)
+// belong to the caller alone; the edge words may be shared with another worker, which only
+// ever touches its own bits there, and are updated atomically.
+struct PackedWriter {
+  uint64_t* words;
+  int64_t shared_lo;
+  int64_t shared_hi;
+
+  C10_HOST_DEVICE bool is_shared(int64_t w) const {
+    return w <= shared_lo || w >= shared_hi;
+  }
+  C10_HOST_DEVICE void set_word_bits(int64_t w, uint64_t bits) const {
+    if (is_shared(w)) {
+      atomic_or_word(words + w, bits);
+    } else {
+      words[w] |= bits;
+    }
+  }
+  C10_HOST_DEVICE void clear_word_bits(int64_t w, uint64_t bits) const {
+    if (bits == 0) {
+      return;
+    }
+    if (is_shared(w)) {
+      atomic_and_word(words + w, ~bits);
+    } else {
+      words[w] &= ~bits;
+    }
+  }
+  // Sets every bit in [first, last).
+  C10_HOST_DEVICE void set_range(int64_t first, int64_t last) const {
+    for (int64_t w = first >> 6; w <= (last - 1) >> 6 && first < last; ++w) {
+      const int64_t lo = w * 64 > first ? w * 64 : first;
+      const int64_t hi = w * 64 + 64 < last ? w * 64 + 64 : last;
+      set_word_bits(w, low_bits(hi - lo) << (lo - w * 64));
+    }
+  }
+  // Clears the set bits of `bits` (n <= 64 of them) at bit offset `dst_offset`.
+  C10_HOST_DEVICE void clear_bits(int64_t dst_offset, uint64_t bits, int64_t n) const {
+    bits &= low_bits(n);
+    const int64_t w = dst_offset >> 6;
+    const int shift = static_cast<int>(dst_offset & 63);
+    clear_word_bits(w, bits << shift);
+    if (shift != 0 && shift + n > 64) {
+      clear_word_bits(w + 1, bits >> (64 - shift));
+    }
+  }
+};
+
+C10_HOST_DEVICE inline bool keep_bit(const uint64_t* mask, int64_t index) {
+  return (mask[index >> 6] >> (index & 63)) & 1u;
+}
+
+}  // namespace dropblock

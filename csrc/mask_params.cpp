@@ -1,0 +1,90 @@
+#include "mask_params.h"
+
+#include <cmath>
+
+#include <c10/util/Exception.h>
+
+namespace dropblock {
+
+int64_t mask_planes(const at::Tensor& input, bool shared_channels) {
+  return shared_channels ? input.size(0) : input.size(0) * input.size(1);
+}
+
+MaskGeometry make_mask_geometry(const at::Tensor& input, c10::IntArrayRef block_size, bool shared_channels) {
+  const int64_t spatial_dims = input.dim() - 2;
+  TORCH_CHECK_VALUE(spatial_dims >= 1 && spatial_dims <= kMaxSpatialDims,
+                    "input: expected (N, C, *spatial) with 1 to 3 spatial dimensions, got ", input.dim(),
+                    " dimensions");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(block_size.size()) == spatial_dims,
+                    "block_size: expected one size per spatial dimension (", spatial_dims, "), got ",
+                    block_size.size());
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "input: expected a floating point tensor, got ", input.scalar_type());
+  MaskGeometry g{};
+  g.planes = mask_planes(input, shared_channels);
+  const int64_t pad = kMaxSpatialDims - spatial_dims;
+  for (int d = 0; d < kMaxSpatialDims; ++d) {
+    if (d < pad) {
+      g.size[d] = 1;
+      g.block[d] = 1;
+      continue;
+    }
+    const int64_t requested = block_size[d - pad];
+    TORCH_CHECK_VALUE(requested >= 1, "block_size: every size must be >= 1, got ", block_size);
+    g.size[d] = input.size(2 + d - pad);
+    g.block[d] = std::min(requested, std::max<int64_t>(g.size[d], 1));
+  }
+  return g;
+}
+
+double seed_probability(const MaskGeometry& g, double p) {
+  double ratio = p;
+  for (int d = 0; d < kMaxSpatialDims; ++d) {
+    if (g.size[d] == 0) {
+      return 0.0;
+    }
+    ratio *= static_cast<double>(g.size[d]) / (static_cast<double>(g.block[d]) * g.seed_extent(d));
+  }
+  return std::min(ratio, 1.0);
+}
+
+SeedThreshold make_seed_threshold(double gamma) {
+  const double scaled = std::nearbyint(gamma * 4294967296.0);
+  const uint64_t t = scaled >= 4294967296.0 ? (uint64_t(1) << 32) : static_cast<uint64_t>(std::max(scaled, 0.0));
+  return {static_cast<uint32_t>(t >> 24), static_cast<uint32_t>(t & 0xFFFFFFu)};
+}
+
+int64_t packed_mask_bytes(const MaskGeometry& g) {
+  const int64_t bits = g.planes * g.plane_numel();
+  return (bits + 63) / 64 * 8;
+}
+
+void check_apply_args(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale, bool shared_channels) {
+  TORCH_CHECK_VALUE(input.dim() >= 3 && input.dim() <= 2 + kMaxSpatialDims,
+                    "input: expected (N, C, *spatial) with 1 to 3 spatial dimensions, got ", input.dim(),
+                    " dimensions");
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "input: expected a floating point tensor, got ", input.scalar_type());
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte, "mask: expected uint8, got ", mask.scalar_type());
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kDouble, "scale: expected float64, got ", scale.scalar_type());
+  TORCH_CHECK_VALUE(scale.numel() == 1, "scale: expected one element, got ", scale.numel());
+  TORCH_CHECK_VALUE(mask.dim() == 1 && mask.is_contiguous(), "mask: expected a contiguous 1-d tensor");
+  TORCH_CHECK_VALUE(mask.device() == input.device() && scale.device() == input.device(),
+                    "mask and scale must be on the input's device (", input.device(), ")");
+  int64_t spatial = 1;
+  for (int64_t d = 2; d < input.dim(); ++d) {
+    spatial *= input.size(d);
+  }
+  const int64_t bits = mask_planes(input, shared_channels) * spatial;
+  TORCH_CHECK_VALUE(mask.numel() == (bits + 63) / 64 * 8, "mask: expected ", (bits + 63) / 64 * 8,
+                    " bytes for an input of shape ", input.sizes(), ", got ", mask.numel());
+}
+
+double keep_scale(int64_t numel, int64_t kept, double eps) {
+  if (numel == 0) {
+    return 1.0;
+  }
+  return static_cast<double>(numel) / (eps + static_cast<double>(kept));
+}
+
+}  // namespace dropblock

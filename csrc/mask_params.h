@@ -1,0 +1,31 @@
+#pragma once
+// Host-side set-up shared by every backend: argument checks, the mask geometry, the seed
+// probability (eq. 1 of the paper, generalised) and the packed mask's size.
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include "mask_logic.h"
+
+namespace dropblock {
+
+// Checks the arguments of drop_block_mask and returns the geometry of its mask.
+MaskGeometry make_mask_geometry(const at::Tensor& input, c10::IntArrayRef block_size, bool shared_channels);
+
+// gamma = p * prod(S) / (prod(b) * prod(S - b + 1)), capped at 1.
+double seed_probability(const MaskGeometry& geometry, double p);
+
+SeedThreshold make_seed_threshold(double gamma);
+
+// Bytes of the packed keep mask: one bit per (plane, spatial position), whole 64-bit words.
+int64_t packed_mask_bytes(const MaskGeometry& geometry);
+
+// Mask planes implied by an input shape: N * C, or N when the mask is shared by the channels.
+int64_t mask_planes(const at::Tensor& input, bool shared_channels);
+
+// Checks drop_block_apply's arguments against each other (shape, dtype, device).
+void check_apply_args(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale, bool shared_channels);
+
+// scale = numel / (eps + kept), with the kept count over the whole tensor.
+double keep_scale(int64_t numel, int64_t kept, double eps);
+
+}  // namespace dropblock
