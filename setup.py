@@ -68,8 +68,8 @@ def extension():
     with_cuda, reason = should_build_cuda()
     if not with_cuda:
         print(f"dropblock_cuda: building the CPU ops only ({reason})", file=sys.stderr)
-        return CppExtension("dropblock_cuda._C", sources, extra_compile_args={"cxx": cxx_flags},
-                            extra_link_args=["-fopenmp"])
+        return CppExtension("dropblock_cuda._C", sources, define_macros=[("DROPBLOCK_PYTHON_MODULE", None)],
+                            extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
     print(f"dropblock_cuda: building the CPU and CUDA ops ({reason}; "
@@ -78,7 +78,7 @@ def extension():
     return CUDAExtension(
         "dropblock_cuda._C",
         sources,
-        define_macros=[("DROPBLOCK_WITH_CUDA", None)],
+        define_macros=[("DROPBLOCK_PYTHON_MODULE", None), ("DROPBLOCK_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
         extra_link_args=["-fopenmp"],
     )

@@ -6,9 +6,11 @@
 //                     no data, only the input's shape, and is a pure function of `seed`;
 //   drop_block_apply  out = keep ? input * scale : 0, the single pass over the data. It is linear
 //                     in its input, so it is its own backward.
-#include <Python.h>
-
 #include <torch/library.h>
+
+#ifdef DROPBLOCK_PYTHON_MODULE
+#include <Python.h>
+#endif
 
 namespace dropblock {
 #ifdef DROPBLOCK_WITH_CUDA
@@ -36,8 +38,11 @@ TORCH_LIBRARY(dropblock_cuda, m) {
   m.def("_cuda_version() -> int", &cuda_version);
 }
 
-// `import dropblock_cuda._C` loads this library, which runs the registrations above.
+#ifdef DROPBLOCK_PYTHON_MODULE
+// `import dropblock_cuda._C` loads this library, which runs the registrations above. Builds
+// without Python (CMake) are loaded with torch.ops.load_library or linked by C++ programs.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
+#endif

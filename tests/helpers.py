@@ -1,0 +1,26 @@
+import numpy as np
+import torch
+
+import dropblock_cuda  # noqa: F401
+from reference import keep_mask, unpack_mask
+
+ops = torch.ops.dropblock_cuda
+
+
+def mask_of(x, key, p, block_size, shared_channels=False, eps=1e-6):
+    """The op's keep mask as a bool array (planes, *spatial), and its scale."""
+    seed = torch.tensor(key, dtype=torch.int64, device=x.device)
+    mask, scale = ops.drop_block_mask(x, seed, p, list(block_size), eps, shared_channels)
+    planes = x.shape[0] if shared_channels else x.shape[0] * x.shape[1]
+    spatial = tuple(x.shape[2:])
+    bits = planes * int(np.prod(spatial))
+    return unpack_mask(mask.cpu().numpy(), bits).reshape((planes,) + spatial), scale.item()
+
+
+def reference_mask(shape, key, p, block_size, shared_channels=False):
+    return keep_mask(tuple(shape), tuple(block_size), p, key, shared_channels)
+
+
+def keep_of_output(x, y):
+    """Per-element keep flags recovered from an output of an input with no zeros."""
+    return y != 0

@@ -1,0 +1,309 @@
+"""The public API's contract: semantics, dtypes, layouts, autograd, saved state, op checks, errors."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dropblock_cuda
+from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
+from helpers import mask_of, ops
+
+FUNCTIONS = {1: drop_block1d, 2: drop_block2d, 3: drop_block3d}
+MODULES = {1: DropBlock1d, 2: DropBlock2d, 3: DropBlock3d}
+SHAPES = {1: (2, 3, 40), 2: (2, 3, 16, 18), 3: (2, 3, 6, 7, 8)}
+
+
+def positive(shape, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_not_training_or_p_zero_returns_the_input(dims):
+    x = positive(SHAPES[dims])
+    f = FUNCTIONS[dims]
+    assert f(x, 0.5, 3, training=False) is x
+    assert f(x, 0.0, 3) is x
+    module = MODULES[dims](0.5, 3).eval()
+    assert module(x) is x
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("shared", [False, True])
+def test_output_is_input_times_keep_times_global_scale(dims, shared):
+    x = positive(SHAPES[dims], torch.float64)
+    g = gen(3)
+    key = int(torch.empty((), dtype=torch.int64).random_(generator=gen(3)))
+    y = FUNCTIONS[dims](x, 0.4, 3, generator=g, shared_channels=shared)
+    keep, scale = mask_of(x, key, 0.4, (3,) * dims, shared)
+    keep_full = torch.from_numpy(keep)
+    if shared:
+        keep_full = keep_full.unsqueeze(1).expand(x.shape)
+    keep_full = keep_full.reshape(x.shape)
+    kept = int(keep_full.sum())
+    expected_scale = x.numel() / (1e-6 + kept)
+    assert scale == pytest.approx(expected_scale, rel=1e-15)
+    torch.testing.assert_close(y, torch.where(keep_full, x * expected_scale, 0.0), rtol=1e-15, atol=0)
+
+
+def test_everything_dropped_gives_zeros_not_nan():
+    x = positive((2, 3, 5, 5))
+    y = drop_block2d(x, 1.0, 5, eps=0.0)
+    assert torch.equal(y, torch.zeros_like(x))
+
+
+def test_dropped_elements_are_exactly_zero_whatever_the_input():
+    x = torch.full((1, 4, 8, 8), float("nan"))
+    x[0, 0] = float("inf")
+    y = drop_block2d(x, 0.5, 3, generator=gen(1))
+    dropped = torch.from_numpy(~mask_of(x, int(torch.empty((), dtype=torch.int64).random_(generator=gen(1))),
+                                        0.5, (3, 3))[0]).reshape(x.shape)
+    assert dropped.any()
+    assert (y[dropped] == 0).all()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_inplace_writes_into_the_input_and_returns_it(shared):
+    x = positive((2, 3, 16, 16))
+    expected = drop_block2d(x, 0.3, 4, generator=gen(5), shared_channels=shared)
+    y = drop_block2d(x, 0.3, 4, inplace=True, generator=gen(5), shared_channels=shared)
+    assert y is x
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+
+
+def test_inplace_under_autograd_matches_out_of_place():
+    base = positive((2, 3, 12, 12)).requires_grad_()
+    x = base * 1.0
+    y = drop_block2d(x, 0.3, 3, inplace=True, generator=gen(8))
+    assert y is x
+    y.sum().backward()
+    ref_base = base.detach().clone().requires_grad_()
+    ref = drop_block2d(ref_base, 0.3, 3, generator=gen(8))
+    ref.sum().backward()
+    torch.testing.assert_close(base.grad, ref_base.grad, rtol=0, atol=0)
+
+
+def test_inplace_on_a_leaf_that_requires_grad_is_refused():
+    x = positive((1, 2, 8, 8)).requires_grad_()
+    with pytest.raises(RuntimeError, match="leaf"):
+        drop_block2d(x, 0.3, 3, inplace=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_dtypes_compute_in_opmath_with_the_same_mask(dtype):
+    x = positive((2, 4, 20, 20), dtype)
+    y = drop_block2d(x, 0.25, 5, generator=gen(2))
+    y64 = drop_block2d(x.double(), 0.25, 5, generator=gen(2))
+    assert y.dtype == dtype
+    keep = y64 != 0
+    assert torch.equal(y != 0, keep)
+    # float32 arithmetic for the reduced types and float32, float64 for float64, as torch does.
+    opmath = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = (y64[keep] / x.double()[keep])[0].to(opmath)
+    expected = torch.where(keep, (x.to(opmath) * scale).to(dtype), torch.zeros((), dtype=dtype))
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
+def test_half_precision_scale_survives_many_kept_elements():
+    # torchvision sums an fp16 mask in fp16 and returns zeros past ~65k kept elements.
+    x = torch.ones(4, 16, 64, 64, dtype=torch.float16)
+    y = drop_block2d(x, 0.1, 7, generator=gen(0))
+    kept = int((y != 0).sum())
+    assert kept > 65536
+    expected = x.numel() / (1e-6 + kept)
+    torch.testing.assert_close(y[y != 0].float(), torch.full((kept,), expected), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x.contiguous(memory_format=torch.channels_last),
+    lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),
+    lambda x: torch.stack([x, -x], dim=-1)[..., 0],
+    lambda x: x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3),
+])
+@pytest.mark.parametrize("shared", [False, True])
+def test_layout_does_not_change_the_result(make, shared):
+    x = positive((2, 3, 14, 15))
+    expected = drop_block2d(x, 0.3, 4, generator=gen(4), shared_channels=shared)
+    strided = make(x)
+    assert torch.equal(strided, x)
+    y = drop_block2d(strided, 0.3, 4, generator=gen(4), shared_channels=shared)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    inplace = make(x)
+    drop_block2d(inplace, 0.3, 4, inplace=True, generator=gen(4), shared_channels=shared)
+    torch.testing.assert_close(inplace, expected, rtol=0, atol=0)
+
+
+def test_output_keeps_the_memory_format():
+    x = positive((2, 3, 8, 8)).contiguous(memory_format=torch.channels_last)
+    assert drop_block2d(x, 0.3, 3).is_contiguous(memory_format=torch.channels_last)
+    x3 = positive((2, 3, 4, 5, 6)).contiguous(memory_format=torch.channels_last_3d)
+    assert drop_block3d(x3, 0.3, 2).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 5, 5), (2, 0, 5, 5), (2, 3, 0, 5), (2, 3, 5, 0)])
+@pytest.mark.parametrize("shared", [False, True])
+def test_zero_size_tensors(shape, shared):
+    x = torch.empty(shape, requires_grad=True)
+    y = drop_block2d(x, 0.5, 3, shared_channels=shared)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_manual_seed_reproduces_and_calls_draw_fresh_masks():
+    x = positive((2, 4, 16, 16))
+    torch.manual_seed(123)
+    a = drop_block2d(x, 0.3, 3)
+    b = drop_block2d(x, 0.3, 3)
+    torch.manual_seed(123)
+    a2 = drop_block2d(x, 0.3, 3)
+    assert torch.equal(a, a2)
+    assert not torch.equal(a, b)
+    assert torch.equal(drop_block2d(x, 0.3, 3, generator=gen(9)), drop_block2d(x, 0.3, 3, generator=gen(9)))
+
+
+def test_generator_leaves_the_default_generator_alone():
+    x = positive((1, 2, 8, 8))
+    state = torch.get_rng_state()
+    drop_block2d(x, 0.3, 3, generator=gen(1))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("shared", [False, True])
+def test_gradcheck_with_a_fixed_generator(dims, shared):
+    x = positive((2, 2) + SHAPES[dims][2:], torch.float64).requires_grad_()
+
+    def f(inp):
+        return FUNCTIONS[dims](inp, 0.3, 2, generator=gen(6), shared_channels=shared)
+
+    assert torch.autograd.gradcheck(f, (x,))
+    assert torch.autograd.gradgradcheck(f, (x,))
+
+
+def test_gradient_uses_the_forward_mask():
+    x = positive((2, 3, 16, 16)).requires_grad_()
+    y = drop_block2d(x, 0.3, 5)
+    grad_out = torch.randn_like(y)
+    y.backward(grad_out)
+    factor = y.detach() / x.detach()  # keep * scale
+    torch.testing.assert_close(x.grad, grad_out * factor, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_saved_state_is_the_bit_packed_mask_and_the_scale(shared):
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    x = positive((4, 8, 28, 28)).requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = drop_block2d(x * 1.0, 0.2, 7, shared_channels=shared)
+    assert {t.dtype for t in saved} == {torch.uint8, torch.float64}
+    mask_bits = x.numel() // x.shape[1] if shared else x.numel()
+    total = sum(t.numel() * t.element_size() for t in saved)
+    assert total == (mask_bits + 63) // 64 * 8 + 8
+    assert total <= x.numel() / 8 + 16
+    y.sum().backward()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_opcheck(shared):
+    x = positive((2, 3, 9, 10)).requires_grad_()
+    seed = torch.tensor(17)
+    torch.library.opcheck(ops.drop_block_mask, (x, seed, 0.3, [3, 4], 1e-6, shared))
+    mask, scale = ops.drop_block_mask(x, seed, 0.3, [3, 4], 1e-6, shared)
+    torch.library.opcheck(ops.drop_block_apply, (x, mask, scale, shared))
+    torch.library.opcheck(ops.drop_block_apply_, (x.detach().clone(), mask, scale, shared))
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
+def test_bad_p_raises_value_error(p):
+    with pytest.raises(ValueError, match="p"):
+        drop_block2d(positive((1, 1, 4, 4)), p, 3)
+    with pytest.raises(ValueError, match="p"):
+        DropBlock2d(p, 3)
+
+
+@pytest.mark.parametrize("block_size", [0, -1, (3, 0), (3,), (3, 3, 3)])
+def test_bad_block_size_raises_value_error(block_size):
+    with pytest.raises(ValueError, match="block_size"):
+        drop_block2d(positive((1, 1, 4, 4)), 0.5, block_size)
+    with pytest.raises(ValueError, match="block_size"):
+        DropBlock2d(0.5, block_size)
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (4, 4)), (2, (1, 1, 1, 4, 4)), (1, (1, 1, 4, 4)), (3, (1, 4, 4))])
+def test_wrong_number_of_dimensions_raises_value_error(dims, shape):
+    with pytest.raises(ValueError, match="input"):
+        FUNCTIONS[dims](torch.ones(shape), 0.5, 3)
+
+
+def test_non_floating_input_raises_type_error():
+    with pytest.raises(TypeError, match="input"):
+        drop_block2d(torch.ones(1, 1, 4, 4, dtype=torch.int64), 0.5, 3)
+    with pytest.raises(TypeError, match="input"):
+        drop_block2d(np.ones((1, 1, 4, 4)), 0.5, 3)
+
+
+def test_bad_eps_and_types_raise():
+    x = positive((1, 1, 4, 4))
+    with pytest.raises(ValueError, match="eps"):
+        drop_block2d(x, 0.5, 3, eps=-1.0)
+    with pytest.raises(TypeError, match="p"):
+        drop_block2d(x, "0.5", 3)
+    with pytest.raises(TypeError, match="block_size"):
+        drop_block2d(x, 0.5, 2.5)
+    with pytest.raises(TypeError, match="generator"):
+        drop_block2d(x, 0.5, 3, generator=0)
+
+
+def test_raw_ops_check_their_arguments():
+    x = positive((2, 3, 8, 8))
+    seed = torch.tensor(1)
+    with pytest.raises(ValueError, match="block_size"):
+        ops.drop_block_mask(x, seed, 0.5, [3], 1e-6, False)
+    with pytest.raises(ValueError, match="p"):
+        ops.drop_block_mask(x, seed, 1.5, [3, 3], 1e-6, False)
+    mask, scale = ops.drop_block_mask(x, seed, 0.5, [3, 3], 1e-6, False)
+    with pytest.raises(ValueError, match="mask"):
+        ops.drop_block_apply(x[:1], mask, scale, False)
+    with pytest.raises(TypeError, match="mask"):
+        ops.drop_block_apply(x, mask.float(), scale, False)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_modules_hold_settings_only(dims):
+    module = MODULES[dims](0.2, 3, inplace=False, eps=1e-5, shared_channels=True)
+    assert (module.p, module.block_size, module.inplace, module.eps, module.shared_channels) == (0.2, 3, False, 1e-5, True)
+    assert list(module.parameters()) == [] and list(module.buffers()) == []
+    assert module.state_dict() == {}
+    text = repr(module)
+    for part in ("p=0.2", "block_size=3", "inplace=False", "eps=1e-05", "shared_channels=True"):
+        assert part in text
+    x = positive(SHAPES[dims])
+    module.p = 0.0  # a scheduler sets p between steps
+    assert module(x) is x
+    module.p = 0.5
+    assert not torch.equal(module(x), x)
+
+
+def test_module_in_a_model_trains():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), DropBlock2d(0.2, 3), nn.Conv2d(8, 2, 1))
+    x = torch.randn(4, 3, 12, 12)
+    loss = model(x).square().mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_cuda_version_is_none_or_an_int():
+    version = dropblock_cuda.cuda_version()
+    assert version is None or (isinstance(version, int) and version >= 10000)
