@@ -20,6 +20,13 @@
 
 #include <c10/macros/Macros.h>
 
+// Unrolling hints for nvcc; host compilers unroll these short loops on their own.
+#if defined(__CUDACC__)
+#define DROPBLOCK_UNROLL _Pragma("unroll")
+#else
+#define DROPBLOCK_UNROLL
+#endif
+
 namespace dropblock {
 
 constexpr int kMaxSpatialDims = 3;
@@ -75,7 +82,7 @@ C10_HOST_DEVICE inline Philox4 philox4x32_10(uint64_t counter_lo, uint64_t count
   uint32_t c1 = static_cast<uint32_t>(counter_lo >> 32);
   uint32_t c2 = static_cast<uint32_t>(counter_hi);
   uint32_t c3 = static_cast<uint32_t>(counter_hi >> 32);
-#pragma unroll
+DROPBLOCK_UNROLL
   for (int round = 0; round < 10; ++round) {
     philox_round(c0, c1, c2, c3, philox_round_key_lo(key, round), philox_round_key_hi(key, round));
   }
@@ -116,13 +123,13 @@ C10_HOST_DEVICE inline bool may_hold_seed(uint32_t word, uint32_t top) {
 // positions where a block fits.
 C10_HOST_DEVICE inline uint32_t seed_bits_from_draw(const Philox4& r, uint64_t k, PhiloxKey key, SeedThreshold t) {
   uint32_t bits = 0;
-#pragma unroll
+DROPBLOCK_UNROLL
   for (int w = 0; w < 4; ++w) {
     const uint32_t word = r.word[w];
     if (t.top <= 127 && !may_hold_seed(word, t.top)) {
       continue;
     }
-#pragma unroll
+DROPBLOCK_UNROLL
     for (int j = 0; j < 4; ++j) {
       const uint32_t byte = (word >> (8 * j)) & 0xFFu;
       const int lane = 4 * w + j;

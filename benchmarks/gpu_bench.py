@@ -1,0 +1,213 @@
+"""GPU timing of the DropBlock ops against a device-to-device copy (the bandwidth floor).
+
+    python benchmarks/gpu_bench.py [--out DIR] [--batch 128] [--quick]
+
+ResNet-50 stage shapes (256x56x56, 512x28x28, 1024x14x14, 2048x7x7) at batch 128, float32 and
+bfloat16, p=0.1, block 7, one mask per channel. For each: forward (drop_block2d: seed draw + mask
++ apply), the mask alone, backward (= drop_block_apply on a gradient), forward+backward through
+autograd, a device-to-device copy of the input, and torchvision.ops.drop_block2d when it is
+importable; the ratios to the copy; the bytes autograd saves per input element. CUDA events around
+batches of calls, median over repeats after warm-up, inputs rotated so that the working set
+exceeds the L2 cache. Writes gpu_bench.json and gpu_bench.md into --out; prints a summary last.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+SHAPES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+P, BLOCK, EPS = 0.1, 7, 1e-6
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="folder for the JSON / markdown")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=9, help="timed batches per measurement (median taken)")
+    parser.add_argument("--calls", type=int, default=5, help="calls per timed batch")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="batch 8 and fewer repeats (smoke test)")
+    parser.add_argument("--no-torchvision", action="store_true")
+    return parser.parse_args(argv)
+
+
+def time_op(fn, buffers, repeats, calls, warmup):
+    """Median milliseconds per call of fn(i), i rotating over `buffers` inputs."""
+    for i in range(warmup):
+        fn(i % buffers)
+    torch.cuda.synchronize()
+    samples = []
+    i = 0
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn(i % buffers)
+            i += 1
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / calls)
+    return statistics.median(samples)
+
+
+def saved_bytes_per_element(fn, x):
+    """Bytes of the tensors autograd saves for backward in fn(x), per element of x (x itself excluded)."""
+    seen = {}
+
+    def pack(t):
+        if t.data_ptr() != x.data_ptr() and t.numel() > 0:
+            seen[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
+        return t
+
+    x = x.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sum(seen.values()) / x.numel()
+
+
+def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes):
+    numel = math.prod(shape)
+    bytes_per_tensor = numel * torch.tensor([], dtype=dtype).element_size()
+    # Enough distinct inputs that one pass over them exceeds the L2 cache three times over.
+    buffers = max(2, math.ceil(3 * l2_bytes / bytes_per_tensor))
+    buffers = min(buffers, 8)
+    xs = [torch.randn(shape, device="cuda", dtype=dtype) for _ in range(buffers)]
+    outs = [torch.empty_like(x) for x in xs]
+    seed = torch.tensor(12345, device="cuda")
+    masks = [ops.drop_block_mask(x, seed, P, [BLOCK, BLOCK], EPS, False) for x in xs]
+    timing = dict(repeats=args.repeats, calls=args.calls, warmup=args.warmup)
+    result = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "numel": numel, "buffers": buffers}
+
+    result["copy_ms"] = time_op(lambda i: outs[i].copy_(xs[i]), buffers, **timing)
+    result["forward_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, **timing)
+    result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, P, [BLOCK, BLOCK], EPS, False), buffers,
+                                **timing)
+    result["backward_ms"] = time_op(lambda i: ops.drop_block_apply(xs[i], *masks[i], False), buffers, **timing)
+
+    grads = [torch.randn_like(x) for x in xs[:2]]
+    leaves = [x.detach().requires_grad_() for x in xs]
+
+    def ours_fwd_bwd(i):
+        y = drop_block2d(leaves[i], P, BLOCK)
+        torch.autograd.grad(y, leaves[i], grads[i % 2])
+
+    result["fwd_bwd_ms"] = time_op(ours_fwd_bwd, buffers, **timing)
+    result["saved_bytes_per_element"] = saved_bytes_per_element(lambda x: drop_block2d(x, P, BLOCK), xs[0])
+    if tv_drop_block2d is not None:
+        result["torchvision_forward_ms"] = time_op(lambda i: tv_drop_block2d(xs[i], P, BLOCK), buffers, **timing)
+
+        def tv_fwd_bwd(i):
+            y = tv_drop_block2d(leaves[i], P, BLOCK)
+            torch.autograd.grad(y, leaves[i], grads[i % 2])
+
+        result["torchvision_fwd_bwd_ms"] = time_op(tv_fwd_bwd, buffers, **timing)
+        result["torchvision_saved_bytes_per_element"] = saved_bytes_per_element(
+            lambda x: tv_drop_block2d(x, P, BLOCK), xs[0]
+        )
+    copy = result["copy_ms"]
+    for key in ("forward", "backward", "mask", "fwd_bwd", "torchvision_forward", "torchvision_fwd_bwd"):
+        if f"{key}_ms" in result:
+            result[f"{key}_over_copy"] = result[f"{key}_ms"] / copy
+    # Effective bandwidth of the copy: read + write.
+    result["copy_gbps"] = 2 * bytes_per_tensor / (copy * 1e-3) / 1e9
+    del xs, outs, masks, leaves, grads
+    torch.cuda.empty_cache()
+    return result
+
+
+def markdown(results, device_name):
+    lines = [
+        f"# DropBlock GPU benchmark ({device_name})",
+        "",
+        f"p={P}, block {BLOCK}, per-channel masks; times are medians in ms; ratios are over a device-to-device copy.",
+        "",
+        "| shape | dtype | copy | fwd | fwd/copy | mask | bwd | bwd/copy | fwd+bwd | tv fwd | tv fwd+bwd"
+        " | saved B/el | tv saved B/el |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(r, key, fmt="{:.3f}"):
+        return fmt.format(r[key]) if key in r else "-"
+
+    for r in results:
+        lines.append(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                "x".join(map(str, r["shape"])),
+                r["dtype"],
+                f(r, "copy_ms"),
+                f(r, "forward_ms"),
+                f(r, "forward_over_copy", "{:.2f}"),
+                f(r, "mask_ms"),
+                f(r, "backward_ms"),
+                f(r, "backward_over_copy", "{:.2f}"),
+                f(r, "fwd_bwd_ms"),
+                f(r, "torchvision_forward_ms"),
+                f(r, "torchvision_fwd_bwd_ms"),
+                f(r, "saved_bytes_per_element", "{:.3f}"),
+                f(r, "torchvision_saved_bytes_per_element", "{:.3f}"),
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.quick:
+        args.batch, args.repeats, args.calls, args.warmup = 8, 3, 2, 1
+    if not torch.cuda.is_available():
+        print("gpu_bench: no CUDA device", file=sys.stderr)
+        return 2
+    import dropblock_cuda
+    from dropblock_cuda import drop_block2d
+
+    ops = torch.ops.dropblock_cuda
+    tv_drop_block2d = None
+    if not args.no_torchvision:
+        try:
+            from torchvision.ops import drop_block2d as tv_drop_block2d
+        except Exception as exc:  # torchvision missing or built for another torch
+            print(f"gpu_bench: torchvision.ops.drop_block2d unavailable ({exc})", file=sys.stderr)
+    props = torch.cuda.get_device_properties(0)
+    l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
+    os.makedirs(args.out, exist_ok=True)
+    started = time.time()
+    results = []
+    for dtype_name, dtype in DTYPES.items():
+        for chw in SHAPES:
+            shape = (args.batch, *chw)
+            r = bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes)
+            results.append(r)
+            print(f"gpu_bench: {shape} {dtype_name}: copy {r['copy_ms']:.3f} ms, "
+                  f"forward {r['forward_ms']:.3f} ms ({r['forward_over_copy']:.2f}x), "
+                  f"backward {r['backward_ms']:.3f} ms ({r['backward_over_copy']:.2f}x)", flush=True)
+    meta = {
+        "device": props.name,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "extension_cuda": dropblock_cuda.cuda_version(),
+        "l2_bytes": l2_bytes,
+        "p": P,
+        "block_size": BLOCK,
+        "shared_channels": False,
+        "seconds": time.time() - started,
+        "args": vars(args),
+    }
+    with open(os.path.join(args.out, "gpu_bench.json"), "w") as fh:
+        json.dump({"meta": meta, "results": results}, fh, indent=2)
+    table = markdown(results, props.name)
+    with open(os.path.join(args.out, "gpu_bench.md"), "w") as fh:
+        fh.write(table)
+    print()
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

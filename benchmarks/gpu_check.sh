@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# One command for a GPU machine (torch preinstalled, no network):
+#
+#     bash benchmarks/gpu_check.sh [OUTDIR]
+#
+# builds the extension in place from source, then runs: the test suite (CUDA tests included),
+# the huge-tensor test, the benchmark, and compute-sanitizer memcheck and racecheck on a small
+# forward + backward. Every step logs into OUTDIR (default benchmarks/results/<gpu>-<time>); a
+# failing step does not stop the later ones; the exit status is the number of failed steps.
+# Each step is time-boxed, and the whole run stays under TOTAL_BUDGET_S (default 345 s).
+set -u
+
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-345}
+PYTHON=${PYTHON:-python}
+
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -c 'A-Za-z0-9\n' '_' | tr -d '\n')
+OUTDIR=${1:-benchmarks/results/${gpu_name:-gpu}-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUTDIR"
+SUMMARY="$OUTDIR/summary.txt"
+: >"$SUMMARY"
+failures=0
+
+# run NAME CAP_SECONDS COMMAND...: runs COMMAND with a timeout of min(CAP, time left), logging to
+# OUTDIR/NAME.log, and records PASS / FAIL / TIMEOUT / SKIP in the summary.
+run() {
+  local name=$1 cap=$2
+  shift 2
+  local left=$((TOTAL_BUDGET_S - ($(date +%s) - START)))
+  local limit=$((cap < left ? cap : left))
+  local log="$OUTDIR/$name.log"
+  if ((limit < 5)); then
+    echo "SKIP     $name (out of time)" | tee -a "$SUMMARY"
+    failures=$((failures + 1))
+    return
+  fi
+  echo "== $name (limit ${limit}s): $*"
+  local t0=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+  local rc=$?
+  local dt=$(($(date +%s) - t0))
+  local status=PASS
+  if ((rc == 124 || rc == 137)); then
+    status=TIMEOUT
+  elif ((rc != 0)); then
+    status="FAIL(rc=$rc)"
+  fi
+  [[ $status == PASS ]] || failures=$((failures + 1))
+  printf '%-8s %-14s %4ss  %s\n' "$status" "$name" "$dt" "$log" | tee -a "$SUMMARY"
+  tail -n 3 "$log" | sed 's/^/    /'
+}
+
+# The environment.
+{
+  echo "date: $(date -Is)"
+  echo "host: $(hostname)"
+  echo "git: $(git rev-parse HEAD 2>/dev/null) $(git status --short 2>/dev/null | wc -l) changed files"
+  nvidia-smi
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+  command -v nvcc && nvcc --version
+  $PYTHON -c "import torch, sys; print('python', sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())"
+} >"$OUTDIR/environment.log" 2>&1
+
+# 1. Build in place (the .so lands in dropblock_cuda/, so the tests import this checkout).
+export MAX_JOBS=${MAX_JOBS:-16}
+run build 150 $PYTHON -m pip install --no-build-isolation --no-deps -v -e .
+if ! grep -q '^PASS *build' "$SUMMARY"; then
+  # No pip / setuptools editable support: the plain setuptools in-place build.
+  run build_inplace 120 $PYTHON setup.py build_ext --inplace
+fi
+run import 30 $PYTHON -c "import dropblock_cuda, torch; v = dropblock_cuda.cuda_version(); print('cuda_version', v); assert v is not None and torch.cuda.is_available()"
+
+# 2. Tests: everything but the huge test, then the huge test (-m given last overrides addopts).
+run tests 90 $PYTHON -m pytest tests -x -q -m "not huge" -p no:cacheprovider
+run tests_huge 60 $PYTHON -m pytest tests -x -q -m huge -p no:cacheprovider -rs
+
+# 3. Benchmark (JSON + markdown into OUTDIR), before the sanitizers so that it gets its time.
+run bench 90 $PYTHON benchmarks/gpu_bench.py --out "$OUTDIR"
+
+# 4. compute-sanitizer on a small forward + backward; no caching allocator, so that memcheck
+#    sees every allocation's real bounds.
+SANITIZER=$(command -v compute-sanitizer || true)
+[[ -z $SANITIZER && -x /usr/local/cuda/bin/compute-sanitizer ]] && SANITIZER=/usr/local/cuda/bin/compute-sanitizer
+if [[ -n $SANITIZER ]]; then
+  run memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --error-exitcode 3 \
+    $PYTHON benchmarks/sanitizer_smoke.py
+  run racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 3 $PYTHON benchmarks/sanitizer_smoke.py
+else
+  echo "SKIP     memcheck/racecheck (compute-sanitizer not found)" | tee -a "$SUMMARY"
+fi
+
+echo
+echo "gpu_check: $failures failed step(s) in $(($(date +%s) - START))s; logs in $OUTDIR"
+cat "$SUMMARY"
+if [[ -f $OUTDIR/gpu_bench.md ]]; then
+  echo
+  cat "$OUTDIR/gpu_bench.md"
+fi
+exit $((failures > 125 ? 125 : failures))

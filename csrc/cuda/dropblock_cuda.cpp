@@ -1,0 +1,108 @@
+// CUDA backend of the DropBlock ops: argument checks and tensors here, kernels in
+// dropblock_kernels.cu. Nothing here waits for the device: the seed is read by the kernels and
+// the scale is written by them, so the ops can be captured in a CUDA graph.
+#include <ATen/MemoryOverlap.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../mask_params.h"
+#include "dropblock_kernels.h"
+
+namespace dropblock {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input, const at::Tensor& seed, double p,
+                                                        c10::IntArrayRef block_size, double eps,
+                                                        bool shared_channels) {
+  const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "p: drop probability has to be between 0 and 1, got ", p);
+  TORCH_CHECK_VALUE(eps >= 0.0, "eps: expected a non-negative number, got ", eps);
+  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device() == input.device(),
+                    "seed: expected one int64 element on the input's device");
+  const c10::cuda::CUDAGuard guard(input.device());
+  const SeedThreshold threshold = make_seed_threshold(seed_probability(g, p));
+
+  const int64_t bytes = packed_mask_bytes(g);
+  at::Tensor mask = at::empty({bytes}, input.options().dtype(at::kByte));
+  at::Tensor scale = at::empty({}, input.options().dtype(at::kDouble));
+  if (bytes == 0) {
+    scale.fill_(keep_scale(input.numel(), 0, eps));
+    return {mask, scale};
+  }
+  const int64_t words = bytes / 8;
+  at::Tensor scratch = at::empty({cuda::mask_count_scratch_elements(words)}, input.options().dtype(at::kLong));
+  const int64_t multiplier = shared_channels ? input.size(1) : 1;
+  cuda::launch_mask(g, threshold, seed.const_data_ptr<int64_t>(), reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>()),
+                    words, multiplier, input.numel(), eps, scale.data_ptr<double>(), scratch.data_ptr<int64_t>(),
+                    c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {mask, scale};
+}
+
+cuda::ScalarKind scalar_kind(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat:
+      return cuda::ScalarKind::kFloat;
+    case at::kDouble:
+      return cuda::ScalarKind::kDouble;
+    case at::kHalf:
+      return cuda::ScalarKind::kHalf;
+    case at::kBFloat16:
+      return cuda::ScalarKind::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, "drop_block_apply: unsupported dtype ", type, " on CUDA");
+  }
+}
+
+void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& mask, const at::Tensor& scale,
+                bool shared_channels) {
+  if (input.numel() == 0) {
+    return;
+  }
+  const cuda::ScalarKind kind = scalar_kind(input.scalar_type());
+  // The kernels read the mask as 64-bit words: a view at an odd offset is copied first.
+  const at::Tensor words = reinterpret_cast<uintptr_t>(mask.const_data_ptr()) % 8 == 0 ? mask : mask.clone();
+  const int dim = static_cast<int>(input.dim());
+  int64_t sizes[cuda::kMaxApplyDims], in_strides[cuda::kMaxApplyDims], out_strides[cuda::kMaxApplyDims];
+  for (int d = 0; d < dim; ++d) {
+    sizes[d] = input.size(d);
+    in_strides[d] = input.stride(d);
+    out_strides[d] = output.stride(d);
+  }
+  cuda::launch_apply(kind, input.const_data_ptr(), output.data_ptr(), dim, sizes, in_strides, out_strides,
+                     reinterpret_cast<const uint64_t*>(words.const_data_ptr()), scale.const_data_ptr<double>(),
+                     shared_channels, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor drop_block_apply_cuda(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale,
+                                 bool shared_channels) {
+  check_apply_args(input, mask, scale, shared_channels);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor output = at::empty_like(input);
+  apply_into(input, output, mask, scale, shared_channels);
+  return output;
+}
+
+void drop_block_apply_inplace_cuda(at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale,
+                                   bool shared_channels) {
+  check_apply_args(input, mask, scale, shared_channels);
+  at::assert_no_internal_overlap(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  apply_into(input, input, mask, scale, shared_channels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dropblock_cuda, CUDA, m) {
+  m.impl("drop_block_mask", &drop_block_mask_cuda);
+  m.impl("drop_block_apply", &drop_block_apply_cuda);
+  m.impl("drop_block_apply_", &drop_block_apply_inplace_cuda);
+}
+
+}  // namespace dropblock

@@ -1,0 +1,548 @@
+// CUDA kernels of the DropBlock ops. No ATen here (compile time, and the minimal toolkits that
+// lack cuBLAS headers): the glue in dropblock_cuda.cpp passes raw pointers and plain sizes.
+//
+// Mask (the same bits as the CPU kernel, by the law in mask_logic.h):
+//   1. the packed mask is set to all ones (cudaMemsetAsync);
+//   2. seed kernel: one thread per Philox group of 16 logical indices draws the group's seed
+//      bits (seed_bits_of_group), keeps the seeds where a block fits, widens them along x by
+//      bw - 1 positions (a valid seed's block never crosses its row's end, so this is a shift of
+//      the group's 16-bit pattern) and clears that pattern in the bd * bh rows the blocks cover,
+//      with 64-bit atomicAnd. Seeds are rare (gamma ~ p / b^d), so nearly all the work is one
+//      Philox call per 16 elements: the minimum the law allows;
+//   3. count kernel: popcount of every word (and zeroing of the bits past the last element),
+//      one partial sum per block; finalize kernel: one block sums them and writes the scale.
+// Nothing is read back to the host: the key and the scale stay in device memory, so the ops
+// are safe to capture in a CUDA graph.
+//
+// Apply: out = keep ? in * scale : 0 in the op math type, with 16-byte vector loads when input
+// and output are both contiguous, else one thread per element in the output's memory order.
+#include "dropblock_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <c10/macros/Macros.h>
+
+#include "../mask_logic.h"
+
+namespace dropblock {
+
+int64_t compiled_cuda_version() {
+  return CUDART_VERSION;
+}
+
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+constexpr int64_t kCountBlocks = 1024;
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+unsigned grid_for(int64_t work, int64_t per_block) {
+  const int64_t blocks = ceil_div(work, per_block);
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
+}
+
+// ------------------------------------------------------------------------------------------
+// Mask
+// ------------------------------------------------------------------------------------------
+
+struct SeedParams {
+  int64_t groups;      // Philox groups of the whole mask: ceil(total_bits / 16)
+  int64_t total_bits;  // planes * D * H * W
+  int64_t plane_numel;
+  int64_t D, H, W;
+  int64_t ext_z, ext_y, ext_x;  // positions where a block fits: size - block + 1
+  int64_t bd, bh, bw;
+  SeedThreshold threshold;
+};
+
+C10_HOST_DEVICE inline void clear_bits_atomic(uint64_t* mask, int64_t word, uint64_t bits) {
+  if (bits != 0) {
+    atomic_and_word(mask + word, ~bits);
+  }
+}
+
+// Clears bits [first, first + n) of the mask.
+C10_HOST_DEVICE inline void clear_range_atomic(uint64_t* mask, int64_t first, int64_t n) {
+  const int64_t last = first + n;
+  for (int64_t w = first >> 6; w <= (last - 1) >> 6; ++w) {
+    const int64_t lo = w * 64 > first ? w * 64 : first;
+    const int64_t hi = w * 64 + 64 < last ? w * 64 + 64 : last;
+    clear_bits_atomic(mask, w, low_bits(hi - lo) << (lo - w * 64));
+  }
+}
+
+C10_HOST_DEVICE inline int lowest_set_bit(uint32_t v) {
+#ifdef __CUDA_ARCH__
+  return __ffs(static_cast<int>(v)) - 1;
+#else
+  return __builtin_ctz(v);
+#endif
+}
+
+// The work of one Philox group k (logical indices 16k .. 16k + 15) on a mask of all ones:
+// clears the blocks of its seeds. Host-callable so that the tests of the kernel logic can run
+// without a GPU.
+C10_HOST_DEVICE inline void paint_seed_group(const SeedParams& p, PhiloxKey key, int64_t k, uint64_t* mask) {
+  uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, p.threshold);
+  if (bits == 0) {
+    return;
+  }
+  const int64_t g0 = 16 * k;
+  if (g0 + 16 > p.total_bits) {
+    bits &= (1u << (p.total_bits - g0)) - 1;
+  }
+  if (bits == 0) {
+    return;
+  }
+  // Keep the seeds where a whole block fits, walking (z, y, x) along the group's indices.
+  const int64_t q = g0 / p.plane_numel;
+  const int64_t r = g0 - q * p.plane_numel;
+  const int64_t line = r / p.W;
+  int64_t x = r - line * p.W;
+  int64_t z = line / p.H;
+  int64_t y = line - z * p.H;
+  uint32_t valid = 0;
+  for (int j = 0; j < 16 && (bits >> j) != 0; ++j) {
+    if (((bits >> j) & 1u) && x < p.ext_x && y < p.ext_y && z < p.ext_z) {
+      valid |= 1u << j;
+    }
+    if (++x == p.W) {
+      x = 0;
+      if (++y == p.H) {
+        y = 0;
+        if (++z == p.D) {
+          z = 0;
+        }
+      }
+    }
+  }
+  if (valid == 0) {
+    return;
+  }
+  // A seed at logical index g drops g + (dz * H + dy) * W + dx for dz < bd, dy < bh, dx < bw:
+  // the block stays inside its plane and rows, so the offsets are the same for every seed.
+  if (p.bw <= 49) {
+    uint64_t pattern = valid;  // bit i <-> logical index g0 + i, at most 16 + 48 bits
+    for (int64_t covered = 1; covered < p.bw;) {
+      const int64_t step = covered < p.bw - covered ? covered : p.bw - covered;
+      pattern |= pattern << step;
+      covered += step;
+    }
+    for (int64_t dz = 0; dz < p.bd; ++dz) {
+      for (int64_t dy = 0; dy < p.bh; ++dy) {
+        const int64_t pos = g0 + (dz * p.H + dy) * p.W;
+        const int shift = static_cast<int>(pos & 63);
+        clear_bits_atomic(mask, pos >> 6, pattern << shift);
+        if (shift != 0) {
+          clear_bits_atomic(mask, (pos >> 6) + 1, pattern >> (64 - shift));
+        }
+      }
+    }
+  } else {
+    for (uint32_t v = valid; v != 0; v &= v - 1) {
+      const int64_t g = g0 + lowest_set_bit(v);
+      for (int64_t dz = 0; dz < p.bd; ++dz) {
+        for (int64_t dy = 0; dy < p.bh; ++dy) {
+          clear_range_atomic(mask, g + (dz * p.H + dy) * p.W, p.bw);
+        }
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) seed_kernel(SeedParams p, const int64_t* __restrict__ seed,
+                                                        uint64_t* __restrict__ mask) {
+  const PhiloxKey key = make_key(static_cast<uint64_t>(*seed));
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < p.groups; k += stride) {
+    paint_seed_group(p, key, k, mask);
+  }
+}
+
+__device__ __forceinline__ int64_t block_sum(int64_t value) {
+  __shared__ int64_t warp_sums[kThreads / 32];
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    value += __shfl_down_sync(0xFFFFFFFFu, value, offset);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    warp_sums[warp] = value;
+  }
+  __syncthreads();
+  value = 0;
+  if (warp == 0) {
+    value = lane < kThreads / 32 ? warp_sums[lane] : 0;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      value += __shfl_down_sync(0xFFFFFFFFu, value, offset);
+    }
+  }
+  return value;  // valid in thread 0
+}
+
+// Popcount of the mask, one partial per block; clears the bits past the last element.
+__global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ mask, int64_t words,
+                                                         int64_t total_bits, int64_t* __restrict__ partials) {
+  int64_t sum = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < words; w += stride) {
+    uint64_t v = mask[w];
+    if (w == words - 1 && (total_bits & 63) != 0) {
+      v &= low_bits(total_bits & 63);
+      mask[w] = v;
+    }
+    sum += __popcll(v);
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = sum;
+  }
+}
+
+// scale = numel / (eps + kept), computed as keep_scale does on the host.
+__global__ void __launch_bounds__(kThreads) scale_kernel(const int64_t* __restrict__ partials, int parts,
+                                                         int64_t multiplier, int64_t numel, double eps,
+                                                         double* __restrict__ scale) {
+  int64_t sum = 0;
+  for (int i = threadIdx.x; i < parts; i += blockDim.x) {
+    sum += partials[i];
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    const int64_t kept = sum * multiplier;
+    *scale = numel == 0 ? 1.0 : static_cast<double>(numel) / (eps + static_cast<double>(kept));
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Apply
+// ------------------------------------------------------------------------------------------
+
+template <typename T>
+struct Math;
+template <>
+struct Math<float> {
+  using acc = float;
+  static __device__ __forceinline__ float to_acc(float v) { return v; }
+  static __device__ __forceinline__ float from_acc(float v) { return v; }
+};
+template <>
+struct Math<double> {
+  using acc = double;
+  static __device__ __forceinline__ double to_acc(double v) { return v; }
+  static __device__ __forceinline__ double from_acc(double v) { return v; }
+};
+template <>
+struct Math<__half> {
+  using acc = float;
+  static __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_acc(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Math<__nv_bfloat16> {
+  using acc = float;
+  static __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_acc(float v) { return __float2bfloat16_rn(v); }
+};
+
+template <typename T>
+__device__ __forceinline__ T apply_one(T v, bool keep, typename Math<T>::acc scale) {
+  using M = Math<T>;
+  return M::from_acc(keep ? M::to_acc(v) * scale : typename M::acc(0));
+}
+
+// Mask bit of element e of a contiguous tensor whose channels share the mask (CS = C * S).
+C10_HOST_DEVICE inline int64_t shared_mask_bit(int64_t e, int64_t S, int64_t CS) {
+  const int64_t sample = e / CS;
+  return sample * S + (e - sample * CS) % S;
+}
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+constexpr int kUnroll = 4;
+
+// Elements [0, n) of contiguous input and output, V per vector, kUnroll vectors per thread.
+// Mask bit of element e: e, or (e / (C * S)) * S + e % S when the channels share the mask
+// (then S % V == 0, so a vector's bits never straddle a plane or a word).
+template <typename T, int V, bool kShared>
+__global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const T* in, T* out, int64_t n,
+                                                                    const uint64_t* __restrict__ mask,
+                                                                    const double* __restrict__ scale_ptr,
+                                                                    int64_t S, int64_t CS) {
+  using acc_t = typename Math<T>::acc;
+  const acc_t scale = static_cast<acc_t>(*scale_ptr);
+  const int64_t vectors = n / V;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * (kThreads * kUnroll) + threadIdx.x;
+  Pack<T, V> data[kUnroll];
+  uint32_t keep[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t i = base + u * kThreads;
+    if (i < vectors) {
+      data[u] = reinterpret_cast<const Pack<T, V>*>(in)[i];
+      const int64_t bit = kShared ? shared_mask_bit(i * V, S, CS) : i * V;
+      keep[u] = static_cast<uint32_t>(mask[bit >> 6] >> (bit & 63));
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t i = base + u * kThreads;
+    if (i < vectors) {
+      Pack<T, V> result;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        result.v[j] = apply_one(data[u].v[j], (keep[u] >> j) & 1u, scale);
+      }
+      reinterpret_cast<Pack<T, V>*>(out)[i] = result;
+    }
+  }
+  // The last n % V elements, if any.
+  if (blockIdx.x == 0 && threadIdx.x < n - vectors * V) {
+    const int64_t e = vectors * V + threadIdx.x;
+    const int64_t bit = kShared ? shared_mask_bit(e, S, CS) : e;
+    out[e] = apply_one(in[e], keep_bit(mask, bit), scale);
+  }
+}
+
+// Any strides: one thread per element, visiting the dims in `order` (outermost first, the
+// output's memory order), so that writes (and reads of alike-strided inputs) coalesce.
+template <typename index_t>
+struct StridedParams {
+  int dims;
+  index_t size[kMaxApplyDims];  // in visiting order
+  index_t in_stride[kMaxApplyDims];
+  index_t out_stride[kMaxApplyDims];
+  index_t bit_stride[kMaxApplyDims];
+  int64_t numel;
+};
+
+// Offsets of element e (in visiting order) in the input, the output and the mask.
+template <typename index_t>
+C10_HOST_DEVICE inline void strided_offsets(const StridedParams<index_t>& p, int64_t e, index_t& in_offset,
+                                            index_t& out_offset, index_t& bit) {
+  index_t rest = static_cast<index_t>(e);
+  in_offset = 0;
+  out_offset = 0;
+  bit = 0;
+#pragma unroll
+  for (int d = kMaxApplyDims - 1; d >= 0; --d) {
+    if (d < p.dims) {
+      const index_t coordinate = rest % p.size[d];
+      rest /= p.size[d];
+      in_offset += coordinate * p.in_stride[d];
+      out_offset += coordinate * p.out_stride[d];
+      bit += coordinate * p.bit_stride[d];
+    }
+  }
+}
+
+template <typename T, typename index_t>
+__global__ void __launch_bounds__(kThreads) apply_strided_kernel(const T* in, T* out, StridedParams<index_t> p,
+                                                                 const uint64_t* __restrict__ mask,
+                                                                 const double* __restrict__ scale_ptr) {
+  using acc_t = typename Math<T>::acc;
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= p.numel) {
+    return;
+  }
+  const acc_t scale = static_cast<acc_t>(*scale_ptr);
+  index_t in_offset, out_offset, bit;
+  strided_offsets(p, e, in_offset, out_offset, bit);
+  out[out_offset] = apply_one(in[in_offset], keep_bit(mask, static_cast<int64_t>(bit)), scale);
+}
+
+bool is_row_major(int dim, const int64_t* sizes, const int64_t* strides) {
+  int64_t expected = 1;
+  for (int d = dim - 1; d >= 0; --d) {
+    if (sizes[d] != 1 && strides[d] != expected) {
+      return false;
+    }
+    expected *= sizes[d];
+  }
+  return true;
+}
+
+template <typename T, int V, bool kShared>
+void launch_contiguous(const T* in, T* out, int64_t numel, const uint64_t* mask, const double* scale, int64_t S,
+                       int64_t CS, cudaStream_t stream) {
+  const int64_t vectors = numel / V;
+  const int64_t blocks = vectors == 0 ? 1 : ceil_div(vectors, kThreads * kUnroll);
+  apply_contiguous_kernel<T, V, kShared>
+      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(in, out, numel, mask, scale, S, CS);
+}
+
+template <typename T, bool kShared>
+void launch_contiguous_widest(const T* in, T* out, int64_t numel, const uint64_t* mask, const double* scale,
+                              int64_t S, int64_t CS, cudaStream_t stream) {
+  constexpr int kWidest = 16 / sizeof(T);
+  const uintptr_t addresses = reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out);
+  auto fits = [&](int v) {
+    return addresses % (v * sizeof(T)) == 0 && (!kShared || S % v == 0);
+  };
+  if (kWidest >= 8 && fits(8)) {
+    launch_contiguous<T, (kWidest >= 8 ? 8 : 1), kShared>(in, out, numel, mask, scale, S, CS, stream);
+  } else if (kWidest >= 4 && fits(4)) {
+    launch_contiguous<T, (kWidest >= 4 ? 4 : 1), kShared>(in, out, numel, mask, scale, S, CS, stream);
+  } else if (fits(2)) {
+    launch_contiguous<T, 2, kShared>(in, out, numel, mask, scale, S, CS, stream);
+  } else {
+    launch_contiguous<T, 1, kShared>(in, out, numel, mask, scale, S, CS, stream);
+  }
+}
+
+// The strided kernel's parameters: dims visited by decreasing output stride (stable, so ties
+// keep the logical order); mask bits at the logical row-major index, channel stride 0 when shared.
+template <typename index_t>
+StridedParams<index_t> make_strided_params(int dim, const int64_t* sizes, const int64_t* in_strides,
+                                           const int64_t* out_strides, bool shared) {
+  int64_t bit_strides[kMaxApplyDims];
+  int64_t running = 1;
+  for (int d = dim - 1; d >= 0; --d) {
+    bit_strides[d] = running;
+    running *= sizes[d];
+  }
+  if (shared) {
+    bit_strides[0] = bit_strides[1];  // S
+    bit_strides[1] = 0;
+  }
+  int order[kMaxApplyDims];
+  for (int d = 0; d < dim; ++d) {
+    order[d] = d;
+  }
+  for (int i = 1; i < dim; ++i) {
+    for (int j = i; j > 0 && out_strides[order[j - 1]] < out_strides[order[j]]; --j) {
+      const int t = order[j];
+      order[j] = order[j - 1];
+      order[j - 1] = t;
+    }
+  }
+  StridedParams<index_t> p{};
+  p.dims = dim;
+  p.numel = running;
+  for (int d = 0; d < dim; ++d) {
+    p.size[d] = static_cast<index_t>(sizes[order[d]]);
+    p.in_stride[d] = static_cast<index_t>(in_strides[order[d]]);
+    p.out_stride[d] = static_cast<index_t>(out_strides[order[d]]);
+    p.bit_stride[d] = static_cast<index_t>(bit_strides[order[d]]);
+  }
+  return p;
+}
+
+// Whether every index of the strided kernel fits 32 bits (cheaper divisions).
+bool strided_fits_32bit(int dim, const int64_t* sizes, const int64_t* in_strides, const int64_t* out_strides) {
+  int64_t numel = 1, max_in = 0, max_out = 0;
+  for (int d = 0; d < dim; ++d) {
+    numel *= sizes[d];
+    max_in += (sizes[d] - 1) * in_strides[d];
+    max_out += (sizes[d] - 1) * out_strides[d];
+  }
+  const int64_t limit = int64_t(1) << 31;
+  return numel < limit && max_in < limit && max_out < limit;
+}
+
+template <typename index_t, typename T>
+void launch_strided(const T* in, T* out, int dim, const int64_t* sizes, const int64_t* in_strides,
+                    const int64_t* out_strides, bool shared, const uint64_t* mask, const double* scale,
+                    cudaStream_t stream) {
+  const StridedParams<index_t> p = make_strided_params<index_t>(dim, sizes, in_strides, out_strides, shared);
+  apply_strided_kernel<T, index_t><<<static_cast<unsigned>(ceil_div(p.numel, kThreads)), kThreads, 0, stream>>>(
+      in, out, p, mask, scale);
+}
+
+template <typename T>
+void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64_t* in_strides,
+                 const int64_t* out_strides, const uint64_t* mask, const double* scale, bool shared,
+                 cudaStream_t stream) {
+  int64_t numel = 1;
+  for (int d = 0; d < dim; ++d) {
+    numel *= sizes[d];
+  }
+  if (numel == 0) {
+    return;
+  }
+  const int64_t C = sizes[1];
+  const int64_t S = numel / (sizes[0] * C);
+  if (is_row_major(dim, sizes, in_strides) && is_row_major(dim, sizes, out_strides)) {
+    if (shared && C != 1) {
+      launch_contiguous_widest<T, true>(in, out, numel, mask, scale, S, C * S, stream);
+    } else {
+      launch_contiguous_widest<T, false>(in, out, numel, mask, scale, S, C * S, stream);
+    }
+  } else if (strided_fits_32bit(dim, sizes, in_strides, out_strides)) {
+    launch_strided<uint32_t>(in, out, dim, sizes, in_strides, out_strides, shared, mask, scale, stream);
+  } else {
+    launch_strided<uint64_t>(in, out, dim, sizes, in_strides, out_strides, shared, mask, scale, stream);
+  }
+}
+
+SeedParams make_seed_params(const MaskGeometry& g, SeedThreshold threshold) {
+  SeedParams p{};
+  p.total_bits = g.planes * g.plane_numel();
+  p.groups = ceil_div(p.total_bits, 16);
+  p.plane_numel = g.plane_numel();
+  p.D = g.size[0];
+  p.H = g.size[1];
+  p.W = g.size[2];
+  p.ext_z = g.seed_extent(0);
+  p.ext_y = g.seed_extent(1);
+  p.ext_x = g.seed_extent(2);
+  p.bd = g.block[0];
+  p.bh = g.block[1];
+  p.bw = g.block[2];
+  p.threshold = threshold;
+  return p;
+}
+
+}  // namespace
+
+int64_t mask_count_scratch_elements(int64_t mask_words) {
+  const int64_t blocks = ceil_div(mask_words, kThreads * 8);
+  return blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks);
+}
+
+void launch_mask(const MaskGeometry& g, SeedThreshold threshold, const int64_t* seed, uint64_t* mask,
+                 int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps, double* scale,
+                 int64_t* scratch, cudaStream_t stream) {
+  const SeedParams p = make_seed_params(g, threshold);
+  cudaMemsetAsync(mask, 0xFF, static_cast<size_t>(mask_words) * sizeof(uint64_t), stream);
+  if (!never_seeds(threshold) && p.total_bits > 0) {
+    seed_kernel<<<grid_for(p.groups, kThreads), kThreads, 0, stream>>>(p, seed, mask);
+  }
+  const int parts = static_cast<int>(mask_count_scratch_elements(mask_words));
+  count_kernel<<<parts, kThreads, 0, stream>>>(mask, mask_words, p.total_bits, scratch);
+  scale_kernel<<<1, kThreads, 0, stream>>>(scratch, parts, count_multiplier, numel, eps, scale);
+}
+
+void launch_apply(ScalarKind kind, const void* in, void* out, int dim, const int64_t* sizes,
+                  const int64_t* in_strides, const int64_t* out_strides, const uint64_t* mask, const double* scale,
+                  bool shared_channels, cudaStream_t stream) {
+  switch (kind) {
+    case ScalarKind::kFloat:
+      apply_typed(static_cast<const float*>(in), static_cast<float*>(out), dim, sizes, in_strides, out_strides,
+                  mask, scale, shared_channels, stream);
+      break;
+    case ScalarKind::kDouble:
+      apply_typed(static_cast<const double*>(in), static_cast<double*>(out), dim, sizes, in_strides, out_strides,
+                  mask, scale, shared_channels, stream);
+      break;
+    case ScalarKind::kHalf:
+      apply_typed(static_cast<const __half*>(in), static_cast<__half*>(out), dim, sizes, in_strides, out_strides,
+                  mask, scale, shared_channels, stream);
+      break;
+    case ScalarKind::kBFloat16:
+      apply_typed(static_cast<const __nv_bfloat16*>(in), static_cast<__nv_bfloat16*>(out), dim, sizes, in_strides,
+                  out_strides, mask, scale, shared_channels, stream);
+      break;
+  }
+}
+
+}  // namespace cuda
+}  // namespace dropblock

@@ -1,0 +1,38 @@
+#pragma once
+// Raw-pointer launchers of the DropBlock CUDA kernels. This header is shared by the ATen glue
+// (dropblock_cuda.cpp, host compiler) and the kernels (dropblock_kernels.cu, nvcc), so it holds
+// plain types only: no ATen, no c10 tensors. Every launcher enqueues on `stream` and never
+// synchronises with the host; the caller checks launch errors.
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "../mask_logic.h"
+
+namespace dropblock {
+namespace cuda {
+
+// Partial sums the count kernel writes, one int64 per block: the caller provides this scratch.
+int64_t mask_count_scratch_elements(int64_t mask_words);
+
+// Fills the packed KEEP mask (`mask_words` 64-bit words, bit-identical to the CPU kernel) for a
+// key read from device memory (`seed`: one int64), then writes the float64 scale
+// numel / (eps + kept) to `scale` (kept = popcount * `count_multiplier`; numel == 0 -> 1).
+// `scratch` holds mask_count_scratch_elements(mask_words) int64. Requires mask_words > 0.
+void launch_mask(const MaskGeometry& geometry, SeedThreshold threshold, const int64_t* seed, uint64_t* mask,
+                 int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps, double* scale,
+                 int64_t* scratch, cudaStream_t stream);
+
+enum class ScalarKind : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
+
+constexpr int kMaxApplyDims = 5;
+
+// out = keep ? in * scale : 0 (in the op math type: float for half / bfloat16) for an input of
+// `dim` (3 to 5) dimensions (N, C, *spatial) with element strides `in_strides` / `out_strides`.
+// `out` may alias `in` when the strides are equal (in place). `scale` is read on the device.
+void launch_apply(ScalarKind kind, const void* in, void* out, int dim, const int64_t* sizes,
+                  const int64_t* in_strides, const int64_t* out_strides, const uint64_t* mask, const double* scale,
+                  bool shared_channels, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace dropblock

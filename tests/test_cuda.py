@@ -1,0 +1,354 @@
+"""The CUDA kernels against the CPU kernels: the same mask bits, the same scale, the same outputs.
+
+Every test here needs a CUDA device and skips without one; nothing touches the GPU at import.
+The test marked `huge` allocates about 9 GiB of GPU memory (an input of more than 2**31 elements).
+"""
+
+import random
+
+import pytest
+import torch
+
+import dropblock_cuda
+from dropblock_cuda import drop_block1d, drop_block2d, drop_block3d
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+requires_two_gpus = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices"
+)
+
+ops = torch.ops.dropblock_cuda
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+EPS = 1e-6
+
+
+def cpu_and_cuda_masks(shape, block, p, seed, shared, device="cuda"):
+    """drop_block_mask on the CPU and on `device` for the same seed value: ((mask, scale), (mask, scale))."""
+    cpu = ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), p, list(block), EPS, shared)
+    x = torch.empty(shape, device=device)
+    gpu = ops.drop_block_mask(x, torch.tensor(seed, device=device), p, list(block), EPS, shared)
+    return cpu, gpu
+
+
+def assert_same_mask(cpu, gpu):
+    (mask_cpu, scale_cpu), (mask_gpu, scale_gpu) = cpu, gpu
+    assert mask_gpu.dtype == torch.uint8 and mask_gpu.shape == mask_cpu.shape
+    assert scale_gpu.dtype == torch.float64 and scale_gpu.dim() == 0
+    assert torch.equal(mask_gpu.cpu(), mask_cpu)
+    assert scale_gpu.item() == scale_cpu.item()
+
+
+MASK_CASES = [
+    # shape, block, p
+    ((2, 3, 56, 56), (7, 7), 0.1),
+    ((4, 8, 28, 28), (7, 7), 0.3),
+    ((2, 5, 14, 14), (7, 7), 0.9),
+    ((3, 4, 7, 7), (7, 7), 0.5),  # block == map: one seed position
+    ((3, 4, 5, 9), (7, 3), 0.5),  # block clamped in one dimension
+    ((2, 3, 17, 33), (3, 5), 0.2),  # planes not a multiple of 16 or 64
+    ((2, 3, 13, 1), (5, 1), 0.4),
+    ((2, 3, 1, 13), (1, 5), 0.4),
+    ((1, 1, 64, 64), (1, 1), 0.5),  # b = 1: dropout
+    ((2, 3, 40, 40), (7, 7), 1.0),
+    ((2, 3, 40, 40), (3, 3), 1.0),  # gamma capped at 1
+    ((2, 3, 33, 33), (5, 5), 0.0),
+    ((2, 3, 1000), (7,), 0.1),
+    ((2, 3, 3001), (60,), 0.3),  # block wider than 49
+    ((2, 2, 5, 300), (3, 100), 0.5),
+    ((2, 3, 9, 10, 11), (3, 3, 3), 0.2),
+    ((2, 2, 20, 20, 20), (5, 5, 5), 0.4),
+    ((1, 2, 7, 3, 70), (2, 3, 55), 0.6),
+]
+
+
+@requires_cuda
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shape,block,p", MASK_CASES)
+def test_mask_bit_identical_to_cpu(shape, block, p, shared):
+    for seed in (0, 1, -7, 2**62 + 12345):
+        assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
+
+
+@requires_cuda
+def test_mask_random_shapes_bit_identical_to_cpu():
+    rng = random.Random(1234)
+    for _ in range(200):
+        dims = rng.choice([1, 2, 3])
+        sizes = [rng.choice([1, 2, 3, 5, 7, 13, 16, 17, 33, 64, 65]) for _ in range(dims)]
+        if dims == 3:
+            sizes = [min(s, 17) for s in sizes]
+        block = [rng.choice([1, 2, 3, 5, 7, 8, 50, 70]) for _ in range(dims)]
+        shape = (rng.randint(1, 3), rng.randint(1, 4), *sizes)
+        p = rng.choice([0.01, 0.1, 0.3, 0.5, 0.9, 1.0])
+        seed = rng.randint(-(2**63), 2**63 - 1)
+        shared = rng.random() < 0.3
+        assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
+
+
+def make_input(shape, dtype, layout, device):
+    """A random input of `shape` in one of several memory layouts; the same values and strides on every device."""
+    g = torch.Generator().manual_seed(sum(shape) * 131 + DTYPES.index(dtype) * 7 + LAYOUTS.index(layout))
+    base = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+    if layout == "contiguous":
+        return base
+    if layout == "channels_last":
+        if len(shape) == 3:
+            return base.transpose(1, 2).contiguous().transpose(1, 2)
+        fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+        return base.contiguous(memory_format=fmt)
+    if layout == "transposed":
+        return base.transpose(-1, 0).contiguous().transpose(-1, 0)
+    if layout == "strided":
+        big = torch.zeros([s * 2 for s in shape], dtype=dtype, device=device)
+        x = big[tuple(slice(1, None, 2) for _ in shape)]
+        return x.copy_(base)
+    if layout == "misaligned":
+        flat = torch.zeros(base.numel() + 1, dtype=dtype, device=device)
+        return flat[1:].view(shape).copy_(base)
+    raise ValueError(layout)
+
+
+APPLY_SHAPES = [
+    ((2, 3, 50), (7,)),
+    ((2, 3, 17, 19), (5, 3)),
+    ((3, 4, 16, 16), (7, 7)),
+    ((2, 3, 5, 7, 9), (3, 3, 3)),
+]
+LAYOUTS = ["contiguous", "channels_last", "transposed", "strided", "misaligned"]
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shape,block", APPLY_SHAPES)
+def test_apply_equals_cpu(shape, block, dtype, layout, shared):
+    x_cpu = make_input(shape, dtype, layout, "cpu")
+    x_gpu = make_input(shape, dtype, layout, "cuda")
+    assert x_gpu.stride() == x_cpu.stride() and torch.equal(x_gpu.cpu(), x_cpu)
+    (mask_cpu, scale_cpu), (mask_gpu, scale_gpu) = cpu_and_cuda_masks(shape, block, 0.3, 42, shared)
+    out_cpu = ops.drop_block_apply(x_cpu, mask_cpu, scale_cpu, shared)
+    out_gpu = ops.drop_block_apply(x_gpu, mask_gpu, scale_gpu, shared)
+    assert out_gpu.device == x_gpu.device and out_gpu.dtype == dtype
+    assert out_gpu.stride() == out_cpu.stride()
+    assert torch.equal(out_gpu.cpu(), out_cpu)
+    # In place, through the same layout.
+    inplace = x_gpu.clone() if layout in ("contiguous", "channels_last") else make_input(shape, dtype, layout, "cuda")
+    ops.drop_block_apply_(inplace, mask_gpu, scale_gpu, shared)
+    assert torch.equal(inplace.cpu(), out_cpu)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("numel_tail", [0, 1, 3, 5, 7])
+def test_apply_vector_tails(dtype, numel_tail):
+    # Sizes that leave 1..7 elements past the last full 16-byte vector, and shared masks whose
+    # planes are no multiple of the vector width.
+    shape = (1, 3, 64 + numel_tail)
+    for shared in (False, True):
+        x = torch.randn(shape, dtype=torch.float64).to(dtype)
+        cpu, gpu = cpu_and_cuda_masks(shape, (5,), 0.5, 3, shared)
+        expected = ops.drop_block_apply(x, *cpu, shared)
+        assert torch.equal(ops.drop_block_apply(x.cuda(), *gpu, shared).cpu(), expected)
+
+
+@requires_cuda
+def test_apply_dropped_elements_are_zero_whatever_the_input():
+    x = torch.full((2, 3, 16, 16), float("inf"), device="cuda")
+    x[0, 0, 0, 0] = float("nan")
+    mask, scale = ops.drop_block_mask(x, torch.tensor(5, device="cuda"), 0.9, [3, 3], EPS, False)
+    out = ops.drop_block_apply(x, mask, scale, False)
+    bits = torch.tensor(list(mask.cpu().numpy().tobytes()), dtype=torch.uint8)
+    keep = ((bits[:, None] >> torch.arange(8)) & 1).flatten()[: x.numel()].view(x.shape).bool().cuda()
+    assert (~keep).any()
+    assert torch.equal(out[~keep], torch.zeros_like(out[~keep]))
+    assert torch.isinf(out[keep & ~torch.isnan(x)]).all()
+
+
+@requires_cuda
+def test_apply_mask_at_odd_byte_offset():
+    shape = (2, 3, 10, 10)
+    x = torch.randn(shape, device="cuda")
+    mask, scale = ops.drop_block_mask(x, torch.tensor(9, device="cuda"), 0.3, [3, 3], EPS, False)
+    shifted = torch.empty(mask.numel() + 1, dtype=torch.uint8, device="cuda")[1:]
+    shifted.copy_(mask)
+    assert torch.equal(ops.drop_block_apply(x, shifted, scale, False), ops.drop_block_apply(x, mask, scale, False))
+
+
+@requires_cuda
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shape", [(0, 3, 5, 5), (2, 0, 5, 5), (2, 3, 0, 5), (2, 3, 5, 0), (0, 2, 4), (1, 1, 0, 2, 2)])
+def test_zero_size(shape, shared):
+    block = (3,) * (len(shape) - 2)
+    cpu, gpu = cpu_and_cuda_masks(shape, block, 0.5, 11, shared)
+    assert_same_mask(cpu, gpu)
+    assert gpu[1].item() == 1.0
+    x = torch.empty(shape, device="cuda")
+    out = ops.drop_block_apply(x, *gpu, shared)
+    assert out.shape == x.shape and out.device == x.device
+    ops.drop_block_apply_(x, *gpu, shared)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize(
+    "fn,shape,block",
+    [(drop_block1d, (4, 3, 40), 5), (drop_block2d, (4, 3, 20, 20), 5), (drop_block3d, (2, 3, 8, 9, 10), 3)],
+)
+def test_forward_and_gradient_match_cpu_with_a_cpu_generator(fn, shape, block, shared):
+    x_cpu = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    x_gpu = x_cpu.detach().cuda().requires_grad_()
+    grad = torch.randn(shape, dtype=torch.float64)
+    y_cpu = fn(x_cpu, 0.3, block, shared_channels=shared, generator=torch.Generator().manual_seed(0))
+    y_gpu = fn(x_gpu, 0.3, block, shared_channels=shared, generator=torch.Generator().manual_seed(0))
+    assert y_gpu.is_cuda and torch.equal(y_gpu.detach().cpu(), y_cpu.detach())
+    y_cpu.backward(grad)
+    y_gpu.backward(grad.cuda())
+    assert torch.equal(x_gpu.grad.cpu(), x_cpu.grad)
+
+
+@requires_cuda
+def test_inplace_wrapper_matches_out_of_place():
+    x = torch.randn(4, 8, 14, 14, device="cuda", dtype=torch.bfloat16)
+    expected = drop_block2d(x, 0.2, 3, generator=torch.Generator().manual_seed(1))
+    y = x.clone()
+    out = drop_block2d(y, 0.2, 3, inplace=True, generator=torch.Generator().manual_seed(1))
+    assert out.data_ptr() == y.data_ptr() and torch.equal(y, expected)
+
+
+@requires_cuda
+def test_default_cuda_generator_follows_manual_seed():
+    x = torch.randn(4, 8, 14, 14, device="cuda")
+    torch.cuda.manual_seed(3)
+    a = drop_block2d(x, 0.3, 3)
+    b = drop_block2d(x, 0.3, 3)
+    torch.cuda.manual_seed(3)
+    assert torch.equal(drop_block2d(x, 0.3, 3), a)
+    assert not torch.equal(a, b)
+
+
+@requires_cuda
+def test_cuda_graph_capture_and_replay():
+    x = torch.randn(8, 16, 20, 20, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks
+        for _ in range(2):
+            drop_block2d(x, 0.2, 5)
+    torch.cuda.current_stream().wait_stream(side)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        seed = torch.empty((), dtype=torch.int64, device="cuda").random_()
+        mask, scale = ops.drop_block_mask(x, seed, 0.2, [5, 5], EPS, False)
+        y = ops.drop_block_apply(x, mask, scale, False)
+        z = drop_block2d(x, 0.2, 5)
+
+    outputs = []
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        # The replayed kernels computed the CPU's mask for the seed drawn in this replay.
+        expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), seed.cpu(), 0.2, [5, 5], EPS, False)
+        assert torch.equal(mask.cpu(), expected_mask) and scale.item() == expected_scale.item()
+        assert torch.equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, False))
+        outputs.append(z.clone())
+    assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[1], outputs[2])
+
+    torch.cuda.manual_seed(2024)
+    graph.replay()
+    first = z.clone()
+    torch.cuda.manual_seed(2024)
+    graph.replay()
+    assert torch.equal(z, first)
+
+
+@requires_cuda
+def test_non_default_stream():
+    x = torch.randn(8, 16, 32, 32, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(10_000_000)  # keeps the stream busy: a kernel on another stream would run too early
+        seed = torch.full((), 77, dtype=torch.int64, device="cuda")
+        mask, scale = ops.drop_block_mask(x, seed, 0.2, [7, 7], EPS, True)
+        y = ops.drop_block_apply(x, mask, scale, True)
+    stream.synchronize()
+    expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), torch.tensor(77), 0.2, [7, 7], EPS, True)
+    assert torch.equal(mask.cpu(), expected_mask)
+    assert torch.equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, True))
+
+
+@requires_two_gpus
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_second_device(dtype):
+    torch.cuda.set_device(0)
+    x_cpu = torch.randn(4, 8, 24, 24).to(dtype)
+    x = x_cpu.to("cuda:1")
+    cpu, gpu = cpu_and_cuda_masks(x.shape, (5, 5), 0.2, 31, False, device="cuda:1")
+    assert gpu[0].device == x.device and gpu[1].device == x.device
+    assert_same_mask(cpu, gpu)
+    out = ops.drop_block_apply(x, *gpu, False)
+    assert out.device == x.device
+    assert torch.equal(out.cpu(), ops.drop_block_apply(x_cpu, *cpu, False))
+    assert torch.cuda.current_device() == 0
+    y = drop_block2d(x, 0.2, 5)
+    assert y.device == x.device
+
+
+def unpack_keep(words, first, last):
+    """Keep bits [first, last) of a packed mask (as int64 words on the GPU) as a bool tensor."""
+    index = torch.arange(first, last, device=words.device)
+    return ((words[index >> 6] >> (index & 63)) & 1).bool()
+
+
+@requires_cuda
+@pytest.mark.huge
+def test_huge_tensor_over_2_pow_31_elements():
+    H, W = 46341, 46342  # H * W = 2_147_534_622 > 2**31
+    free, _ = torch.cuda.mem_get_info()
+    if free < 20 * 2**30:
+        pytest.skip("needs about 20 GiB of free GPU memory")
+    shape = (1, 1, H, W)
+    seed = 987654321
+    # The mask depends on the shape only: an expanded CPU tensor stands in for the input.
+    mask_cpu, scale_cpu = ops.drop_block_mask(
+        torch.empty((), dtype=torch.bfloat16).expand(shape), torch.tensor(seed), 0.1, [7, 7], EPS, False
+    )
+    x = torch.empty(shape, dtype=torch.bfloat16, device="cuda").normal_()
+    mask, scale = ops.drop_block_mask(x, torch.tensor(seed, device="cuda"), 0.1, [7, 7], EPS, False)
+    assert torch.equal(mask.cpu(), mask_cpu) and scale.item() == scale_cpu.item()
+
+    out = ops.drop_block_apply(x, mask, scale, False)
+    words = mask.view(torch.int64)
+    s = scale.float()
+    zero = torch.zeros((), dtype=torch.bfloat16, device="cuda")
+    rows = 2048
+    for r0 in range(0, H, rows):
+        r1 = min(r0 + rows, H)
+        keep = unpack_keep(words, r0 * W, r1 * W).view(r1 - r0, W)
+        chunk = x[0, 0, r0:r1]
+        expected = torch.where(keep, (chunk.float() * s).bfloat16(), zero)
+        assert torch.equal(out[0, 0, r0:r1], expected), f"rows {r0}:{r1}"
+    del out
+
+    # The strided path with 64-bit indices: a transposed view, logical index r * H + c of element x[c, r].
+    xt = x.transpose(2, 3)
+    mask_t, scale_t = ops.drop_block_mask(xt, torch.tensor(seed, device="cuda"), 0.1, [7, 7], EPS, False)
+    out_t = ops.drop_block_apply(xt, mask_t, scale_t, False)
+    assert out_t.stride() == xt.stride()
+    words_t = mask_t.view(torch.int64)
+    s_t = scale_t.float()
+    for c0 in range(0, H, rows):
+        c1 = min(c0 + rows, H)
+        index = (torch.arange(W, device="cuda")[None, :] * H + torch.arange(c0, c1, device="cuda")[:, None]).flatten()
+        keep = ((words_t[index >> 6] >> (index & 63)) & 1).bool().view(c1 - c0, W)
+        chunk = x[0, 0, c0:c1]
+        expected = torch.where(keep, (chunk.float() * s_t).bfloat16(), zero)
+        assert torch.equal(out_t[0, 0].transpose(0, 1)[c0:c1], expected), f"columns {c0}:{c1}"
+
+
+@requires_cuda
+def test_compiled_cuda_version():
+    version = dropblock_cuda.cuda_version()
+    assert version is not None and version >= 11000
