@@ -81,13 +81,13 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes)
     xs = [torch.randn(shape, device="cuda", dtype=dtype) for _ in range(buffers)]
     outs = [torch.empty_like(x) for x in xs]
     seed = torch.tensor(12345, device="cuda")
-    masks = [ops.drop_block_mask(x, seed, P, [BLOCK, BLOCK], EPS, False) for x in xs]
+    masks = [ops.drop_block_mask(x, seed, torch.tensor(P, dtype=torch.float64, device=x.device), [BLOCK, BLOCK], EPS, False) for x in xs]
     timing = dict(repeats=args.repeats, calls=args.calls, warmup=args.warmup)
     result = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "numel": numel, "buffers": buffers}
 
     result["copy_ms"] = time_op(lambda i: outs[i].copy_(xs[i]), buffers, **timing)
     result["forward_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, **timing)
-    result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, P, [BLOCK, BLOCK], EPS, False), buffers,
+    result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, torch.tensor(P, dtype=torch.float64, device=xs[i].device), [BLOCK, BLOCK], EPS, False), buffers,
                                 **timing)
     result["backward_ms"] = time_op(lambda i: ops.drop_block_apply(xs[i], *masks[i], False), buffers, **timing)
 

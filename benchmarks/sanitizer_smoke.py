@@ -30,9 +30,9 @@ def main():
                 y = fns[len(block)](x, 0.3, block, shared_channels=shared)
                 y.backward(torch.ones_like(y))
                 seed = 1234
-                m_cpu, s_cpu = ops.drop_block_mask(x_cpu, torch.tensor(seed), 0.3, list(block), 1e-6, shared)
+                m_cpu, s_cpu = ops.drop_block_mask(x_cpu, torch.tensor(seed), torch.tensor(0.3, dtype=torch.float64, device=x_cpu.device), list(block), 1e-6, shared)
                 seed_gpu = torch.tensor(seed, device="cuda")
-                m, s = ops.drop_block_mask(x.detach(), seed_gpu, 0.3, list(block), 1e-6, shared)
+                m, s = ops.drop_block_mask(x.detach(), seed_gpu, torch.tensor(0.3, dtype=torch.float64, device=x.detach().device), list(block), 1e-6, shared)
                 failures += not torch.equal(m.cpu(), m_cpu)
                 expected = ops.drop_block_apply(x_cpu, m_cpu, s_cpu, shared)
                 views = [x.detach(), x.detach().transpose(-1, 0).contiguous().transpose(-1, 0)]
@@ -48,7 +48,7 @@ def main():
     for shape in ((0, 3, 4, 4), (2, 0, 4, 4)):
         for shared in (False, True):
             x = torch.empty(shape, device="cuda")
-            m, s = ops.drop_block_mask(x, torch.tensor(1, device="cuda"), 0.3, [3, 3], 1e-6, shared)
+            m, s = ops.drop_block_mask(x, torch.tensor(1, device="cuda"), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 3], 1e-6, shared)
             ops.drop_block_apply(x, m, s, shared)
     torch.cuda.synchronize()
     print(f"sanitizer_smoke: {'OK' if failures == 0 else f'{failures} mismatches'}")

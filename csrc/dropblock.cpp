@@ -3,7 +3,9 @@
 // DropBlock runs as two ops so that the data is read once and written once:
 //   drop_block_mask   draws the packed keep mask (1 bit per element, or per (sample, position)
 //                     when the channels share it) and the scale numel / (eps + kept); it touches
-//                     no data, only the input's shape, and is a pure function of `seed`;
+//                     no data, only the input's shape, and is a pure function of `seed` and `p`
+//                     (both 0-dim tensors on the input's device, so that torch.compile keeps a
+//                     scheduled p symbolic and CUDA graphs read the current values);
 //   drop_block_apply  out = keep ? input * scale : 0, the single pass over the data. It is linear
 //                     in its input, so it is its own backward.
 #include <torch/library.h>
@@ -31,7 +33,7 @@ int64_t cuda_version() {
 }  // namespace
 
 TORCH_LIBRARY(dropblock_cuda, m) {
-  m.def("drop_block_mask(Tensor input, Tensor seed, float p, int[] block_size, float eps, bool shared_channels)"
+  m.def("drop_block_mask(Tensor input, Tensor seed, Tensor p, int[] block_size, float eps, bool shared_channels)"
         " -> (Tensor mask, Tensor scale)");
   m.def("drop_block_apply(Tensor input, Tensor mask, Tensor scale, bool shared_channels) -> Tensor");
   m.def("drop_block_apply_(Tensor(a!) input, Tensor mask, Tensor scale, bool shared_channels) -> ()");

@@ -16,6 +16,7 @@
 //     when the top byte ties with T's, so most positions cost 1/16 of a Philox call;
 //   * a seed at (z, y, x) drops the block [z, z+bd) x [y, y+bh) x [x, x+bw);
 //   * the packed mask holds one KEEP bit per logical element: bit g % 64 of 64-bit word g / 64.
+#include <cmath>
 #include <cstdint>
 
 #include <c10/macros/Macros.h>
@@ -95,6 +96,25 @@ struct SeedThreshold {
   uint32_t top;
   uint32_t low;
 };
+
+// T = round(gamma * 2^32) with gamma = min(p * gamma_factor, 1), where gamma_factor =
+// prod(S / (b * (S - b + 1))) comes from the geometry (see mask_params.h). Computed where p is:
+// on the host for CPU tensors, in the kernel for CUDA tensors (p lives on the device so that a
+// scheduled p neither syncs nor recompiles). IEEE double arithmetic makes both the same.
+C10_HOST_DEVICE inline SeedThreshold make_seed_threshold(double p, double gamma_factor) {
+  double gamma = p * gamma_factor;
+  if (!(gamma > 0.0)) {  // also NaN
+    return {0, 0};
+  }
+  if (gamma >= 1.0) {
+    return {256, 0};
+  }
+  const uint64_t t = static_cast<uint64_t>(rint(gamma * 4294967296.0));
+  if (t >= (uint64_t(1) << 32)) {
+    return {256, 0};
+  }
+  return {static_cast<uint32_t>(t >> 24), static_cast<uint32_t>(t & 0xFFFFFFu)};
+}
 
 C10_HOST_DEVICE inline bool never_seeds(SeedThreshold t) {
   return t.top == 0 && t.low == 0;

@@ -37,21 +37,27 @@ MaskGeometry make_mask_geometry(const at::Tensor& input, c10::IntArrayRef block_
   return g;
 }
 
-double seed_probability(const MaskGeometry& g, double p) {
-  double ratio = p;
+double gamma_factor(const MaskGeometry& g) {
+  double factor = 1.0;
   for (int d = 0; d < kMaxSpatialDims; ++d) {
     if (g.size[d] == 0) {
       return 0.0;
     }
-    ratio *= static_cast<double>(g.size[d]) / (static_cast<double>(g.block[d]) * g.seed_extent(d));
+    factor *= static_cast<double>(g.size[d]) / (static_cast<double>(g.block[d]) * g.seed_extent(d));
   }
-  return std::min(ratio, 1.0);
+  return factor;
 }
 
-SeedThreshold make_seed_threshold(double gamma) {
-  const double scaled = std::nearbyint(gamma * 4294967296.0);
-  const uint64_t t = scaled >= 4294967296.0 ? (uint64_t(1) << 32) : static_cast<uint64_t>(std::max(scaled, 0.0));
-  return {static_cast<uint32_t>(t >> 24), static_cast<uint32_t>(t & 0xFFFFFFu)};
+void check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p, double eps) {
+  TORCH_CHECK_VALUE(eps >= 0.0, "eps: expected a non-negative number, got ", eps);
+  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device() == input.device(),
+                    "seed: expected one int64 element on the input's device");
+  TORCH_CHECK_VALUE(p.numel() == 1 && p.scalar_type() == at::kDouble && p.device() == input.device(),
+                    "p: expected one float64 element on the input's device");
+  if (p.device().is_cpu()) {
+    const double value = p.item<double>();
+    TORCH_CHECK_VALUE(value >= 0.0 && value <= 1.0, "p: drop probability has to be between 0 and 1, got ", value);
+  }
 }
 
 int64_t packed_mask_bytes(const MaskGeometry& g) {

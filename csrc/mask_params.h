@@ -11,10 +11,12 @@ namespace dropblock {
 // Checks the arguments of drop_block_mask and returns the geometry of its mask.
 MaskGeometry make_mask_geometry(const at::Tensor& input, c10::IntArrayRef block_size, bool shared_channels);
 
-// gamma = p * prod(S) / (prod(b) * prod(S - b + 1)), capped at 1.
-double seed_probability(const MaskGeometry& geometry, double p);
+// gamma = min(p * gamma_factor, 1) is eq. 1 of the paper generalised: p * prod(S) / (prod(b) *
+// prod(S - b + 1)); gamma_factor = prod over dimensions of S / (b * (S - b + 1)), in that order.
+double gamma_factor(const MaskGeometry& geometry);
 
-SeedThreshold make_seed_threshold(double gamma);
+// Checks drop_block_mask's scalar arguments (p on the host; a CUDA p is checked by the caller).
+void check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p, double eps);
 
 // Bytes of the packed keep mask: one bit per (plane, spatial position), whole 64-bit words.
 int64_t packed_mask_bytes(const MaskGeometry& geometry);

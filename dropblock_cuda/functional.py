@@ -11,10 +11,13 @@ BlockSize = Union[int, Sequence[int]]
 
 
 def _check_p(p) -> float:
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+    # torch.compile passes a p that changes between calls as a SymFloat: keep it symbolic, so
+    # that a scheduled p does not recompile the graph.
+    if isinstance(p, bool) or not isinstance(p, (numbers.Real, torch.SymFloat)):
         raise TypeError(f"p: expected a real number, got {type(p).__name__}")
-    p = float(p)
-    if math.isnan(p) or p < 0.0 or p > 1.0:
+    if not isinstance(p, torch.SymFloat):
+        p = float(p)
+    if p != p or p < 0.0 or p > 1.0:  # p != p: NaN
         raise ValueError(f"p: drop probability has to be between 0 and 1, got {p}")
     return p
 
@@ -52,19 +55,22 @@ def _check_input(input, spatial_dims: int) -> None:
         raise ValueError(f"input: expected a {spatial_dims + 2}-d tensor {layout}, got {input.dim()} dimensions")
 
 
+_KEY_LOW, _KEY_HIGH = -(2**63), 2**63 - 1
+
+
 def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
     """The Philox key of one call, drawn from `generator` (default: the device's default generator).
 
     The key is drawn by a native random op on the generator's device, so it follows
-    torch.manual_seed, is safe under CUDA graph capture, and a generator on another device than
-    the input (e.g. a CPU generator for a CUDA input) gives the very mask that generator gives
-    on its own device.
+    torch.manual_seed, is traceable by torch.compile, is safe under CUDA graph capture, and a
+    generator on another device than the input (e.g. a CPU generator for a CUDA input) gives the
+    very mask that generator gives on its own device.
     """
     if generator is None:
-        return torch.empty((), dtype=torch.int64, device=device).random_()
+        return torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=device)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-    seed = torch.empty((), dtype=torch.int64, device=generator.device).random_(generator=generator)
+    seed = torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=generator.device, generator=generator)
     return seed.to(device)
 
 
@@ -87,7 +93,9 @@ def _drop_block(
         return input
     ops = torch.ops.dropblock_cuda
     seed = _draw_seed(input.device, generator)
-    mask, scale = ops.drop_block_mask(input, seed, p, sizes, eps, bool(shared_channels))
+    # p travels as a device tensor: a scheduled p stays a graph input under torch.compile.
+    drop_probability = torch.full((), p, dtype=torch.float64, device=input.device)
+    mask, scale = ops.drop_block_mask(input, seed, drop_probability, sizes, eps, bool(shared_channels))
     if not inplace:
         return ops.drop_block_apply(input, mask, scale, bool(shared_channels))
     if torch.is_grad_enabled() and input.requires_grad:

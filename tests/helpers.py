@@ -2,15 +2,21 @@ import numpy as np
 import torch
 
 import dropblock_cuda  # noqa: F401
+from dropblock_cuda.functional import _draw_seed
 from reference import keep_mask, unpack_mask
 
 ops = torch.ops.dropblock_cuda
 
 
+def key_of(generator):
+    """The Philox key the public functions draw from `generator` for their next call."""
+    return int(_draw_seed(generator.device, generator))
+
+
 def mask_of(x, key, p, block_size, shared_channels=False, eps=1e-6):
     """The op's keep mask as a bool array (planes, *spatial), and its scale."""
     seed = torch.tensor(key, dtype=torch.int64, device=x.device)
-    mask, scale = ops.drop_block_mask(x, seed, p, list(block_size), eps, shared_channels)
+    mask, scale = ops.drop_block_mask(x, seed, torch.tensor(p, dtype=torch.float64, device=x.device), list(block_size), eps, shared_channels)
     planes = x.shape[0] if shared_channels else x.shape[0] * x.shape[1]
     spatial = tuple(x.shape[2:])
     bits = planes * int(np.prod(spatial))

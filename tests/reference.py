@@ -31,12 +31,13 @@ def philox4x32_10(counter_lo, counter_hi, key):
 
 
 def seed_probability(sizes, blocks, p):
-    gamma = p
+    """gamma = min(p * prod(S / (b * (S - b + 1))), 1), the factor multiplied in dimension order."""
+    factor = 1.0
     for s, b in zip(sizes, blocks):
         if s == 0:
             return 0.0
-        gamma *= s / (b * (s - b + 1))
-    return min(gamma, 1.0)
+        factor *= s / (b * (s - b + 1))
+    return min(p * factor, 1.0)
 
 
 def threshold(gamma):

@@ -19,7 +19,7 @@ def test_cmake_library_loads_and_follows_the_mask_law():
         from reference import keep_mask, unpack_mask
         torch.ops.load_library({LIBRARY!r})
         x = torch.rand(2, 3, 15, 17) + 0.5
-        mask, scale = torch.ops.dropblock_cuda.drop_block_mask(x, torch.tensor(5), 0.3, [3, 4], 1e-6, False)
+        mask, scale = torch.ops.dropblock_cuda.drop_block_mask(x, torch.tensor(5), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 4], 1e-6, False)
         ref = keep_mask(x.shape, (3, 4), 0.3, 5)
         assert (unpack_mask(mask.numpy(), ref.size).reshape(ref.shape) == ref).all()
         y = torch.ops.dropblock_cuda.drop_block_apply(x, mask, scale, False)

@@ -24,9 +24,9 @@ EPS = 1e-6
 
 def cpu_and_cuda_masks(shape, block, p, seed, shared, device="cuda"):
     """drop_block_mask on the CPU and on `device` for the same seed value: ((mask, scale), (mask, scale))."""
-    cpu = ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), p, list(block), EPS, shared)
+    cpu = ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), torch.tensor(p, dtype=torch.float64, device=torch.empty(shape).device), list(block), EPS, shared)
     x = torch.empty(shape, device=device)
-    gpu = ops.drop_block_mask(x, torch.tensor(seed, device=device), p, list(block), EPS, shared)
+    gpu = ops.drop_block_mask(x, torch.tensor(seed, device=device), torch.tensor(p, dtype=torch.float64, device=x.device), list(block), EPS, shared)
     return cpu, gpu
 
 
@@ -156,7 +156,7 @@ def test_apply_vector_tails(dtype, numel_tail):
 def test_apply_dropped_elements_are_zero_whatever_the_input():
     x = torch.full((2, 3, 16, 16), float("inf"), device="cuda")
     x[0, 0, 0, 0] = float("nan")
-    mask, scale = ops.drop_block_mask(x, torch.tensor(5, device="cuda"), 0.9, [3, 3], EPS, False)
+    mask, scale = ops.drop_block_mask(x, torch.tensor(5, device="cuda"), torch.tensor(0.9, dtype=torch.float64, device=x.device), [3, 3], EPS, False)
     out = ops.drop_block_apply(x, mask, scale, False)
     bits = torch.tensor(list(mask.cpu().numpy().tobytes()), dtype=torch.uint8)
     keep = ((bits[:, None] >> torch.arange(8)) & 1).flatten()[: x.numel()].view(x.shape).bool().cuda()
@@ -169,7 +169,7 @@ def test_apply_dropped_elements_are_zero_whatever_the_input():
 def test_apply_mask_at_odd_byte_offset():
     shape = (2, 3, 10, 10)
     x = torch.randn(shape, device="cuda")
-    mask, scale = ops.drop_block_mask(x, torch.tensor(9, device="cuda"), 0.3, [3, 3], EPS, False)
+    mask, scale = ops.drop_block_mask(x, torch.tensor(9, device="cuda"), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 3], EPS, False)
     shifted = torch.empty(mask.numel() + 1, dtype=torch.uint8, device="cuda")[1:]
     shifted.copy_(mask)
     assert torch.equal(ops.drop_block_apply(x, shifted, scale, False), ops.drop_block_apply(x, mask, scale, False))
@@ -240,7 +240,7 @@ def test_cuda_graph_capture_and_replay():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         seed = torch.empty((), dtype=torch.int64, device="cuda").random_()
-        mask, scale = ops.drop_block_mask(x, seed, 0.2, [5, 5], EPS, False)
+        mask, scale = ops.drop_block_mask(x, seed, torch.tensor(0.2, dtype=torch.float64, device=x.device), [5, 5], EPS, False)
         y = ops.drop_block_apply(x, mask, scale, False)
         z = drop_block2d(x, 0.2, 5)
 
@@ -249,7 +249,7 @@ def test_cuda_graph_capture_and_replay():
         graph.replay()
         torch.cuda.synchronize()
         # The replayed kernels computed the CPU's mask for the seed drawn in this replay.
-        expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), seed.cpu(), 0.2, [5, 5], EPS, False)
+        expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), seed.cpu(), torch.tensor(0.2, dtype=torch.float64, device=x.cpu().device), [5, 5], EPS, False)
         assert torch.equal(mask.cpu(), expected_mask) and scale.item() == expected_scale.item()
         assert torch.equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, False))
         outputs.append(z.clone())
@@ -271,10 +271,10 @@ def test_non_default_stream():
     with torch.cuda.stream(stream):
         torch.cuda._sleep(10_000_000)  # keeps the stream busy: a kernel on another stream would run too early
         seed = torch.full((), 77, dtype=torch.int64, device="cuda")
-        mask, scale = ops.drop_block_mask(x, seed, 0.2, [7, 7], EPS, True)
+        mask, scale = ops.drop_block_mask(x, seed, torch.tensor(0.2, dtype=torch.float64, device=x.device), [7, 7], EPS, True)
         y = ops.drop_block_apply(x, mask, scale, True)
     stream.synchronize()
-    expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), torch.tensor(77), 0.2, [7, 7], EPS, True)
+    expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), torch.tensor(77), torch.tensor(0.2, dtype=torch.float64, device=x.cpu().device), [7, 7], EPS, True)
     assert torch.equal(mask.cpu(), expected_mask)
     assert torch.equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, True))
 
@@ -313,10 +313,11 @@ def test_huge_tensor_over_2_pow_31_elements():
     seed = 987654321
     # The mask depends on the shape only: an expanded CPU tensor stands in for the input.
     mask_cpu, scale_cpu = ops.drop_block_mask(
-        torch.empty((), dtype=torch.bfloat16).expand(shape), torch.tensor(seed), 0.1, [7, 7], EPS, False
+        torch.empty((), dtype=torch.bfloat16).expand(shape), torch.tensor(seed), torch.tensor(0.1, dtype=torch.float64),
+        [7, 7], EPS, False
     )
     x = torch.empty(shape, dtype=torch.bfloat16, device="cuda").normal_()
-    mask, scale = ops.drop_block_mask(x, torch.tensor(seed, device="cuda"), 0.1, [7, 7], EPS, False)
+    mask, scale = ops.drop_block_mask(x, torch.tensor(seed, device="cuda"), torch.tensor(0.1, dtype=torch.float64, device=x.device), [7, 7], EPS, False)
     assert torch.equal(mask.cpu(), mask_cpu) and scale.item() == scale_cpu.item()
 
     out = ops.drop_block_apply(x, mask, scale, False)
@@ -334,7 +335,7 @@ def test_huge_tensor_over_2_pow_31_elements():
 
     # The strided path with 64-bit indices: a transposed view, logical index r * H + c of element x[c, r].
     xt = x.transpose(2, 3)
-    mask_t, scale_t = ops.drop_block_mask(xt, torch.tensor(seed, device="cuda"), 0.1, [7, 7], EPS, False)
+    mask_t, scale_t = ops.drop_block_mask(xt, torch.tensor(seed, device="cuda"), torch.tensor(0.1, dtype=torch.float64, device=xt.device), [7, 7], EPS, False)
     out_t = ops.drop_block_apply(xt, mask_t, scale_t, False)
     assert out_t.stride() == xt.stride()
     words_t = mask_t.view(torch.int64)

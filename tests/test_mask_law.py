@@ -192,7 +192,7 @@ def test_64bit_logical_indices():
     x = torch.empty(1, 1, 1).expand(1, 2, length)
     key, p, b = 3, 0.2, 5
     seed = torch.tensor(key)
-    mask, _ = torch.ops.dropblock_cuda.drop_block_mask(x, seed, p, [b], 1e-6, False)
+    mask, _ = torch.ops.dropblock_cuda.drop_block_mask(x, seed, torch.tensor(p, dtype=torch.float64, device=x.device), [b], 1e-6, False)
     bits = mask.numpy()
     gamma = seed_probability([length], [b], p)
     t = np.uint64(threshold(gamma))

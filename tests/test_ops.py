@@ -7,7 +7,7 @@ from torch import nn
 
 import dropblock_cuda
 from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
-from helpers import mask_of, ops
+from helpers import key_of, mask_of, ops
 
 FUNCTIONS = {1: drop_block1d, 2: drop_block2d, 3: drop_block3d}
 MODULES = {1: DropBlock1d, 2: DropBlock2d, 3: DropBlock3d}
@@ -38,7 +38,7 @@ def test_not_training_or_p_zero_returns_the_input(dims):
 def test_output_is_input_times_keep_times_global_scale(dims, shared):
     x = positive(SHAPES[dims], torch.float64)
     g = gen(3)
-    key = int(torch.empty((), dtype=torch.int64).random_(generator=gen(3)))
+    key = key_of(gen(3))
     y = FUNCTIONS[dims](x, 0.4, 3, generator=g, shared_channels=shared)
     keep, scale = mask_of(x, key, 0.4, (3,) * dims, shared)
     keep_full = torch.from_numpy(keep)
@@ -61,7 +61,7 @@ def test_dropped_elements_are_exactly_zero_whatever_the_input():
     x = torch.full((1, 4, 8, 8), float("nan"))
     x[0, 0] = float("inf")
     y = drop_block2d(x, 0.5, 3, generator=gen(1))
-    dropped = torch.from_numpy(~mask_of(x, int(torch.empty((), dtype=torch.int64).random_(generator=gen(1))),
+    dropped = torch.from_numpy(~mask_of(x, key_of(gen(1)),
                                         0.5, (3, 3))[0]).reshape(x.shape)
     assert dropped.any()
     assert (y[dropped] == 0).all()
@@ -218,8 +218,9 @@ def test_saved_state_is_the_bit_packed_mask_and_the_scale(shared):
 def test_opcheck(shared):
     x = positive((2, 3, 9, 10)).requires_grad_()
     seed = torch.tensor(17)
-    torch.library.opcheck(ops.drop_block_mask, (x, seed, 0.3, [3, 4], 1e-6, shared))
-    mask, scale = ops.drop_block_mask(x, seed, 0.3, [3, 4], 1e-6, shared)
+    p = torch.tensor(0.3, dtype=torch.float64)
+    torch.library.opcheck(ops.drop_block_mask, (x, seed, p, [3, 4], 1e-6, shared))
+    mask, scale = ops.drop_block_mask(x, seed, p, [3, 4], 1e-6, shared)
     torch.library.opcheck(ops.drop_block_apply, (x, mask, scale, shared))
     torch.library.opcheck(ops.drop_block_apply_, (x.detach().clone(), mask, scale, shared))
 
@@ -269,10 +270,10 @@ def test_raw_ops_check_their_arguments():
     x = positive((2, 3, 8, 8))
     seed = torch.tensor(1)
     with pytest.raises(ValueError, match="block_size"):
-        ops.drop_block_mask(x, seed, 0.5, [3], 1e-6, False)
+        ops.drop_block_mask(x, seed, torch.tensor(0.5, dtype=torch.float64, device=x.device), [3], 1e-6, False)
     with pytest.raises(ValueError, match="p"):
-        ops.drop_block_mask(x, seed, 1.5, [3, 3], 1e-6, False)
-    mask, scale = ops.drop_block_mask(x, seed, 0.5, [3, 3], 1e-6, False)
+        ops.drop_block_mask(x, seed, torch.tensor(1.5, dtype=torch.float64, device=x.device), [3, 3], 1e-6, False)
+    mask, scale = ops.drop_block_mask(x, seed, torch.tensor(0.5, dtype=torch.float64, device=x.device), [3, 3], 1e-6, False)
     with pytest.raises(ValueError, match="mask"):
         ops.drop_block_apply(x[:1], mask, scale, False)
     with pytest.raises(TypeError, match="mask"):

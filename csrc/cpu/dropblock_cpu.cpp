@@ -277,16 +277,13 @@ void run_item(const MaskGeometry& g, const WorkItem& item, BoxMasker& masker, ui
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, const at::Tensor& seed, double p,
+std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
                                                        c10::IntArrayRef block_size, double eps,
                                                        bool shared_channels) {
   const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
-  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "p: drop probability has to be between 0 and 1, got ", p);
-  TORCH_CHECK_VALUE(eps >= 0.0, "eps: expected a non-negative number, got ", eps);
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device() == input.device(),
-                    "seed: expected one int64 element on the input's device");
+  check_mask_args(input, seed, p, eps);
   const PhiloxKey key = make_key(static_cast<uint64_t>(seed.item<int64_t>()));
-  const SeedThreshold threshold = make_seed_threshold(seed_probability(g, p));
+  const SeedThreshold threshold = make_seed_threshold(p.item<double>(), gamma_factor(g));
 
   at::Tensor mask = at::zeros({packed_mask_bytes(g)}, input.options().dtype(at::kByte));
   uint64_t* words = reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>());

@@ -16,16 +16,14 @@
 namespace dropblock {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input, const at::Tensor& seed, double p,
+std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
                                                         c10::IntArrayRef block_size, double eps,
                                                         bool shared_channels) {
   const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
-  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "p: drop probability has to be between 0 and 1, got ", p);
-  TORCH_CHECK_VALUE(eps >= 0.0, "eps: expected a non-negative number, got ", eps);
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device() == input.device(),
-                    "seed: expected one int64 element on the input's device");
+  // p stays on the device (no sync): the kernel turns it into the seed threshold, and a p
+  // outside [0, 1] seeds nowhere (p < 0, NaN) or everywhere a block fits (p > 1).
+  check_mask_args(input, seed, p, eps);
   const c10::cuda::CUDAGuard guard(input.device());
-  const SeedThreshold threshold = make_seed_threshold(seed_probability(g, p));
 
   const int64_t bytes = packed_mask_bytes(g);
   at::Tensor mask = at::empty({bytes}, input.options().dtype(at::kByte));
@@ -37,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
   const int64_t words = bytes / 8;
   at::Tensor scratch = at::empty({cuda::mask_count_scratch_elements(words)}, input.options().dtype(at::kLong));
   const int64_t multiplier = shared_channels ? input.size(1) : 1;
-  cuda::launch_mask(g, threshold, seed.const_data_ptr<int64_t>(), reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>()),
+  cuda::launch_mask(g, p.const_data_ptr<double>(), gamma_factor(g), seed.const_data_ptr<int64_t>(), reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>()),
                     words, multiplier, input.numel(), eps, scale.data_ptr<double>(), scratch.data_ptr<int64_t>(),
                     c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -58,7 +58,7 @@ struct SeedParams {
   int64_t D, H, W;
   int64_t ext_z, ext_y, ext_x;  // positions where a block fits: size - block + 1
   int64_t bd, bh, bw;
-  SeedThreshold threshold;
+  double gamma_factor;
 };
 
 C10_HOST_DEVICE inline void clear_bits_atomic(uint64_t* mask, int64_t word, uint64_t bits) {
@@ -88,8 +88,9 @@ C10_HOST_DEVICE inline int lowest_set_bit(uint32_t v) {
 // The work of one Philox group k (logical indices 16k .. 16k + 15) on a mask of all ones:
 // clears the blocks of its seeds. Host-callable so that the tests of the kernel logic can run
 // without a GPU.
-C10_HOST_DEVICE inline void paint_seed_group(const SeedParams& p, PhiloxKey key, int64_t k, uint64_t* mask) {
-  uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, p.threshold);
+C10_HOST_DEVICE inline void paint_seed_group(const SeedParams& p, PhiloxKey key, SeedThreshold threshold, int64_t k,
+                                             uint64_t* mask) {
+  uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, threshold);
   if (bits == 0) {
     return;
   }
@@ -157,11 +158,16 @@ C10_HOST_DEVICE inline void paint_seed_group(const SeedParams& p, PhiloxKey key,
 }
 
 __global__ void __launch_bounds__(kThreads) seed_kernel(SeedParams p, const int64_t* __restrict__ seed,
+                                                        const double* __restrict__ drop_probability,
                                                         uint64_t* __restrict__ mask) {
+  const SeedThreshold threshold = make_seed_threshold(*drop_probability, p.gamma_factor);
+  if (never_seeds(threshold)) {
+    return;
+  }
   const PhiloxKey key = make_key(static_cast<uint64_t>(*seed));
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < p.groups; k += stride) {
-    paint_seed_group(p, key, k, mask);
+    paint_seed_group(p, key, threshold, k, mask);
   }
 }
 
@@ -483,7 +489,7 @@ void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64
   }
 }
 
-SeedParams make_seed_params(const MaskGeometry& g, SeedThreshold threshold) {
+SeedParams make_seed_params(const MaskGeometry& g, double gamma_factor) {
   SeedParams p{};
   p.total_bits = g.planes * g.plane_numel();
   p.groups = ceil_div(p.total_bits, 16);
@@ -497,7 +503,7 @@ SeedParams make_seed_params(const MaskGeometry& g, SeedThreshold threshold) {
   p.bd = g.block[0];
   p.bh = g.block[1];
   p.bw = g.block[2];
-  p.threshold = threshold;
+  p.gamma_factor = gamma_factor;
   return p;
 }
 
@@ -508,13 +514,14 @@ int64_t mask_count_scratch_elements(int64_t mask_words) {
   return blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks);
 }
 
-void launch_mask(const MaskGeometry& g, SeedThreshold threshold, const int64_t* seed, uint64_t* mask,
+void launch_mask(const MaskGeometry& g, const double* drop_probability, double gamma_factor, const int64_t* seed,
+                 uint64_t* mask,
                  int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps, double* scale,
                  int64_t* scratch, cudaStream_t stream) {
-  const SeedParams p = make_seed_params(g, threshold);
+  const SeedParams p = make_seed_params(g, gamma_factor);
   cudaMemsetAsync(mask, 0xFF, static_cast<size_t>(mask_words) * sizeof(uint64_t), stream);
-  if (!never_seeds(threshold) && p.total_bits > 0) {
-    seed_kernel<<<grid_for(p.groups, kThreads), kThreads, 0, stream>>>(p, seed, mask);
+  if (p.total_bits > 0) {
+    seed_kernel<<<grid_for(p.groups, kThreads), kThreads, 0, stream>>>(p, seed, drop_probability, mask);
   }
   const int parts = static_cast<int>(mask_count_scratch_elements(mask_words));
   count_kernel<<<parts, kThreads, 0, stream>>>(mask, mask_words, p.total_bits, scratch);
