@@ -40,15 +40,17 @@ constexpr int kPhiloxBatch = 64;
 #define DROPBLOCK_VECTOR_CLONES
 #endif
 
-// Seed bits of the Philox groups ks[0..n): the batched twin of seed_bits_of_group.
+// Seed bits of the Philox groups first_group .. first_group + n - 1: the batched twin of
+// seed_bits_of_group.
 DROPBLOCK_VECTOR_CLONES
-void seed_bits_of_groups(const uint64_t* ks, int64_t n, PhiloxKey key, SeedThreshold t, uint32_t* bits) {
+void seed_bits_of_groups(uint64_t first_group, int64_t n, PhiloxKey key, SeedThreshold t, uint32_t* bits) {
   for (int64_t base = 0; base < n; base += kPhiloxBatch) {
     const int m = static_cast<int>(std::min<int64_t>(kPhiloxBatch, n - base));
     uint32_t c0[kPhiloxBatch], c1[kPhiloxBatch], c2[kPhiloxBatch], c3[kPhiloxBatch];
     for (int i = 0; i < m; ++i) {
-      c0[i] = static_cast<uint32_t>(ks[base + i]);
-      c1[i] = static_cast<uint32_t>(ks[base + i] >> 32);
+      const uint64_t k = first_group + static_cast<uint64_t>(base + i);
+      c0[i] = static_cast<uint32_t>(k);
+      c1[i] = static_cast<uint32_t>(k >> 32);
       c2[i] = 0;  // stream 0
       c3[i] = 0;
     }
@@ -62,12 +64,13 @@ void seed_bits_of_groups(const uint64_t* ks, int64_t n, PhiloxKey key, SeedThres
     uint32_t candidate[kPhiloxBatch];
     const bool screen = t.top <= 127;
     for (int i = 0; i < m; ++i) {
-      candidate[i] = !screen || may_hold_seed(c0[i], t.top) || may_hold_seed(c1[i], t.top) ||
-                     may_hold_seed(c2[i], t.top) || may_hold_seed(c3[i], t.top);
+      candidate[i] = static_cast<uint32_t>(!screen) | may_hold_seed(c0[i], t.top) | may_hold_seed(c1[i], t.top) |
+                     may_hold_seed(c2[i], t.top) | may_hold_seed(c3[i], t.top);
     }
     for (int i = 0; i < m; ++i) {
-      bits[base + i] =
-          candidate[i] ? seed_bits_from_draw(Philox4{{c0[i], c1[i], c2[i], c3[i]}}, ks[base + i], key, t) : 0;
+      bits[base + i] = candidate[i] ? seed_bits_from_draw(Philox4{{c0[i], c1[i], c2[i], c3[i]}},
+                                                          first_group + static_cast<uint64_t>(base + i), key, t)
+                                    : 0;
     }
   }
 }
@@ -98,48 +101,41 @@ class BoxMasker {
     }
     const int64_t plane_base = box.plane * g_.plane_numel();
 
-    // 1. Draw the Philox groups of every seed line at once (each group once).
-    groups_.clear();
+    // 1. Draw the seeds. Rows whose seed span covers most of the row are drawn as one
+    // contiguous run of Philox groups per slab (the few positions past the span are drawn and
+    // ignored); narrow spans are drawn row by row.
+    const int64_t seed_rows = sy1 - sy0;
+    const int64_t line_origin = x0 - (bw - 1);  // local lines start where the first seed reaching x0 sits
+    const int64_t nwords = (nx + bw - 1 + 63) / 64;
+    seed_lines_.assign(static_cast<size_t>((sz1 - sz0) * seed_rows * nwords), 0);
+    seeded_line_.assign(static_cast<size_t>((sz1 - sz0) * seed_rows), 0);
+    const bool row_runs = 2 * (sx1 - sx0) < W;
     for (int64_t sz = sz0; sz < sz1; ++sz) {
-      for (int64_t sy = sy0; sy < sy1; ++sy) {
-        const uint64_t row = static_cast<uint64_t>(plane_base + (sz * H + sy) * W);
-        uint64_t k = (row + sx0) / 16;
-        if (!groups_.empty() && groups_.back() >= k) {
-          k = groups_.back() + 1;
-        }
-        for (; k <= (row + sx1 - 1) / 16; ++k) {
-          groups_.push_back(k);
-        }
+      for (int64_t sy = sy0; sy < sy1; sy += row_runs ? 1 : seed_rows) {
+        const int64_t last_row = row_runs ? sy : sy1 - 1;
+        const int64_t first = plane_base + (sz * H + sy) * W + sx0;
+        const int64_t last = plane_base + (sz * H + last_row) * W + sx1 - 1;
+        sample_run(first, last, plane_base, SeedWindow{sz0, sz1, sy0, sy1, sx0, sx1}, line_origin, nwords);
       }
     }
-    group_bits_.resize(groups_.size());
-    seed_bits_of_groups(groups_.data(), static_cast<int64_t>(groups_.size()), key_, threshold_, group_bits_.data());
 
-    // 2. Expand each seed line along x, then OR it into the bh x bd lines its blocks cover.
-    // A local line starts bw - 1 positions before x0, where the first seed that can reach x0 sits.
-    const int64_t line_origin = x0 - (bw - 1);
-    const int64_t nwords = (nx + bw - 1 + 63) / 64;
+    // 2. Expand each seeded line along x, then OR it into the bh x bd lines its blocks cover.
     drops_.assign(static_cast<size_t>((z1 - z0) * ny * nwords), 0);
     dropped_line_.assign(static_cast<size_t>((z1 - z0) * ny), 0);
-    seed_line_.resize(static_cast<size_t>(nwords));
-    size_t group_index = 0;
     for (int64_t sz = sz0; sz < sz1; ++sz) {
       for (int64_t sy = sy0; sy < sy1; ++sy) {
-        const int64_t row = plane_base + (sz * H + sy) * W;
-        const uint64_t first_k = static_cast<uint64_t>(row + sx0) / 16;
-        while (groups_[group_index] < first_k) {
-          ++group_index;
-        }
-        if (!collect_seed_line(row, sx0, sx1, line_origin, group_index)) {
+        const int64_t s_index = (sz - sz0) * seed_rows + (sy - sy0);
+        if (!seeded_line_[s_index]) {
           continue;
         }
-        expand_line(seed_line_.data(), nwords, bw);
+        uint64_t* seeds = seed_lines_.data() + s_index * nwords;
+        expand_line(seeds, nwords, bw);
         for (int64_t z = std::max(sz, z0); z < std::min(sz + bd, z1); ++z) {
           for (int64_t y = std::max(sy, y0); y < std::min(sy + bh, y1); ++y) {
             const int64_t t = (z - z0) * ny + (y - y0);
             uint64_t* drop = drops_.data() + t * nwords;
             for (int64_t w = 0; w < nwords; ++w) {
-              drop[w] |= seed_line_[w];
+              drop[w] |= seeds[w];
             }
             dropped_line_[t] = 1;
           }
@@ -164,44 +160,51 @@ class BoxMasker {
   }
 
  private:
-  // Fills seed_line_ with the seeds of the line at `row` for x in [sx0, sx1), reading the
-  // drawn groups from group_index on; returns whether there is any.
-  bool collect_seed_line(int64_t row, int64_t sx0, int64_t sx1, int64_t line_origin, size_t group_index) {
-    std::fill(seed_line_.begin(), seed_line_.end(), 0);
-    bool any = false;
-    const uint64_t first = static_cast<uint64_t>(row + sx0);
-    const uint64_t last = static_cast<uint64_t>(row + sx1 - 1);
-    for (size_t i = group_index; i < groups_.size() && groups_[i] <= last / 16; ++i) {
-      uint32_t bits = group_bits_[i];
-      if (bits == 0) {
-        continue;
-      }
-      const uint64_t group_first = 16 * groups_[i];
-      if (group_first < first) {
-        bits &= ~0u << (first - group_first);
-      }
-      if (group_first + 15 > last) {
-        bits &= (1u << (last - group_first + 1)) - 1;
-      }
+  // Draws the groups covering logical indices [first, last] and records the seeds that sit
+  // where a block fits (x in [sx0, sx1), y and z below their seed extents) in their seed lines.
+  struct SeedWindow {
+    int64_t sz0, sz1, sy0, sy1, sx0, sx1;
+  };
+
+  void sample_run(int64_t first, int64_t last, int64_t plane_base, const SeedWindow& s, int64_t line_origin,
+                  int64_t nwords) {
+    const int64_t H = g_.size[1], W = g_.size[2];
+    const int64_t seed_rows = s.sy1 - s.sy0;
+    const uint64_t k0 = static_cast<uint64_t>(first) / 16;
+    const int64_t groups = static_cast<int64_t>(static_cast<uint64_t>(last) / 16 - k0) + 1;
+    group_bits_.resize(static_cast<size_t>(groups));
+    seed_bits_of_groups(k0, groups, key_, threshold_, group_bits_.data());
+    for (int64_t i = 0; i < groups; ++i) {
+      uint32_t bits = group_bits_[static_cast<size_t>(i)];
       while (bits != 0) {
         const int lane = __builtin_ctz(bits);
         bits &= bits - 1;
-        const int64_t pos = static_cast<int64_t>(group_first + lane) - row - line_origin;
-        seed_line_[pos >> 6] |= uint64_t(1) << (pos & 63);
-        any = true;
+        const int64_t g = static_cast<int64_t>(16 * (k0 + static_cast<uint64_t>(i))) + lane;
+        if (g < first || g > last) {
+          continue;
+        }
+        const int64_t local = g - plane_base;
+        const int64_t row = local / W, x = local - row * W;
+        const int64_t z = row / H, y = row - z * H;
+        if (x < s.sx0 || x >= s.sx1 || y < s.sy0 || y >= s.sy1 || z < s.sz0 || z >= s.sz1) {
+          continue;
+        }
+        const int64_t s_index = (z - s.sz0) * seed_rows + (y - s.sy0);
+        const int64_t pos = x - line_origin;
+        seed_lines_[static_cast<size_t>(s_index * nwords + (pos >> 6))] |= uint64_t(1) << (pos & 63);
+        seeded_line_[static_cast<size_t>(s_index)] = 1;
       }
     }
-    return any;
   }
 
   MaskGeometry g_;
   PhiloxKey key_;
   SeedThreshold threshold_;
-  std::vector<uint64_t> groups_;
   std::vector<uint32_t> group_bits_;
-  std::vector<uint64_t> drops_;
+  std::vector<uint64_t> seed_lines_;  // one line per seed row (z, y) that can reach the box
+  std::vector<uint8_t> seeded_line_;
+  std::vector<uint64_t> drops_;       // one line per row of the box
   std::vector<uint8_t> dropped_line_;
-  std::vector<uint64_t> seed_line_;
 };
 
 // Work items: runs of whole planes when planes are small, slabs / line runs / line segments
