@@ -1,0 +1,1 @@
+"""Comparative benchmark of dropblock_cuda (``python -m benchmarks --help``)."""

@@ -1,0 +1,191 @@
+"""The comparative benchmark (benchmarks/): correctness gate, writers and CLI on tiny shapes.
+
+No timing assertions: these only check that the machinery runs and writes valid files.
+"""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import dropblock_cuda  # noqa: E402
+from benchmarks import benchmark as bm  # noqa: E402
+from benchmarks.reference_dropblock import DropBlock2dReference, drop_block2d_reference  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SHAPE = (4, 8, 16, 16)
+
+
+def _x(shape=SHAPE, dtype=torch.float32, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gate_accepts_ours(shared, dtype):
+    x = _x(dtype=dtype)
+    gen = torch.Generator().manual_seed(1)
+    y = dropblock_cuda.drop_block2d(x, 0.3, 3, shared_channels=shared, generator=gen)
+    gate = bm.check_dropblock_output(x, y, 0.3, 3, shared_channels=shared)
+    assert gate.ok, gate.reason
+    assert 0.0 < gate.drop_frac < 1.0
+    assert gate.scale == pytest.approx(1.0 / (1.0 - gate.drop_frac), rel=2e-2)
+
+
+def test_gate_p_zero_needs_identity():
+    x = _x()
+    assert bm.check_dropblock_output(x, x.clone(), 0.0, 3).ok
+    assert not bm.check_dropblock_output(x, x * 2, 0.0, 3).ok
+
+
+def test_gate_rejects_two_scales():
+    x = _x()
+    y = dropblock_cuda.drop_block2d(x, 0.3, 3, generator=torch.Generator().manual_seed(2)).clone()
+    y[:2] *= 1.5  # half the batch with another scale
+    gate = bm.check_dropblock_output(x, y, 0.3, 3)
+    assert not gate.ok
+    assert "one s" in gate.reason
+
+
+def test_gate_rejects_dropping_nothing():
+    x = _x()
+    gate = bm.check_dropblock_output(x, x.clone(), 0.5, 3)
+    assert not gate.ok
+    assert "drop fraction" in gate.reason
+
+
+def test_gate_rejects_wrong_rescale_dtype_and_shape():
+    x = _x()
+    y = dropblock_cuda.drop_block2d(x, 0.3, 3, generator=torch.Generator().manual_seed(3))
+    keep = y != 0
+    assert "1/(1 - drop fraction)" in bm.check_dropblock_output(x, x * keep, 0.3, 3).reason  # not rescaled
+    assert "dtype" in bm.check_dropblock_output(x, y.double(), 0.3, 3).reason
+    assert "shape" in bm.check_dropblock_output(x, y[:1], 0.3, 3).reason
+    nan = y.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    assert not bm.check_dropblock_output(x, nan, 0.3, 3).ok
+
+
+def test_gate_drops_too_much_is_lenient_only_when_asked():
+    x = _x()
+    keep = torch.zeros_like(x)
+    keep[..., :4, :4] = 1.0  # drops 15/16
+    y = x * keep * (keep.numel() / keep.sum())
+    assert not bm.check_dropblock_output(x, y, 0.3, 3).ok
+    gate = bm.check_dropblock_output(x, y, 0.3, 3, lenient_upper=True)
+    assert gate.ok and "drops" in gate.warning
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 4, 16, 20])
+def test_reference_is_a_valid_dropblock(block_size):
+    module = DropBlock2dReference(p=0.3, block_size=block_size)  # the article's module could not be built
+    assert module.training
+    x = _x()
+    torch.manual_seed(0)
+    y = module(x)
+    assert bm.check_dropblock_output(x, y, 0.3, block_size).ok
+    assert drop_block2d_reference(x, 0.3, block_size, training=False) is x
+    assert drop_block2d_reference(x, 0.0, block_size) is x
+
+
+def test_reference_blocks_lie_inside_the_map():
+    x = torch.ones(64, 1, 9, 9)
+    torch.manual_seed(0)
+    dropped = drop_block2d_reference(x, 0.5, 9) == 0
+    # block == map: a plane is either fully dropped or fully kept (a single valid seed position)
+    per_plane = dropped.flatten(1).float().mean(1)
+    assert set(per_plane.tolist()) <= {0.0, 1.0}
+    assert 0 < per_plane.sum() < 64
+
+
+def test_failed_implementation_is_reported_not_timed():
+    bad = bm.Impl("bad", "doubles everything", False, lambda p, b, dt, dev: (lambda x: x * 2))
+    ours = bm.Impl("ours", "dropblock_cuda", False,
+                   lambda p, b, dt, dev: (lambda x: dropblock_cuda.drop_block2d(x, p, b)))
+    rows = bm.measure_config([ours, bad], (2, 4, 12, 12), torch.float32, 3, 0.2, torch.device("cpu"),
+                             repeats=1, warmup=0, max_time_s=0.1)
+    by = {r["impl"]: r for r in rows}
+    assert by["ours"]["status"] == "ok" and by["ours"]["fwd_ms"] > 0
+    assert by["bad"]["status"] == "FAILED" and by["bad"]["reason"]
+    assert by["bad"]["fwd_ms"] != by["bad"]["fwd_ms"]  # nan: not timed
+    assert "FAILED" in bm.format_table(rows)
+
+
+def test_saved_bytes_excludes_the_input():
+    x = _x()
+    assert bm.saved_bytes_for_backward(lambda t: t * 2.0, x) == 0
+    # ours keeps one bit per element (plus a scalar scale)
+    ours = bm.saved_bytes_for_backward(lambda t: dropblock_cuda.drop_block2d(t, 0.3, 3), x)
+    assert 0 < ours < x.numel() * x.element_size()
+
+
+def _tiny_config(tmp_path, **kw):
+    base = dict(shapes=[(6, 12, 12), (1, 4, 9, 9)], dtypes=["float32"], block_sizes=[3], batch=2, repeats=1,
+                warmup=0, max_time_s=0.05, headline=False, compile=False, progress=False, quiet=True,
+                out=str(tmp_path))
+    base.update(kw)
+    return bm.Config(**base)
+
+
+def test_writers_produce_valid_files(tmp_path):
+    result = bm.run_benchmark(_tiny_config(tmp_path))
+    files = result["files"]
+    with open(files["csv"]) as fh:
+        rows = list(csv.DictReader(fh))
+    impls = {r["impl"] for r in rows}
+    assert {"floor", "ours", "ours_shared", "article"} <= impls
+    assert {r["shape"] for r in rows} == {"2x6x12x12", "1x4x9x9"}
+    assert all(r["status"] in ("ok", "FAILED", "SKIPPED", "ERROR") for r in rows)
+    ours = [r for r in rows if r["impl"] == "ours"]
+    assert all(r["status"] == "ok" and float(r["fwd_vs_ours"]) == 1.0 for r in ours)
+    with open(files["json"]) as fh:
+        data = json.load(fh)
+    env = data["environment"]
+    for key in ("device_name", "torch", "threads", "git_commit", "wall_s"):
+        assert key in env
+    assert len(data["rows"]) == len(rows)
+    assert {s["impl"] for s in data["summary"]} == impls - {"floor", "ours", "ours_shared"}
+    md = Path(files["markdown"]).read_text()
+    assert "**Summary**" in md
+    assert md.count("\n|") >= len(rows)
+    if "png" in files:
+        png = Path(files["png"]).read_bytes()
+        assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+
+
+def test_plot_skips_cleanly_without_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "empty.png"
+    assert bm.write_plot([], str(path))
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_cli_quick_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(bm.HEADLINE, "shape", (2, 4, 14, 14))  # the headline path, on a tiny tensor
+    code = bm.main(["--quick", "--shapes", "4x12x12", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                    "--no-compile", "--no-progress", "--threads", "1", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Headline" in out and "per_channel_fwd_over_floor" in out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["headline"]["ratios"]["per_channel_fwd_over_floor"] is not None
+    assert {r["section"] for r in data["rows"]} == {"headline", "sweep"}
+    assert {r["block_size"] for r in data["rows"] if r["section"] == "sweep"} == {7}
+    assert (tmp_path / "results.csv").exists() and (tmp_path / "results.md").exists()
+
+
+def test_parse_flags():
+    cfg = bm.config_from_args(["--shapes", "resnet50,3x8x8,1x2x5x5", "--block-sizes", "3,5", "--dtype",
+                               "bfloat16", "--device", "cpu"])
+    assert list(cfg.shapes)[:4] == list(bm.RESNET50_STAGES)
+    assert cfg.shapes[4:] == [(3, 8, 8), (1, 2, 5, 5)]
+    assert cfg.block_sizes == [3, 5] and cfg.dtypes == ["bfloat16"]
+    with pytest.raises(SystemExit):
+        bm.config_from_args(["--dtype", "int8"])
