@@ -15,7 +15,8 @@
 //     (low 24 bits of word 0 of Philox(counter = (g, stream 1), key)). Stream 1 is only drawn
 //     when the top byte ties with T's, so most positions cost 1/16 of a Philox call;
 //   * a seed at (z, y, x) drops the block [z, z+bd) x [y, y+bh) x [x, x+bw);
-//   * the packed mask holds one KEEP bit per logical element: bit g % 64 of 64-bit word g / 64.
+//   * the packed mask holds one KEEP bit per logical element: bit g % 64 of 64-bit word g / 64;
+//     kernels set it to all ones and clear the blocks of the seeds (clear_blocks).
 #include <cmath>
 #include <cstdint>
 
@@ -179,55 +180,10 @@ struct MaskGeometry {
   }
 };
 
-// ---- bit lines: a line is an array of 64-bit words, bit i of the line <-> position i ----
+// ---- the packed mask: bit g % 64 of 64-bit word g / 64 is the KEEP bit of logical index g ----
 
 C10_HOST_DEVICE inline uint64_t low_bits(int64_t n) {
   return n >= 64 ? ~uint64_t(0) : ((uint64_t(1) << n) - 1);
-}
-
-// 64 bits of `line` starting at bit `offset`; bits past `nwords` read as zero.
-C10_HOST_DEVICE inline uint64_t read_bits64(const uint64_t* line, int64_t nwords, int64_t offset) {
-  const int64_t w = offset >> 6;
-  const int shift = static_cast<int>(offset & 63);
-  const uint64_t first = w < nwords ? line[w] : 0;
-  if (shift == 0) {
-    return first;
-  }
-  const uint64_t second = w + 1 < nwords ? line[w + 1] : 0;
-  return (first >> shift) | (second << (64 - shift));
-}
-
-// line |= line << shift, in place, across words (towards higher positions).
-C10_HOST_DEVICE inline void or_shifted_up(uint64_t* line, int64_t nwords, int64_t shift) {
-  const int64_t word_shift = shift >> 6;
-  const int bit_shift = static_cast<int>(shift & 63);
-  for (int64_t w = nwords - 1; w >= word_shift; --w) {
-    const int64_t src = w - word_shift;
-    uint64_t v = line[src] << bit_shift;
-    if (bit_shift != 0 && src > 0) {
-      v |= line[src - 1] >> (64 - bit_shift);
-    }
-    line[w] |= v;
-  }
-}
-
-// Block expansion along a line: position i ends up set when any seed sits in [i - b + 1, i].
-// Doubling the covered width keeps it at O(log b) passes.
-C10_HOST_DEVICE inline void expand_line(uint64_t* line, int64_t nwords, int64_t b) {
-  int64_t covered = 1;
-  while (covered < b) {
-    const int64_t step = covered < b - covered ? covered : b - covered;
-    or_shifted_up(line, nwords, step);
-    covered += step;
-  }
-}
-
-C10_HOST_DEVICE inline void atomic_or_word(uint64_t* word, uint64_t bits) {
-#ifdef __CUDA_ARCH__
-  atomicOr(reinterpret_cast<unsigned long long*>(word), static_cast<unsigned long long>(bits));
-#else
-  __atomic_fetch_or(word, bits, __ATOMIC_RELAXED);
-#endif
 }
 
 C10_HOST_DEVICE inline void atomic_and_word(uint64_t* word, uint64_t bits) {
@@ -238,53 +194,147 @@ C10_HOST_DEVICE inline void atomic_and_word(uint64_t* word, uint64_t bits) {
 #endif
 }
 
-// Writes into the packed mask (zero-initialised). Words strictly inside (shared_lo, shared_hi)
-// belong to the caller alone; the edge words may be shared with another worker, which only
-// ever touches its own bits there, and are updated atomically.
-struct PackedWriter {
+// Clears bits through 64-bit atomicAnd / __atomic_fetch_and: for workers whose blocks may
+// overlap anywhere (the CUDA seed kernel).
+struct AtomicClear {
+  uint64_t* words;
+  C10_HOST_DEVICE void operator()(int64_t w, uint64_t bits) const {
+    if (bits != 0) {
+      atomic_and_word(words + w, ~bits);
+    }
+  }
+};
+
+// Clears bits of the packed mask for a worker that owns the words strictly inside
+// (shared_lo, shared_hi): plain writes there, atomic ones on the words other workers may touch.
+struct OwnedClear {
   uint64_t* words;
   int64_t shared_lo;
   int64_t shared_hi;
-
-  C10_HOST_DEVICE bool is_shared(int64_t w) const {
-    return w <= shared_lo || w >= shared_hi;
-  }
-  C10_HOST_DEVICE void set_word_bits(int64_t w, uint64_t bits) const {
-    if (is_shared(w)) {
-      atomic_or_word(words + w, bits);
-    } else {
-      words[w] |= bits;
-    }
-  }
-  C10_HOST_DEVICE void clear_word_bits(int64_t w, uint64_t bits) const {
+  C10_HOST_DEVICE void operator()(int64_t w, uint64_t bits) const {
     if (bits == 0) {
       return;
     }
-    if (is_shared(w)) {
+    if (w <= shared_lo || w >= shared_hi) {
       atomic_and_word(words + w, ~bits);
     } else {
       words[w] &= ~bits;
     }
   }
-  // Sets every bit in [first, last).
-  C10_HOST_DEVICE void set_range(int64_t first, int64_t last) const {
-    for (int64_t w = first >> 6; w <= (last - 1) >> 6 && first < last; ++w) {
-      const int64_t lo = w * 64 > first ? w * 64 : first;
-      const int64_t hi = w * 64 + 64 < last ? w * 64 + 64 : last;
-      set_word_bits(w, low_bits(hi - lo) << (lo - w * 64));
-    }
-  }
-  // Clears the set bits of `bits` (n <= 64 of them) at bit offset `dst_offset`.
-  C10_HOST_DEVICE void clear_bits(int64_t dst_offset, uint64_t bits, int64_t n) const {
-    bits &= low_bits(n);
-    const int64_t w = dst_offset >> 6;
-    const int shift = static_cast<int>(dst_offset & 63);
-    clear_word_bits(w, bits << shift);
-    if (shift != 0 && shift + n > 64) {
-      clear_word_bits(w + 1, bits >> (64 - shift));
-    }
-  }
 };
+
+// Clears bits [first, first + n) through `clear`.
+template <typename Clear>
+C10_HOST_DEVICE inline void clear_range(int64_t first, int64_t n, const Clear& clear) {
+  const int64_t last = first + n;
+  for (int64_t w = first >> 6; w <= (last - 1) >> 6 && n > 0; ++w) {
+    const int64_t lo = w * 64 > first ? w * 64 : first;
+    const int64_t hi = w * 64 + 64 < last ? w * 64 + 64 : last;
+    clear(w, low_bits(hi - lo) << (lo - w * 64));
+  }
+}
+
+// Where seeds may sit and what their blocks cover, in logical indices.
+struct SeedGrid {
+  int64_t total;        // planes * D * H * W
+  int64_t plane_numel;  // D * H * W
+  int64_t size[kMaxSpatialDims];
+  int64_t extent[kMaxSpatialDims];  // positions where a block fits: size - block + 1
+  int64_t block[kMaxSpatialDims];
+};
+
+C10_HOST_DEVICE inline SeedGrid make_seed_grid(const MaskGeometry& g) {
+  SeedGrid s{};
+  s.plane_numel = g.plane_numel();
+  s.total = g.planes * s.plane_numel;
+  for (int d = 0; d < kMaxSpatialDims; ++d) {
+    s.size[d] = g.size[d];
+    s.extent[d] = g.seed_extent(d);
+    s.block[d] = g.block[d];
+  }
+  return s;
+}
+
+// The seeds among `bits` (bit i <-> logical index 16k + i) that sit where a whole block fits.
+C10_HOST_DEVICE inline uint32_t seeds_where_blocks_fit(const SeedGrid& s, uint64_t k, uint32_t bits) {
+  const int64_t g0 = static_cast<int64_t>(16 * k);
+  if (bits == 0 || g0 >= s.total) {
+    return 0;
+  }
+  if (g0 + 16 > s.total) {
+    bits &= (1u << (s.total - g0)) - 1;
+  }
+  const int64_t H = s.size[1], W = s.size[2];
+  const int64_t r = g0 % s.plane_numel;
+  const int64_t line = r / W;
+  int64_t x = r - line * W, y = line % H, z = line / H;
+  uint32_t valid = 0;
+  for (int j = 0; j < 16 && (bits >> j) != 0; ++j) {
+    if (((bits >> j) & 1u) && x < s.extent[2] && y < s.extent[1] && z < s.extent[0]) {
+      valid |= 1u << j;
+    }
+    if (++x == W) {
+      x = 0;
+      if (++y == H) {
+        y = 0;
+        if (++z == s.size[0]) {
+          z = 0;
+        }
+      }
+    }
+  }
+  return valid;
+}
+
+// Block expansion: clears the blocks of `seeds` (bit i <-> logical index 16k + i, each a seed
+// where its block fits) through clear(word, bits). A seed at g drops g + (dz*H + dy)*W + dx for
+// dz < bd, dy < bh, dx < bw; blocks never leave their rows, so the offsets are the same for
+// every seed and the group's 16-bit pattern, widened by bw - 1, is cleared row by row.
+template <typename Clear>
+C10_HOST_DEVICE inline void clear_blocks(const SeedGrid& s, uint64_t k, uint32_t seeds, const Clear& clear) {
+  if (seeds == 0) {
+    return;
+  }
+  const int64_t g0 = static_cast<int64_t>(16 * k);
+  const int64_t H = s.size[1], W = s.size[2];
+  const int64_t bd = s.block[0], bh = s.block[1], bw = s.block[2];
+  if (bw <= 48) {
+    uint64_t pattern = seeds;  // at most 16 + 47 bits
+    for (int64_t covered = 1; covered < bw;) {
+      const int64_t step = covered < bw - covered ? covered : bw - covered;
+      pattern |= pattern << step;
+      covered += step;
+    }
+    for (int64_t dz = 0; dz < bd; ++dz) {
+      for (int64_t dy = 0; dy < bh; ++dy) {
+        const int64_t pos = g0 + (dz * H + dy) * W;
+        const int shift = static_cast<int>(pos & 63);
+        clear(pos >> 6, pattern << shift);
+        if (shift != 0) {
+          clear((pos >> 6) + 1, pattern >> (64 - shift));
+        }
+      }
+    }
+    return;
+  }
+  for (uint32_t v = seeds; v != 0; v &= v - 1) {
+    int lane = 0;
+    while (((v >> lane) & 1u) == 0) {
+      ++lane;
+    }
+    for (int64_t dz = 0; dz < bd; ++dz) {
+      for (int64_t dy = 0; dy < bh; ++dy) {
+        clear_range(g0 + lane + (dz * H + dy) * W, bw, clear);
+      }
+    }
+  }
+}
+
+// How far past its seed a block reaches, in logical indices: the words a worker shares with
+// the workers before it.
+C10_HOST_DEVICE inline int64_t block_reach(const SeedGrid& s) {
+  return ((s.block[0] - 1) * s.size[1] + (s.block[1] - 1)) * s.size[2] + (s.block[2] - 1);
+}
 
 C10_HOST_DEVICE inline bool keep_bit(const uint64_t* mask, int64_t index) {
   return (mask[index >> 6] >> (index & 63)) & 1u;

@@ -10,7 +10,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include "../mask_logic.h"
@@ -19,16 +18,9 @@
 namespace dropblock {
 namespace {
 
-// About this many elements per unit of parallel work: small enough to balance two to a few
-// dozen threads, large enough that per-item set-up and edge atomics stay negligible.
-constexpr int64_t kItemElements = int64_t(1) << 15;
-
-// A box of one plane whose elements form one contiguous range of logical indices.
-struct Box {
-  int64_t plane;
-  int64_t lo[kMaxSpatialDims];
-  int64_t hi[kMaxSpatialDims];
-};
+// Logical indices per unit of parallel work (a multiple of 64): small enough to balance two to
+// a few dozen threads, large enough that per-range set-up and edge atomics stay negligible.
+constexpr int64_t kChunkElements = int64_t(1) << 15;
 
 // Philox groups drawn per batch: independent iterations the compiler can vectorise.
 constexpr int kPhiloxBatch = 64;
@@ -75,210 +67,73 @@ void seed_bits_of_groups(uint64_t first_group, int64_t n, PhiloxKey key, SeedThr
   }
 }
 
-// Computes the keep bits of boxes of one plane into the packed mask.
-class BoxMasker {
+// Runs of Philox groups closer than this many logical indices are drawn as one run: drawing a
+// few positions where no block fits costs less than starting another run.
+constexpr int64_t kMergeGap = 64;
+constexpr int64_t kGroupsPerDraw = 1024;
+
+// Draws and paints the seeds of one contiguous range [first, last) of logical indices (both
+// multiples of 64, so Philox groups and mask words never straddle two ranges) on a mask of
+// all ones. Blocks reach past their range by up to block_reach() indices: the words within
+// that reach of the range's start may also be painted by the range before, and are cleared
+// atomically.
+class RangePainter {
  public:
-  BoxMasker(const MaskGeometry& g, PhiloxKey key, SeedThreshold threshold)
-      : g_(g), key_(key), threshold_(threshold) {}
+  RangePainter(const SeedGrid& grid, PhiloxKey key, SeedThreshold threshold, uint64_t* words)
+      : grid_(grid), key_(key), threshold_(threshold), words_(words) {}
 
-  // `first`/`last`: the box's contiguous range of logical indices.
-  void run(const Box& box, int64_t first, int64_t last, const PackedWriter& out) {
-    out.set_range(first, last);
-    if (never_seeds(threshold_)) {
-      return;
-    }
-    const int64_t H = g_.size[1], W = g_.size[2];
-    const int64_t bd = g_.block[0], bh = g_.block[1], bw = g_.block[2];
-    const int64_t z0 = box.lo[0], z1 = box.hi[0], y0 = box.lo[1], y1 = box.hi[1];
-    const int64_t x0 = box.lo[2], x1 = box.hi[2];
-    const int64_t ny = y1 - y0, nx = x1 - x0;
-    // Seeds that can reach the box: up to b - 1 positions before it in every dimension.
-    const int64_t sz0 = std::max<int64_t>(z0 - bd + 1, 0), sz1 = std::min(z1, g_.seed_extent(0));
-    const int64_t sy0 = std::max<int64_t>(y0 - bh + 1, 0), sy1 = std::min(y1, g_.seed_extent(1));
-    const int64_t sx0 = std::max<int64_t>(x0 - bw + 1, 0), sx1 = std::min(x1, g_.seed_extent(2));
-    if (sz0 >= sz1 || sy0 >= sy1 || sx0 >= sx1) {
-      return;
-    }
-    const int64_t plane_base = box.plane * g_.plane_numel();
-
-    // 1. Draw the seeds. Rows whose seed span covers most of the row are drawn as one
-    // contiguous run of Philox groups per slab (the few positions past the span are drawn and
-    // ignored); narrow spans are drawn row by row.
-    const int64_t seed_rows = sy1 - sy0;
-    const int64_t line_origin = x0 - (bw - 1);  // local lines start where the first seed reaching x0 sits
-    const int64_t nwords = (nx + bw - 1 + 63) / 64;
-    seed_lines_.assign(static_cast<size_t>((sz1 - sz0) * seed_rows * nwords), 0);
-    seeded_line_.assign(static_cast<size_t>((sz1 - sz0) * seed_rows), 0);
-    const bool row_runs = 2 * (sx1 - sx0) < W;
-    for (int64_t sz = sz0; sz < sz1; ++sz) {
-      for (int64_t sy = sy0; sy < sy1; sy += row_runs ? 1 : seed_rows) {
-        const int64_t last_row = row_runs ? sy : sy1 - 1;
-        const int64_t first = plane_base + (sz * H + sy) * W + sx0;
-        const int64_t last = plane_base + (sz * H + last_row) * W + sx1 - 1;
-        sample_run(first, last, plane_base, SeedWindow{sz0, sz1, sy0, sy1, sx0, sx1}, line_origin, nwords);
+  void paint(int64_t first, int64_t last) {
+    const int64_t reach = block_reach(grid_);
+    clear_ = OwnedClear{words_, reach > 0 ? (first + reach - 1) >> 6 : (first >> 6) - 1, last >> 6};
+    const int64_t H = grid_.size[1], W = grid_.size[2];
+    int64_t run_first = -1, run_last = -1;
+    // Rows (q, z, y) of the range whose seeds can fit: their first extent[2] positions.
+    for (int64_t row = first / W; row * W < last; ++row) {
+      const int64_t y = row % H, z = (row / H) % grid_.size[0];
+      if (y >= grid_.extent[1] || z >= grid_.extent[0]) {
+        continue;
       }
-    }
-
-    // 2. Expand each seeded line along x, then OR it into the bh x bd lines its blocks cover.
-    drops_.assign(static_cast<size_t>((z1 - z0) * ny * nwords), 0);
-    dropped_line_.assign(static_cast<size_t>((z1 - z0) * ny), 0);
-    for (int64_t sz = sz0; sz < sz1; ++sz) {
-      for (int64_t sy = sy0; sy < sy1; ++sy) {
-        const int64_t s_index = (sz - sz0) * seed_rows + (sy - sy0);
-        if (!seeded_line_[s_index]) {
-          continue;
-        }
-        uint64_t* seeds = seed_lines_.data() + s_index * nwords;
-        expand_line(seeds, nwords, bw);
-        for (int64_t z = std::max(sz, z0); z < std::min(sz + bd, z1); ++z) {
-          for (int64_t y = std::max(sy, y0); y < std::min(sy + bh, y1); ++y) {
-            const int64_t t = (z - z0) * ny + (y - y0);
-            uint64_t* drop = drops_.data() + t * nwords;
-            for (int64_t w = 0; w < nwords; ++w) {
-              drop[w] |= seeds[w];
-            }
-            dropped_line_[t] = 1;
-          }
-        }
+      const int64_t a = std::max(first, row * W), b = std::min(last, row * W + grid_.extent[2]) - 1;
+      if (a > b) {
+        continue;
       }
-    }
-
-    // 3. Clear the dropped bits.
-    for (int64_t z = z0; z < z1; ++z) {
-      for (int64_t y = y0; y < y1; ++y) {
-        const int64_t t = (z - z0) * ny + (y - y0);
-        if (!dropped_line_[t]) {
-          continue;
-        }
-        const int64_t dst = plane_base + (z * H + y) * W + x0;
-        const uint64_t* drop = drops_.data() + t * nwords;
-        for (int64_t i = 0; i < nx; i += 64) {
-          out.clear_bits(dst + i, read_bits64(drop, nwords, (bw - 1) + i), std::min<int64_t>(64, nx - i));
-        }
+      if (run_first >= 0 && a <= run_last + kMergeGap) {
+        run_last = b;
+        continue;
       }
+      if (run_first >= 0) {
+        draw_run(run_first, run_last);
+      }
+      run_first = a;
+      run_last = b;
+    }
+    if (run_first >= 0) {
+      draw_run(run_first, run_last);
     }
   }
 
  private:
-  // Draws the groups covering logical indices [first, last] and records the seeds that sit
-  // where a block fits (x in [sx0, sx1), y and z below their seed extents) in their seed lines.
-  struct SeedWindow {
-    int64_t sz0, sz1, sy0, sy1, sx0, sx1;
-  };
-
-  void sample_run(int64_t first, int64_t last, int64_t plane_base, const SeedWindow& s, int64_t line_origin,
-                  int64_t nwords) {
-    const int64_t H = g_.size[1], W = g_.size[2];
-    const int64_t seed_rows = s.sy1 - s.sy0;
-    const uint64_t k0 = static_cast<uint64_t>(first) / 16;
-    const int64_t groups = static_cast<int64_t>(static_cast<uint64_t>(last) / 16 - k0) + 1;
-    group_bits_.resize(static_cast<size_t>(groups));
-    seed_bits_of_groups(k0, groups, key_, threshold_, group_bits_.data());
-    for (int64_t i = 0; i < groups; ++i) {
-      uint32_t bits = group_bits_[static_cast<size_t>(i)];
-      while (bits != 0) {
-        const int lane = __builtin_ctz(bits);
-        bits &= bits - 1;
-        const int64_t g = static_cast<int64_t>(16 * (k0 + static_cast<uint64_t>(i))) + lane;
-        if (g < first || g > last) {
-          continue;
+  void draw_run(int64_t a, int64_t b) {
+    const uint64_t k_first = static_cast<uint64_t>(a) / 16, k_last = static_cast<uint64_t>(b) / 16;
+    for (uint64_t k0 = k_first; k0 <= k_last; k0 += kGroupsPerDraw) {
+      const int64_t n = static_cast<int64_t>(std::min<uint64_t>(kGroupsPerDraw, k_last - k0 + 1));
+      seed_bits_of_groups(k0, n, key_, threshold_, bits_);
+      for (int64_t i = 0; i < n; ++i) {
+        if (bits_[i] != 0) {
+          const uint64_t k = k0 + static_cast<uint64_t>(i);
+          clear_blocks(grid_, k, seeds_where_blocks_fit(grid_, k, bits_[i]), clear_);
         }
-        const int64_t local = g - plane_base;
-        const int64_t row = local / W, x = local - row * W;
-        const int64_t z = row / H, y = row - z * H;
-        if (x < s.sx0 || x >= s.sx1 || y < s.sy0 || y >= s.sy1 || z < s.sz0 || z >= s.sz1) {
-          continue;
-        }
-        const int64_t s_index = (z - s.sz0) * seed_rows + (y - s.sy0);
-        const int64_t pos = x - line_origin;
-        seed_lines_[static_cast<size_t>(s_index * nwords + (pos >> 6))] |= uint64_t(1) << (pos & 63);
-        seeded_line_[static_cast<size_t>(s_index)] = 1;
       }
     }
   }
 
-  MaskGeometry g_;
+  SeedGrid grid_;
   PhiloxKey key_;
   SeedThreshold threshold_;
-  std::vector<uint32_t> group_bits_;
-  std::vector<uint64_t> seed_lines_;  // one line per seed row (z, y) that can reach the box
-  std::vector<uint8_t> seeded_line_;
-  std::vector<uint64_t> drops_;       // one line per row of the box
-  std::vector<uint8_t> dropped_line_;
+  uint64_t* words_;
+  OwnedClear clear_{};
+  uint32_t bits_[kGroupsPerDraw];
 };
-
-// Work items: runs of whole planes when planes are small, slabs / line runs / line segments
-// of one plane when they are large. Every item is a contiguous range of logical indices.
-struct WorkItem {
-  int64_t plane_begin;
-  int64_t plane_end;
-  int split_dim;  // -1: whole planes; else the dimension [lo, hi) cuts
-  int64_t lo;
-  int64_t hi;
-};
-
-std::vector<WorkItem> plan_items(const MaskGeometry& g) {
-  std::vector<WorkItem> items;
-  const int64_t plane = g.plane_numel();
-  if (plane <= kItemElements) {
-    const int64_t per_item = std::max<int64_t>(1, kItemElements / std::max<int64_t>(plane, 1));
-    for (int64_t q = 0; q < g.planes; q += per_item) {
-      items.push_back({q, std::min(q + per_item, g.planes), -1, 0, 0});
-    }
-    return items;
-  }
-  int dim = 0;
-  while (dim < kMaxSpatialDims - 1 && g.size[dim] == 1) {
-    ++dim;
-  }
-  int64_t inner = 1;
-  for (int d = dim + 1; d < kMaxSpatialDims; ++d) {
-    inner *= g.size[d];
-  }
-  int64_t step = std::max<int64_t>(1, kItemElements / inner);
-  if (dim == kMaxSpatialDims - 1) {
-    step = (step + 63) / 64 * 64;
-  }
-  for (int64_t q = 0; q < g.planes; ++q) {
-    for (int64_t lo = 0; lo < g.size[dim]; lo += step) {
-      items.push_back({q, q + 1, dim, lo, std::min(lo + step, g.size[dim])});
-    }
-  }
-  return items;
-}
-
-void run_item(const MaskGeometry& g, const WorkItem& item, BoxMasker& masker, uint64_t* words) {
-  const int64_t plane = g.plane_numel();
-  Box box{};
-  int64_t first = 0, last = 0;  // logical index range [first, last) of the item
-  for (int d = 0; d < kMaxSpatialDims; ++d) {
-    box.lo[d] = 0;
-    box.hi[d] = g.size[d];
-  }
-  if (item.split_dim < 0) {
-    first = item.plane_begin * plane;
-    last = item.plane_end * plane;
-  } else {
-    box.lo[item.split_dim] = item.lo;
-    box.hi[item.split_dim] = item.hi;
-    int64_t inner = 1;
-    for (int d = item.split_dim + 1; d < kMaxSpatialDims; ++d) {
-      inner *= g.size[d];
-    }
-    first = item.plane_begin * plane + item.lo * inner;
-    last = item.plane_begin * plane + item.hi * inner;
-  }
-  const PackedWriter out{words, first >> 6, (last - 1) >> 6};
-  if (item.split_dim >= 0) {
-    box.plane = item.plane_begin;
-    masker.run(box, first, last, out);
-    return;
-  }
-  for (int64_t q = item.plane_begin; q < item.plane_end; ++q) {
-    box.plane = q;
-    masker.run(box, q * plane, (q + 1) * plane, out);
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
                                                        c10::IntArrayRef block_size, double eps,
@@ -288,17 +143,25 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, 
   const PhiloxKey key = make_key(static_cast<uint64_t>(seed.item<int64_t>()));
   const SeedThreshold threshold = make_seed_threshold(p.item<double>(), gamma_factor(g));
 
-  at::Tensor mask = at::zeros({packed_mask_bytes(g)}, input.options().dtype(at::kByte));
+  at::Tensor mask = at::empty({packed_mask_bytes(g)}, input.options().dtype(at::kByte));
   uint64_t* words = reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>());
-  const std::vector<WorkItem> items = plan_items(g);
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
-    BoxMasker masker(g, key, threshold);
-    for (int64_t i = begin; i < end; ++i) {
-      run_item(g, items[static_cast<size_t>(i)], masker, words);
-    }
-  });
-
   const int64_t nwords = mask.numel() / 8;
+  const SeedGrid grid = make_seed_grid(g);
+  // All ones first (but the padding past the last element), then every range clears its blocks.
+  std::fill(words, words + nwords, ~uint64_t(0));
+  if (nwords > 0 && grid.total % 64 != 0) {
+    words[nwords - 1] = low_bits(grid.total % 64);
+  }
+  if (!never_seeds(threshold) && grid.total > 0) {
+    const int64_t chunks = (grid.total + kChunkElements - 1) / kChunkElements;
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      RangePainter painter(grid, key, threshold, words);
+      for (int64_t c = begin; c < end; ++c) {
+        painter.paint(c * kChunkElements, std::min((c + 1) * kChunkElements, grid.total));
+      }
+    });
+  }
+
   const int64_t kept_bits = at::parallel_reduce(
       0, nwords, 1 << 14, int64_t(0),
       [&](int64_t begin, int64_t end, int64_t acc) {

@@ -4,11 +4,10 @@
 // Mask (the same bits as the CPU kernel, by the law in mask_logic.h):
 //   1. the packed mask is set to all ones (cudaMemsetAsync);
 //   2. seed kernel: one thread per Philox group of 16 logical indices draws the group's seed
-//      bits (seed_bits_of_group), keeps the seeds where a block fits, widens them along x by
-//      bw - 1 positions (a valid seed's block never crosses its row's end, so this is a shift of
-//      the group's 16-bit pattern) and clears that pattern in the bd * bh rows the blocks cover,
-//      with 64-bit atomicAnd. Seeds are rare (gamma ~ p / b^d), so nearly all the work is one
-//      Philox call per 16 elements: the minimum the law allows;
+//      bits (seed_bits_of_group), keeps the seeds where a block fits (seeds_where_blocks_fit)
+//      and clears their blocks with 64-bit atomicAnd (clear_blocks): the very functions the CPU
+//      kernel runs, from mask_logic.h. Seeds are rare (gamma ~ p / b^d), so nearly all the work
+//      is one Philox call per 16 elements: the minimum the law allows;
 //   3. count kernel: popcount of every word (and zeroing of the bits past the last element),
 //      one partial sum per block; finalize kernel: one block sums them and writes the scale.
 // Nothing is read back to the host: the key and the scale stay in device memory, so the ops
@@ -51,123 +50,23 @@ unsigned grid_for(int64_t work, int64_t per_block) {
 // Mask
 // ------------------------------------------------------------------------------------------
 
-struct SeedParams {
-  int64_t groups;      // Philox groups of the whole mask: ceil(total_bits / 16)
-  int64_t total_bits;  // planes * D * H * W
-  int64_t plane_numel;
-  int64_t D, H, W;
-  int64_t ext_z, ext_y, ext_x;  // positions where a block fits: size - block + 1
-  int64_t bd, bh, bw;
-  double gamma_factor;
-};
-
-C10_HOST_DEVICE inline void clear_bits_atomic(uint64_t* mask, int64_t word, uint64_t bits) {
-  if (bits != 0) {
-    atomic_and_word(mask + word, ~bits);
-  }
-}
-
-// Clears bits [first, first + n) of the mask.
-C10_HOST_DEVICE inline void clear_range_atomic(uint64_t* mask, int64_t first, int64_t n) {
-  const int64_t last = first + n;
-  for (int64_t w = first >> 6; w <= (last - 1) >> 6; ++w) {
-    const int64_t lo = w * 64 > first ? w * 64 : first;
-    const int64_t hi = w * 64 + 64 < last ? w * 64 + 64 : last;
-    clear_bits_atomic(mask, w, low_bits(hi - lo) << (lo - w * 64));
-  }
-}
-
-C10_HOST_DEVICE inline int lowest_set_bit(uint32_t v) {
-#ifdef __CUDA_ARCH__
-  return __ffs(static_cast<int>(v)) - 1;
-#else
-  return __builtin_ctz(v);
-#endif
-}
-
-// The work of one Philox group k (logical indices 16k .. 16k + 15) on a mask of all ones:
-// clears the blocks of its seeds. Host-callable so that the tests of the kernel logic can run
-// without a GPU.
-C10_HOST_DEVICE inline void paint_seed_group(const SeedParams& p, PhiloxKey key, SeedThreshold threshold, int64_t k,
-                                             uint64_t* mask) {
-  uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, threshold);
-  if (bits == 0) {
-    return;
-  }
-  const int64_t g0 = 16 * k;
-  if (g0 + 16 > p.total_bits) {
-    bits &= (1u << (p.total_bits - g0)) - 1;
-  }
-  if (bits == 0) {
-    return;
-  }
-  // Keep the seeds where a whole block fits, walking (z, y, x) along the group's indices.
-  const int64_t q = g0 / p.plane_numel;
-  const int64_t r = g0 - q * p.plane_numel;
-  const int64_t line = r / p.W;
-  int64_t x = r - line * p.W;
-  int64_t z = line / p.H;
-  int64_t y = line - z * p.H;
-  uint32_t valid = 0;
-  for (int j = 0; j < 16 && (bits >> j) != 0; ++j) {
-    if (((bits >> j) & 1u) && x < p.ext_x && y < p.ext_y && z < p.ext_z) {
-      valid |= 1u << j;
-    }
-    if (++x == p.W) {
-      x = 0;
-      if (++y == p.H) {
-        y = 0;
-        if (++z == p.D) {
-          z = 0;
-        }
-      }
-    }
-  }
-  if (valid == 0) {
-    return;
-  }
-  // A seed at logical index g drops g + (dz * H + dy) * W + dx for dz < bd, dy < bh, dx < bw:
-  // the block stays inside its plane and rows, so the offsets are the same for every seed.
-  if (p.bw <= 49) {
-    uint64_t pattern = valid;  // bit i <-> logical index g0 + i, at most 16 + 48 bits
-    for (int64_t covered = 1; covered < p.bw;) {
-      const int64_t step = covered < p.bw - covered ? covered : p.bw - covered;
-      pattern |= pattern << step;
-      covered += step;
-    }
-    for (int64_t dz = 0; dz < p.bd; ++dz) {
-      for (int64_t dy = 0; dy < p.bh; ++dy) {
-        const int64_t pos = g0 + (dz * p.H + dy) * p.W;
-        const int shift = static_cast<int>(pos & 63);
-        clear_bits_atomic(mask, pos >> 6, pattern << shift);
-        if (shift != 0) {
-          clear_bits_atomic(mask, (pos >> 6) + 1, pattern >> (64 - shift));
-        }
-      }
-    }
-  } else {
-    for (uint32_t v = valid; v != 0; v &= v - 1) {
-      const int64_t g = g0 + lowest_set_bit(v);
-      for (int64_t dz = 0; dz < p.bd; ++dz) {
-        for (int64_t dy = 0; dy < p.bh; ++dy) {
-          clear_range_atomic(mask, g + (dz * p.H + dy) * p.W, p.bw);
-        }
-      }
-    }
-  }
-}
-
-__global__ void __launch_bounds__(kThreads) seed_kernel(SeedParams p, const int64_t* __restrict__ seed,
+__global__ void __launch_bounds__(kThreads) seed_kernel(SeedGrid grid, double gamma_factor,
+                                                        const int64_t* __restrict__ seed,
                                                         const double* __restrict__ drop_probability,
                                                         uint64_t* __restrict__ mask) {
-  const SeedThreshold threshold = make_seed_threshold(*drop_probability, p.gamma_factor);
+  const SeedThreshold threshold = make_seed_threshold(*drop_probability, gamma_factor);
   if (never_seeds(threshold)) {
     return;
   }
   const PhiloxKey key = make_key(static_cast<uint64_t>(*seed));
+  const AtomicClear clear{mask};
+  const int64_t groups = (grid.total + 15) / 16;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < p.groups; k += stride) {
-    paint_seed_group(p, key, threshold, k, mask);
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < groups; k += stride) {
+    const uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, threshold);
+    if (bits != 0) {
+      clear_blocks(grid, static_cast<uint64_t>(k), seeds_where_blocks_fit(grid, static_cast<uint64_t>(k), bits), clear);
+    }
   }
 }
 
@@ -489,24 +388,6 @@ void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64
   }
 }
 
-SeedParams make_seed_params(const MaskGeometry& g, double gamma_factor) {
-  SeedParams p{};
-  p.total_bits = g.planes * g.plane_numel();
-  p.groups = ceil_div(p.total_bits, 16);
-  p.plane_numel = g.plane_numel();
-  p.D = g.size[0];
-  p.H = g.size[1];
-  p.W = g.size[2];
-  p.ext_z = g.seed_extent(0);
-  p.ext_y = g.seed_extent(1);
-  p.ext_x = g.seed_extent(2);
-  p.bd = g.block[0];
-  p.bh = g.block[1];
-  p.bw = g.block[2];
-  p.gamma_factor = gamma_factor;
-  return p;
-}
-
 }  // namespace
 
 int64_t mask_count_scratch_elements(int64_t mask_words) {
@@ -518,13 +399,14 @@ void launch_mask(const MaskGeometry& g, const double* drop_probability, double g
                  uint64_t* mask,
                  int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps, double* scale,
                  int64_t* scratch, cudaStream_t stream) {
-  const SeedParams p = make_seed_params(g, gamma_factor);
+  const SeedGrid grid = make_seed_grid(g);
   cudaMemsetAsync(mask, 0xFF, static_cast<size_t>(mask_words) * sizeof(uint64_t), stream);
-  if (p.total_bits > 0) {
-    seed_kernel<<<grid_for(p.groups, kThreads), kThreads, 0, stream>>>(p, seed, drop_probability, mask);
+  if (grid.total > 0) {
+    seed_kernel<<<grid_for(ceil_div(grid.total, 16), kThreads), kThreads, 0, stream>>>(grid, gamma_factor, seed,
+                                                                                       drop_probability, mask);
   }
   const int parts = static_cast<int>(mask_count_scratch_elements(mask_words));
-  count_kernel<<<parts, kThreads, 0, stream>>>(mask, mask_words, p.total_bits, scratch);
+  count_kernel<<<parts, kThreads, 0, stream>>>(mask, mask_words, grid.total, scratch);
   scale_kernel<<<1, kThreads, 0, stream>>>(scratch, parts, count_multiplier, numel, eps, scale);
 }
 
