@@ -6,6 +6,8 @@ from . import _C  # noqa: F401  (loads the library that registers torch.ops.drop
 from . import _registrations  # noqa: F401
 from .functional import drop_block1d, drop_block2d, drop_block3d
 from .modules import DropBlock1d, DropBlock2d, DropBlock3d
+from .scheduler import LinearScheduler
+from .convert import convert_dropblock
 
 __version__ = "0.1.0"
 
@@ -23,5 +25,7 @@ __all__ = [
     "DropBlock1d",
     "DropBlock2d",
     "DropBlock3d",
+    "LinearScheduler",
+    "convert_dropblock",
     "cuda_version",
 ]

@@ -94,7 +94,13 @@ def _drop_block(
     ops = torch.ops.dropblock_cuda
     seed = _draw_seed(input.device, generator)
     # p travels as a device tensor: a scheduled p stays a graph input under torch.compile.
-    drop_probability = torch.full((), p, dtype=torch.float64, device=input.device)
+    if torch.compiler.is_compiling():
+        # Inductor keeps a changing p symbolic only through tensor arithmetic (its
+        # tensorify_python_scalars pass): `zeros + p` stays symbolic, while torch.full(p)
+        # would specialize p and recompile the graph for every value.
+        drop_probability = torch.zeros((), dtype=torch.float64, device=input.device) + p
+    else:
+        drop_probability = torch.full((), p, dtype=torch.float64, device=input.device)
     mask, scale = ops.drop_block_mask(input, seed, drop_probability, sizes, eps, bool(shared_channels))
     if not inplace:
         return ops.drop_block_apply(input, mask, scale, bool(shared_channels))
