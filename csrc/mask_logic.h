@@ -121,17 +121,6 @@ C10_HOST_DEVICE inline bool never_seeds(SeedThreshold t) {
   return t.top == 0 && t.low == 0;
 }
 
-C10_HOST_DEVICE inline uint32_t tie_break_bits(uint64_t g, PhiloxKey key) {
-  return philox4x32_10(g, /*stream=*/1, key).word[0] & 0xFFFFFFu;
-}
-
-C10_HOST_DEVICE inline bool seed_from_top_byte(uint32_t byte, uint64_t g, PhiloxKey key, SeedThreshold t) {
-  if (byte != t.top) {
-    return byte < t.top;
-  }
-  return tie_break_bits(g, key) < t.low;
-}
-
 // True when some byte of `word` is <= top (valid for top <= 127): lets the common case of a
 // small gamma skip four positions with a handful of integer operations.
 C10_HOST_DEVICE inline bool may_hold_seed(uint32_t word, uint32_t top) {
@@ -139,11 +128,15 @@ C10_HOST_DEVICE inline bool may_hold_seed(uint32_t word, uint32_t top) {
   return ((word - 0x01010101u * bound) & ~word & 0x80808080u) != 0;
 }
 
-// Seed bits of the 16 logical indices 16*k .. 16*k+15 (bit j <-> index 16*k + j) from the
-// stream-0 draw `r` of group k, before any validity test: callers keep only the bits of
-// positions where a block fits.
-C10_HOST_DEVICE inline uint32_t seed_bits_from_draw(const Philox4& r, uint64_t k, PhiloxKey key, SeedThreshold t) {
-  uint32_t bits = 0;
+// The 16 positions of a stream-0 draw (bit j <-> logical index 16*k + j) whose top byte is
+// below T's (seeds) or equal to it (ties, decided by the position's stream-1 draw).
+struct DrawClasses {
+  uint32_t seeds;
+  uint32_t ties;
+};
+
+C10_HOST_DEVICE inline DrawClasses classify_draw(const Philox4& r, SeedThreshold t) {
+  DrawClasses c{0, 0};
 DROPBLOCK_UNROLL
   for (int w = 0; w < 4; ++w) {
     const uint32_t word = r.word[w];
@@ -153,17 +146,37 @@ DROPBLOCK_UNROLL
 DROPBLOCK_UNROLL
     for (int j = 0; j < 4; ++j) {
       const uint32_t byte = (word >> (8 * j)) & 0xFFu;
-      const int lane = 4 * w + j;
-      if (seed_from_top_byte(byte, 16 * k + lane, key, t)) {
-        bits |= 1u << lane;
+      const uint32_t lane = 1u << (4 * w + j);
+      if (byte < t.top) {
+        c.seeds |= lane;
+      } else if (byte == t.top) {
+        c.ties |= lane;
       }
     }
   }
-  return bits;
+  return c;
 }
 
+// A tie at logical index g is a seed when the low 24 bits of word 0 of its stream-1 draw,
+// Philox(counter = (g, 1), key), are below T's low 24 bits.
+C10_HOST_DEVICE inline bool tie_is_seed(uint32_t stream1_word0, SeedThreshold t) {
+  return (stream1_word0 & 0xFFFFFFu) < t.low;
+}
+
+// Seed bits of the 16 logical indices 16*k .. 16*k+15 (bit j <-> index 16*k + j), before any
+// validity test: callers keep only the bits of positions where a block fits.
 C10_HOST_DEVICE inline uint32_t seed_bits_of_group(uint64_t k, PhiloxKey key, SeedThreshold t) {
-  return seed_bits_from_draw(philox4x32_10(k, /*stream=*/0, key), k, key, t);
+  DrawClasses c = classify_draw(philox4x32_10(k, /*stream=*/0, key), t);
+  for (uint32_t v = c.ties; v != 0; v &= v - 1) {
+    int lane = 0;
+    while (((v >> lane) & 1u) == 0) {
+      ++lane;
+    }
+    if (tie_is_seed(philox4x32_10(16 * k + lane, /*stream=*/1, key).word[0], t)) {
+      c.seeds |= 1u << lane;
+    }
+  }
+  return c.seeds;
 }
 
 // Geometry of the mask: planes of D x H x W with clamped block sizes.
