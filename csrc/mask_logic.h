@@ -269,34 +269,33 @@ C10_HOST_DEVICE inline SeedGrid make_seed_grid(const MaskGeometry& g) {
 }
 
 // The seeds among `bits` (bit i <-> logical index 16k + i) that sit where a whole block fits.
+// Walks the group row by row (two rows at most once W >= 16), not position by position.
 C10_HOST_DEVICE inline uint32_t seeds_where_blocks_fit(const SeedGrid& s, uint64_t k, uint32_t bits) {
   const int64_t g0 = static_cast<int64_t>(16 * k);
   if (bits == 0 || g0 >= s.total) {
     return 0;
-  }
-  if (g0 + 16 > s.total) {
-    bits &= (1u << (s.total - g0)) - 1;
   }
   const int64_t H = s.size[1], W = s.size[2];
   const int64_t r = g0 % s.plane_numel;
   const int64_t line = r / W;
   int64_t x = r - line * W, y = line % H, z = line / H;
   uint32_t valid = 0;
-  for (int j = 0; j < 16 && (bits >> j) != 0; ++j) {
-    if (((bits >> j) & 1u) && x < s.extent[2] && y < s.extent[1] && z < s.extent[0]) {
-      valid |= 1u << j;
+  for (int64_t lane = 0; lane < 16 && lane < s.total - g0;) {
+    const int64_t in_row = W - x < 16 - lane ? W - x : 16 - lane;  // lanes [lane, lane + in_row) share a row
+    if (y < s.extent[1] && z < s.extent[0] && x < s.extent[2]) {
+      const int64_t fit = s.extent[2] - x < in_row ? s.extent[2] - x : in_row;
+      valid |= static_cast<uint32_t>(low_bits(fit) << lane);
     }
-    if (++x == W) {
-      x = 0;
-      if (++y == H) {
-        y = 0;
-        if (++z == s.size[0]) {
-          z = 0;
-        }
+    lane += in_row;
+    x = 0;
+    if (++y == H) {
+      y = 0;
+      if (++z == s.size[0]) {
+        z = 0;
       }
     }
   }
-  return valid;
+  return bits & valid;
 }
 
 // Block expansion: clears the blocks of `seeds` (bit i <-> logical index 16k + i, each a seed

@@ -11,6 +11,7 @@ MAX_JOBS=${MAX_JOBS:-2} pip install --quiet --disable-pip-version-check --no-bui
 python -c "import dropblock_cuda as d; print('dropblock_cuda built; CUDA version:', d.cuda_version())"
 
 # The CMake build of the same sources, loaded by tests/test_cmake_build.py.
+mkdir -p build
 cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$(python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
   -DDROPBLOCK_WITH_CUDA="${DROPBLOCK_CMAKE_CUDA:-AUTO}" > build/cmake.log 2>&1 || { cat build/cmake.log; exit 1; }
 cmake --build build/cmake -j "${MAX_JOBS:-2}" >> build/cmake.log 2>&1 || { tail -50 build/cmake.log; exit 1; }

@@ -130,9 +130,17 @@ class RangePainter {
     const int64_t H = grid_.size[1], W = grid_.size[2];
     int64_t run_first = -1, run_last = -1;
     // Rows (q, z, y) of the range whose seeds can fit: their first extent[2] positions.
-    for (int64_t row = first / W; row * W < last; ++row) {
-      const int64_t y = row % H, z = (row / H) % grid_.size[0];
-      if (y >= grid_.extent[1] || z >= grid_.extent[0]) {
+    const int64_t first_row = first / W;
+    int64_t y = first_row % H, z = (first_row / H) % grid_.size[0];
+    for (int64_t row = first_row; row * W < last; ++row) {
+      const bool seeds_fit = y < grid_.extent[1] && z < grid_.extent[0];
+      if (++y == H) {
+        y = 0;
+        if (++z == grid_.size[0]) {
+          z = 0;
+        }
+      }
+      if (!seeds_fit) {
         continue;
       }
       const int64_t a = std::max(first, row * W), b = std::min(last, row * W + grid_.extent[2]) - 1;
