@@ -50,7 +50,8 @@ MASK_CASES = [
     ((2, 3, 1, 13), (1, 5), 0.4),
     ((1, 1, 64, 64), (1, 1), 0.5),  # b = 1: dropout
     ((2, 3, 40, 40), (7, 7), 1.0),
-    ((2, 3, 40, 40), (3, 3), 1.0),  # gamma capped at 1
+    ((2, 3, 40, 40), (3, 3), 1.0),
+    ((3, 4, 7, 7), (7, 7), 1.0),  # gamma = 1: every valid position seeds (threshold top = 256)
     ((2, 3, 33, 33), (5, 5), 0.0),
     ((2, 3, 1000), (7,), 0.1),
     ((2, 3, 3001), (60,), 0.3),  # block wider than 49
@@ -237,10 +238,13 @@ def test_cuda_graph_capture_and_replay():
             drop_block2d(x, 0.2, 5)
     torch.cuda.current_stream().wait_stream(side)
 
+    # p lives on the device and is read by the kernels at replay time (torch.tensor(..., device=)
+    # inside a capture would be a blocking host-to-device copy, which capture forbids).
+    p = torch.full((), 0.2, dtype=torch.float64, device="cuda")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         seed = torch.empty((), dtype=torch.int64, device="cuda").random_()
-        mask, scale = ops.drop_block_mask(x, seed, torch.tensor(0.2, dtype=torch.float64, device=x.device), [5, 5], EPS, False)
+        mask, scale = ops.drop_block_mask(x, seed, p, [5, 5], EPS, False)
         y = ops.drop_block_apply(x, mask, scale, False)
         z = drop_block2d(x, 0.2, 5)
 
@@ -249,11 +253,18 @@ def test_cuda_graph_capture_and_replay():
         graph.replay()
         torch.cuda.synchronize()
         # The replayed kernels computed the CPU's mask for the seed drawn in this replay.
-        expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), seed.cpu(), torch.tensor(0.2, dtype=torch.float64, device=x.cpu().device), [5, 5], EPS, False)
+        expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), seed.cpu(), p.cpu(), [5, 5], EPS, False)
         assert torch.equal(mask.cpu(), expected_mask) and scale.item() == expected_scale.item()
         assert torch.equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, False))
         outputs.append(z.clone())
     assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[1], outputs[2])
+
+    # A new p in the same device tensor takes effect on the next replay.
+    p.fill_(0.5)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected_mask, _ = ops.drop_block_mask(x.cpu(), seed.cpu(), torch.tensor(0.5, dtype=torch.float64), [5, 5], EPS, False)
+    assert torch.equal(mask.cpu(), expected_mask)
 
     torch.cuda.manual_seed(2024)
     graph.replay()
@@ -268,10 +279,12 @@ def test_non_default_stream():
     x = torch.randn(8, 16, 32, 32, device="cuda")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
+    seed = torch.full((), 77, dtype=torch.int64, device="cuda")
+    p = torch.full((), 0.2, dtype=torch.float64, device="cuda")
+    torch.cuda.synchronize()
     with torch.cuda.stream(stream):
         torch.cuda._sleep(10_000_000)  # keeps the stream busy: a kernel on another stream would run too early
-        seed = torch.full((), 77, dtype=torch.int64, device="cuda")
-        mask, scale = ops.drop_block_mask(x, seed, torch.tensor(0.2, dtype=torch.float64, device=x.device), [7, 7], EPS, True)
+        mask, scale = ops.drop_block_mask(x, seed, p, [7, 7], EPS, True)
         y = ops.drop_block_apply(x, mask, scale, True)
     stream.synchronize()
     expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), torch.tensor(77), torch.tensor(0.2, dtype=torch.float64, device=x.cpu().device), [7, 7], EPS, True)

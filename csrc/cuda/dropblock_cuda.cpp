@@ -35,9 +35,10 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
   const int64_t words = bytes / 8;
   at::Tensor scratch = at::empty({cuda::mask_count_scratch_elements(words)}, input.options().dtype(at::kLong));
   const int64_t multiplier = shared_channels ? input.size(1) : 1;
-  cuda::launch_mask(g, p.const_data_ptr<double>(), gamma_factor(g), seed.const_data_ptr<int64_t>(), reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>()),
-                    words, multiplier, input.numel(), eps, scale.data_ptr<double>(), scratch.data_ptr<int64_t>(),
-                    c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_CHECK(cuda::launch_mask(g, p.const_data_ptr<double>(), gamma_factor(g), seed.const_data_ptr<int64_t>(),
+                                    reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>()), words, multiplier,
+                                    input.numel(), eps, scale.data_ptr<double>(), scratch.data_ptr<int64_t>(),
+                                    c10::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {mask, scale};
 }

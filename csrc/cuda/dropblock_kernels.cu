@@ -395,12 +395,15 @@ int64_t mask_count_scratch_elements(int64_t mask_words) {
   return blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks);
 }
 
-void launch_mask(const MaskGeometry& g, const double* drop_probability, double gamma_factor, const int64_t* seed,
+cudaError_t launch_mask(const MaskGeometry& g, const double* drop_probability, double gamma_factor, const int64_t* seed,
                  uint64_t* mask,
                  int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps, double* scale,
                  int64_t* scratch, cudaStream_t stream) {
   const SeedGrid grid = make_seed_grid(g);
-  cudaMemsetAsync(mask, 0xFF, static_cast<size_t>(mask_words) * sizeof(uint64_t), stream);
+  const cudaError_t fill = cudaMemsetAsync(mask, 0xFF, static_cast<size_t>(mask_words) * sizeof(uint64_t), stream);
+  if (fill != cudaSuccess) {
+    return fill;
+  }
   if (grid.total > 0) {
     seed_kernel<<<grid_for(ceil_div(grid.total, 16), kThreads), kThreads, 0, stream>>>(grid, gamma_factor, seed,
                                                                                        drop_probability, mask);
@@ -408,6 +411,7 @@ void launch_mask(const MaskGeometry& g, const double* drop_probability, double g
   const int parts = static_cast<int>(mask_count_scratch_elements(mask_words));
   count_kernel<<<parts, kThreads, 0, stream>>>(mask, mask_words, grid.total, scratch);
   scale_kernel<<<1, kThreads, 0, stream>>>(scratch, parts, count_multiplier, numel, eps, scale);
+  return cudaSuccess;
 }
 
 void launch_apply(ScalarKind kind, const void* in, void* out, int dim, const int64_t* sizes,

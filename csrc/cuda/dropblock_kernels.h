@@ -19,7 +19,8 @@ int64_t mask_count_scratch_elements(int64_t mask_words);
 // key read from device memory (`seed`: one int64), then writes the float64 scale
 // numel / (eps + kept) to `scale` (kept = popcount * `count_multiplier`; numel == 0 -> 1).
 // `scratch` holds mask_count_scratch_elements(mask_words) int64. Requires mask_words > 0.
-void launch_mask(const MaskGeometry& geometry, const double* p, double gamma_factor, const int64_t* seed, uint64_t* mask,
+// Returns the error of the launch set-up (the kernels' own errors surface at the next check).
+cudaError_t launch_mask(const MaskGeometry& geometry, const double* p, double gamma_factor, const int64_t* seed, uint64_t* mask,
                  int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps, double* scale,
                  int64_t* scratch, cudaStream_t stream);
 
