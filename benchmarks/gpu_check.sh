@@ -3,9 +3,9 @@
 #
 #     bash benchmarks/gpu_check.sh [OUTDIR]
 #
-# builds the extension in place from source, then runs: the test suite (CUDA tests included),
-# the huge-tensor test, the benchmark, and compute-sanitizer memcheck and racecheck on a small
-# forward + backward. Every step logs into OUTDIR (default benchmarks/results/<gpu>-<time>); a
+# builds the extension in place from source, then runs: the CUDA tests, the benchmark, the
+# huge-tensor test, compute-sanitizer memcheck and racecheck on a small forward + backward, and
+# the rest of the test suite. Every step logs into OUTDIR (default benchmarks/results/<gpu>-<time>); a
 # failing step does not stop the later ones; the exit status is the number of failed steps.
 # Each step is time-boxed, and the whole run stays under TOTAL_BUDGET_S (default 345 s).
 set -u
@@ -71,12 +71,14 @@ if ! grep -q '^PASS *build' "$SUMMARY"; then
 fi
 run import 30 $PYTHON -c "import dropblock_cuda, torch; v = dropblock_cuda.cuda_version(); print('cuda_version', v); assert v is not None and torch.cuda.is_available()"
 
-# 2. Tests: everything but the huge test, then the huge test (-m given last overrides addopts).
-run tests 90 $PYTHON -m pytest tests -x -q -m "not huge" -p no:cacheprovider
-run tests_huge 60 $PYTHON -m pytest tests -x -q -m huge -p no:cacheprovider -rs
+# 2. The CUDA tests first (the point of this machine), then the benchmark, so that both get
+#    their time even if a later step runs long. No -x: one failure must not hide the others.
+run tests_cuda 90 $PYTHON -m pytest tests/test_cuda.py tests/test_ecosystem.py -q -m "not huge" -p no:cacheprovider -rs
 
-# 3. Benchmark (JSON + markdown into OUTDIR), before the sanitizers so that it gets its time.
+# 3. Benchmark (JSON + markdown into OUTDIR).
 run bench 90 $PYTHON benchmarks/gpu_bench.py --out "$OUTDIR"
+
+run tests_huge 60 $PYTHON -m pytest tests -q -m huge -p no:cacheprovider -rs
 
 # 4. compute-sanitizer on a small forward + backward; no caching allocator, so that memcheck
 #    sees every allocation's real bounds.
@@ -89,6 +91,10 @@ if [[ -n $SANITIZER ]]; then
 else
   echo "SKIP     memcheck/racecheck (compute-sanitizer not found)" | tee -a "$SUMMARY"
 fi
+
+# 5. The rest of the suite (CPU tests CI already runs, torch.compile on this image's torch).
+run tests_rest 120 $PYTHON -m pytest tests -q -m "not huge" -p no:cacheprovider --ignore=tests/test_cuda.py \
+  --ignore=tests/test_ecosystem.py
 
 echo
 echo "gpu_check: $failures failed step(s) in $(($(date +%s) - START))s; logs in $OUTDIR"
