@@ -121,11 +121,16 @@ C10_HOST_DEVICE inline bool never_seeds(SeedThreshold t) {
   return t.top == 0 && t.low == 0;
 }
 
-// True when some byte of `word` is <= top (valid for top <= 127): lets the common case of a
-// small gamma skip four positions with a handful of integer operations.
-C10_HOST_DEVICE inline bool may_hold_seed(uint32_t word, uint32_t top) {
-  const uint32_t bound = top + 1;
-  return ((word - 0x01010101u * bound) & ~word & 0x80808080u) != 0;
+// The bytes of `word` below n (n <= 128), flagged by 0x80 in their byte: exact and branch-free
+// ((b | 0x80) - n never borrows from the next byte, and its top bit says b's low 7 bits >= n).
+C10_HOST_DEVICE inline uint32_t bytes_below(uint32_t word, uint32_t n) {
+  const uint32_t low7_at_least_n = ((word | 0x80808080u) - 0x01010101u * n) & 0x80808080u;
+  return ~word & ~low7_at_least_n & 0x80808080u;
+}
+
+// Byte flags (0x80 per byte) to lane bits (bit j for byte j).
+C10_HOST_DEVICE inline uint32_t byte_flags_to_lanes(uint32_t flags) {
+  return ((flags >> 7) & 1u) | ((flags >> 14) & 2u) | ((flags >> 21) & 4u) | ((flags >> 28) & 8u);
 }
 
 // The 16 positions of a stream-0 draw (bit j <-> logical index 16*k + j) whose top byte is
@@ -135,17 +140,34 @@ struct DrawClasses {
   uint32_t ties;
 };
 
-C10_HOST_DEVICE inline DrawClasses classify_draw(const Philox4& r, SeedThreshold t) {
+// classify_draw for top <= 127 (gamma < 1/2, the usual case): branch-free, so that batched host
+// loops vectorise it.
+C10_HOST_DEVICE inline DrawClasses classify_draw_small_top(const Philox4& r, uint32_t top) {
   DrawClasses c{0, 0};
 DROPBLOCK_UNROLL
   for (int w = 0; w < 4; ++w) {
-    const uint32_t word = r.word[w];
-    if (t.top <= 127 && !may_hold_seed(word, t.top)) {
-      continue;
-    }
+    const uint32_t below = bytes_below(r.word[w], top);
+    const uint32_t below_or_equal = bytes_below(r.word[w], top + 1);
+    c.seeds |= byte_flags_to_lanes(below) << (4 * w);
+    c.ties |= byte_flags_to_lanes(below_or_equal & ~below) << (4 * w);
+  }
+  return c;
+}
+
+C10_HOST_DEVICE inline DrawClasses classify_draw(const Philox4& r, SeedThreshold t) {
+  if (t.top <= 127) {
+    return classify_draw_small_top(r, t.top);
+  }
+  DrawClasses c{0, 0};
+  if (t.top >= 256) {
+    c.seeds = 0xFFFFu;
+    return c;
+  }
+DROPBLOCK_UNROLL
+  for (int w = 0; w < 4; ++w) {
 DROPBLOCK_UNROLL
     for (int j = 0; j < 4; ++j) {
-      const uint32_t byte = (word >> (8 * j)) & 0xFFu;
+      const uint32_t byte = (r.word[w] >> (8 * j)) & 0xFFu;
       const uint32_t lane = 1u << (4 * w + j);
       if (byte < t.top) {
         c.seeds |= lane;

@@ -1,7 +1,6 @@
 // CPU kernels of the DropBlock ops: the packed keep mask (no data touched) and the data pass.
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
@@ -76,24 +75,31 @@ void seed_bits_of_groups(uint64_t first_group, int64_t n, PhiloxKey key, SeedThr
       c3[i] = 0;
     }
     philox_batch(c0, c1, c2, c3, m, key);
-    // Most groups hold no byte at or below the threshold's: find the others without branching.
-    uint32_t candidate[kPhiloxBatch];
-    const uint32_t screen_off = t.top > 127;
-    for (int i = 0; i < m; ++i) {
-      candidate[i] = screen_off | may_hold_seed(c0[i], t.top) | may_hold_seed(c1[i], t.top) |
-                     may_hold_seed(c2[i], t.top) | may_hold_seed(c3[i], t.top);
+    // Classify every draw without branching (the common gamma < 1/2 path is pure SWAR and
+    // vectorises); only the rare ties need more work.
+    uint32_t seeds[kPhiloxBatch], tie_lanes[kPhiloxBatch];
+    if (t.top <= 127) {
+      for (int i = 0; i < m; ++i) {
+        const DrawClasses c = classify_draw_small_top(Philox4{{c0[i], c1[i], c2[i], c3[i]}}, t.top);
+        seeds[i] = c.seeds;
+        tie_lanes[i] = c.ties;
+      }
+    } else {
+      for (int i = 0; i < m; ++i) {
+        const DrawClasses c = classify_draw(Philox4{{c0[i], c1[i], c2[i], c3[i]}}, t);
+        seeds[i] = c.seeds;
+        tie_lanes[i] = c.ties;
+      }
     }
     for (int i = 0; i < m; ++i) {
-      if (!candidate[i]) {
-        bits[base + i] = 0;
+      bits[base + i] = seeds[i];
+      if (tie_lanes[i] == 0) {
         continue;
       }
-      const DrawClasses c = classify_draw(Philox4{{c0[i], c1[i], c2[i], c3[i]}}, t);
-      bits[base + i] = c.seeds;
       if (ties + 16 > kMaxTies) {
         resolve_ties();
       }
-      for (uint32_t v = c.ties; v != 0; v &= v - 1) {
+      for (uint32_t v = tie_lanes[i]; v != 0; v &= v - 1) {
         const int lane = __builtin_ctz(v);
         const uint64_t g = 16 * (first_group + static_cast<uint64_t>(base + i)) + static_cast<uint64_t>(lane);
         t0[ties] = static_cast<uint32_t>(g);
