@@ -4,8 +4,8 @@
 #     bash benchmarks/gpu_check.sh [OUTDIR]
 #
 # builds the extension in place from source, then runs: the CUDA tests, the benchmark, the
-# huge-tensor test, compute-sanitizer memcheck and racecheck on a small forward + backward, and
-# the rest of the test suite. Every step logs into OUTDIR (default benchmarks/results/<gpu>-<time>); a
+# huge-tensor test, compute-sanitizer memcheck and racecheck on a small forward + backward, the
+# comparative benchmark against the peers (quick), and the rest of the test suite. Every step logs into OUTDIR (default benchmarks/results/<gpu>-<time>); a
 # failing step does not stop the later ones; the exit status is the number of failed steps.
 # Each step is time-boxed, and the whole run stays under TOTAL_BUDGET_S (default 345 s).
 set -u
@@ -92,7 +92,10 @@ else
   echo "SKIP     memcheck/racecheck (compute-sanitizer not found)" | tee -a "$SUMMARY"
 fi
 
-# 5. The rest of the suite (CPU tests CI already runs, torch.compile on this image's torch).
+# 5. The comparative benchmark (python -m benchmarks) on this GPU, quick form: the peers' table.
+run bench_peers 75 $PYTHON -m benchmarks --device cuda --quick --out "$OUTDIR/peers"
+
+# 6. The rest of the suite (CPU tests CI already runs, torch.compile on this image's torch).
 run tests_rest 120 $PYTHON -m pytest tests -q -m "not huge" -p no:cacheprovider --ignore=tests/test_cuda.py \
   --ignore=tests/test_ecosystem.py
 
