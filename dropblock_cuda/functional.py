@@ -10,15 +10,15 @@ from torch import Tensor
 BlockSize = Union[int, Sequence[int]]
 
 
-def _check_p(p) -> float:
+def _check_p(p, name: str = "p") -> float:
     # torch.compile passes a p that changes between calls as a SymFloat: keep it symbolic, so
     # that a scheduled p does not recompile the graph.
     if isinstance(p, bool) or not isinstance(p, (numbers.Real, torch.SymFloat)):
-        raise TypeError(f"p: expected a real number, got {type(p).__name__}")
+        raise TypeError(f"{name}: expected a real number, got {type(p).__name__}")
     if not isinstance(p, torch.SymFloat):
         p = float(p)
     if p != p or p < 0.0 or p > 1.0:  # p != p: NaN
-        raise ValueError(f"p: drop probability has to be between 0 and 1, got {p}")
+        raise ValueError(f"{name}: drop probability has to be between 0 and 1, got {p}")
     return p
 
 

@@ -5,16 +5,8 @@ from typing import Any, Dict, List
 
 from torch import nn
 
+from .functional import _check_p
 from .modules import _DropBlockNd
-
-
-def _check_probability(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (0.0 <= value <= 1.0):  # also refuses NaN
-        raise ValueError(f"{name}: a drop probability has to be between 0 and 1, got {value}")
-    return value
 
 
 def _check_total_steps(total_steps) -> int:
@@ -54,8 +46,8 @@ class LinearScheduler:
     def __init__(self, model: nn.Module, stop_p: float, total_steps: int, start_p: float = 0.0) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        self.stop_p = _check_probability("stop_p", stop_p)
-        self.start_p = _check_probability("start_p", start_p)
+        self.stop_p = _check_p(stop_p, "stop_p")
+        self.start_p = _check_p(start_p, "start_p")
         self.total_steps = _check_total_steps(total_steps)
         self.modules: List[_DropBlockNd] = [m for m in model.modules() if isinstance(m, _DropBlockNd)]
         if not self.modules:
@@ -93,8 +85,8 @@ class LinearScheduler:
         missing = {"last_step", "start_p", "stop_p", "total_steps"} - state_dict.keys()
         if missing:
             raise KeyError(f"state_dict: missing {sorted(missing)}")
-        start_p = _check_probability("start_p", state_dict["start_p"])
-        stop_p = _check_probability("stop_p", state_dict["stop_p"])
+        start_p = _check_p(state_dict["start_p"], "start_p")
+        stop_p = _check_p(state_dict["stop_p"], "stop_p")
         total_steps = _check_total_steps(state_dict["total_steps"])
         last_step = _check_step(state_dict["last_step"])
         self.start_p, self.stop_p, self.total_steps, self.last_step = start_p, stop_p, total_steps, last_step
