@@ -62,7 +62,8 @@ def should_build_cuda():
 
 
 def extension():
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "autograd", "*.cpp"))
+                     + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # at::parallel_for is OpenMP in the header: without -fopenmp it silently runs on one thread.
     cxx_flags = ["-O3", "-fopenmp"]
     with_cuda, reason = should_build_cuda()

@@ -4,8 +4,9 @@
 //   drop_block_mask   draws the packed keep mask (1 bit per element, or per (sample, position)
 //                     when the channels share it) and the scale numel / (eps + kept); it touches
 //                     no data, only the input's shape, and is a pure function of `seed` and `p`
-//                     (both 0-dim tensors on the input's device, so that torch.compile keeps a
-//                     scheduled p symbolic and CUDA graphs read the current values);
+//                     (0-dim int64 / float64 tensors, on the input's device or on the CPU: on
+//                     the device, torch.compile keeps a scheduled p symbolic and CUDA graphs
+//                     read the current values; on the CPU, the CUDA kernels take them by value);
 //   drop_block_apply  out = keep ? input * scale : 0, the single pass over the data. It is linear
 //                     in its input, so it is its own backward.
 #include <torch/library.h>

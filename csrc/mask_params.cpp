@@ -50,10 +50,14 @@ double gamma_factor(const MaskGeometry& g) {
 
 void check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p, double eps) {
   TORCH_CHECK_VALUE(eps >= 0.0, "eps: expected a non-negative number, got ", eps);
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device() == input.device(),
-                    "seed: expected one int64 element on the input's device");
-  TORCH_CHECK_VALUE(p.numel() == 1 && p.scalar_type() == at::kDouble && p.device() == input.device(),
-                    "p: expected one float64 element on the input's device");
+  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong &&
+                        (seed.device() == input.device() || seed.device().is_cpu()),
+                    "seed: expected one int64 element on the CPU or on the input's device (", input.device(),
+                    "), got ", seed.numel(), " ", seed.scalar_type(), " element(s) on ", seed.device());
+  TORCH_CHECK_VALUE(p.numel() == 1 && p.scalar_type() == at::kDouble &&
+                        (p.device() == input.device() || p.device().is_cpu()),
+                    "p: expected one float64 element on the CPU or on the input's device (", input.device(),
+                    "), got ", p.numel(), " ", p.scalar_type(), " element(s) on ", p.device());
   if (p.device().is_cpu()) {
     const double value = p.item<double>();
     TORCH_CHECK_VALUE(value >= 0.0 && value <= 1.0, "p: drop probability has to be between 0 and 1, got ", value);

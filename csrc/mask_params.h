@@ -15,7 +15,8 @@ MaskGeometry make_mask_geometry(const at::Tensor& input, c10::IntArrayRef block_
 // prod(S - b + 1)); gamma_factor = prod over dimensions of S / (b * (S - b + 1)), in that order.
 double gamma_factor(const MaskGeometry& geometry);
 
-// Checks drop_block_mask's scalar arguments (p on the host; a CUDA p is checked by the caller).
+// Checks drop_block_mask's scalar arguments. `seed` and `p` may sit on the CPU whatever the
+// input's device (a CUDA kernel then takes them by value); a p on the CPU is range-checked here.
 void check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p, double eps);
 
 // Bytes of the packed keep mask: one bit per (plane, spatial position), whole 64-bit words.

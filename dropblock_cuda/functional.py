@@ -59,19 +59,19 @@ _KEY_LOW, _KEY_HIGH = -(2**63), 2**63 - 1
 
 
 def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
-    """The Philox key of one call, drawn from `generator` (default: the device's default generator).
+    """The Philox key of one call, drawn from `generator` (default: the default generator of `device`).
 
     The key is drawn by a native random op on the generator's device, so it follows
     torch.manual_seed, is traceable by torch.compile, is safe under CUDA graph capture, and a
     generator on another device than the input (e.g. a CPU generator for a CUDA input) gives the
-    very mask that generator gives on its own device.
+    very mask that generator gives on its own device. A key left on the CPU is passed to the CUDA
+    kernels by value.
     """
     if generator is None:
         return torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=device)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-    seed = torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=generator.device, generator=generator)
-    return seed.to(device)
+    return torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=generator.device, generator=generator)
 
 
 def _drop_block(
@@ -93,14 +93,15 @@ def _drop_block(
         return input
     ops = torch.ops.dropblock_cuda
     seed = _draw_seed(input.device, generator)
-    # p travels as a device tensor: a scheduled p stays a graph input under torch.compile.
     if torch.compiler.is_compiling():
+        # p travels as a tensor on the input's device, so that a scheduled p stays a graph input.
         # Inductor keeps a changing p symbolic only through tensor arithmetic (its
         # tensorify_python_scalars pass): `zeros + p` stays symbolic, while torch.full(p)
         # would specialize p and recompile the graph for every value.
         drop_probability = torch.zeros((), dtype=torch.float64, device=input.device) + p
     else:
-        drop_probability = torch.full((), p, dtype=torch.float64, device=input.device)
+        # Eagerly, p stays on the CPU: the CUDA kernels take it by value (no fill kernel, no copy).
+        drop_probability = torch.full((), p, dtype=torch.float64)
     mask, scale = ops.drop_block_mask(input, seed, drop_probability, sizes, eps, bool(shared_channels))
     if not inplace:
         return ops.drop_block_apply(input, mask, scale, bool(shared_channels))

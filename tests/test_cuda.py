@@ -292,6 +292,35 @@ def test_non_default_stream():
     assert torch.equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, True))
 
 
+@requires_cuda
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+def test_seed_and_p_on_the_host_give_the_device_arguments_mask(shared):
+    x = torch.empty(3, 5, 30, 30, device="cuda")
+    for seed, p in [(5, 0.3), (-(2**63), 0.1), (2**63 - 1, 1.0), (123, 0.0)]:
+        on_device = ops.drop_block_mask(
+            x, torch.tensor(seed, device="cuda"), torch.tensor(p, dtype=torch.float64, device="cuda"), [5, 5], EPS, shared
+        )
+        for seed_device, p_device in [("cpu", "cuda"), ("cuda", "cpu"), ("cpu", "cpu")]:
+            mixed = ops.drop_block_mask(
+                x,
+                torch.tensor(seed, device=seed_device),
+                torch.tensor(p, dtype=torch.float64, device=p_device),
+                [5, 5],
+                EPS,
+                shared,
+            )
+            assert mixed[0].is_cuda and mixed[1].is_cuda
+            assert_same_mask((on_device[0].cpu(), on_device[1].cpu()), mixed)
+    with pytest.raises(ValueError, match="p: drop probability"):
+        ops.drop_block_mask(x, torch.tensor(1), torch.tensor(1.5, dtype=torch.float64), [5, 5], EPS, shared)
+    # A CPU input takes its seed and p from the CPU only.
+    x_cpu, p_cpu = torch.empty(3, 5, 30, 30), torch.tensor(0.3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="seed: expected one int64 element on the CPU or on the input's device"):
+        ops.drop_block_mask(x_cpu, torch.tensor(1, device="cuda"), p_cpu, [5, 5], EPS, shared)
+    with pytest.raises(ValueError, match="p: expected one float64 element on the CPU or on the input's device"):
+        ops.drop_block_mask(x_cpu, torch.tensor(1), p_cpu.cuda(), [5, 5], EPS, shared)
+
+
 @requires_two_gpus
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_second_device(dtype):

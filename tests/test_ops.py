@@ -280,6 +280,20 @@ def test_raw_ops_check_their_arguments():
         ops.drop_block_apply(x, mask.float(), scale, False)
 
 
+def test_raw_mask_op_wants_one_int64_seed_and_one_float64_p():
+    # Devices are checked too (the CPU or the input's device): tests/test_cuda.py.
+    x = positive((2, 3, 8, 8))
+    p = torch.tensor(0.5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="seed: expected one int64 element"):
+        ops.drop_block_mask(x, torch.tensor([1, 2]), p, [3, 3], 1e-6, False)
+    with pytest.raises(ValueError, match="seed"):
+        ops.drop_block_mask(x, torch.tensor(1, dtype=torch.int32), p, [3, 3], 1e-6, False)
+    with pytest.raises(ValueError, match="p: expected one float64 element"):
+        ops.drop_block_mask(x, torch.tensor(1), p.float(), [3, 3], 1e-6, False)
+    with pytest.raises(ValueError, match="p: expected one float64 element"):
+        ops.drop_block_mask(x, torch.tensor(1), p.expand(2), [3, 3], 1e-6, False)
+
+
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_modules_hold_settings_only(dims):
     module = MODULES[dims](0.2, 3, inplace=False, eps=1e-5, shared_channels=True)

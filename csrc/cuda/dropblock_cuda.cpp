@@ -16,12 +16,21 @@
 namespace dropblock {
 namespace {
 
+template <typename T>
+cuda::ScalarArg<T> scalar_arg(const at::Tensor& t) {
+  if (t.is_cpu()) {
+    return {nullptr, t.item<T>()};
+  }
+  return {t.const_data_ptr<T>(), T()};
+}
+
 std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
                                                         c10::IntArrayRef block_size, double eps,
                                                         bool shared_channels) {
   const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
-  // p stays on the device (no sync): the kernel turns it into the seed threshold, and a p
-  // outside [0, 1] seeds nowhere (p < 0, NaN) or everywhere a block fits (p > 1).
+  // A p on the device stays there (no sync): the kernel turns it into the seed threshold, and a
+  // p outside [0, 1] seeds nowhere (p < 0, NaN) or everywhere a block fits (p > 1). A seed or p
+  // on the host is read here and passed by value.
   check_mask_args(input, seed, p, eps);
   const c10::cuda::CUDAGuard guard(input.device());
 
@@ -35,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
   const int64_t words = bytes / 8;
   at::Tensor scratch = at::empty({cuda::mask_count_scratch_elements(words)}, input.options().dtype(at::kLong));
   const int64_t multiplier = shared_channels ? input.size(1) : 1;
-  C10_CUDA_CHECK(cuda::launch_mask(g, p.const_data_ptr<double>(), gamma_factor(g), seed.const_data_ptr<int64_t>(),
+  C10_CUDA_CHECK(cuda::launch_mask(g, scalar_arg<double>(p), gamma_factor(g), scalar_arg<int64_t>(seed),
                                     reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>()), words, multiplier,
                                     input.numel(), eps, scale.data_ptr<double>(), scratch.data_ptr<int64_t>(),
                                     c10::cuda::getCurrentCUDAStream()));

@@ -10,8 +10,9 @@
 //      is one Philox call per 16 elements: the minimum the law allows;
 //   3. count kernel: popcount of every word (and zeroing of the bits past the last element),
 //      one partial sum per block; finalize kernel: one block sums them and writes the scale.
-// Nothing is read back to the host: the key and the scale stay in device memory, so the ops
-// are safe to capture in a CUDA graph.
+// Nothing is read back to the host: a key or p on the device is read by the kernels and the
+// scale is written by them, so the ops are safe to capture in a CUDA graph. A key or p that
+// lives on the host is passed by value instead (no copy, no extra kernel).
 //
 // Apply: out = keep ? in * scale : 0 in the op math type, with 16-byte vector loads when input
 // and output are both contiguous, else one thread per element in the output's memory order.
@@ -50,15 +51,19 @@ unsigned grid_for(int64_t work, int64_t per_block) {
 // Mask
 // ------------------------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kThreads) seed_kernel(SeedGrid grid, double gamma_factor,
-                                                        const int64_t* __restrict__ seed,
-                                                        const double* __restrict__ drop_probability,
+template <typename T>
+__device__ __forceinline__ T read(ScalarArg<T> arg) {
+  return arg.device != nullptr ? *arg.device : arg.value;
+}
+
+__global__ void __launch_bounds__(kThreads) seed_kernel(SeedGrid grid, double gamma_factor, ScalarArg<int64_t> seed,
+                                                        ScalarArg<double> drop_probability,
                                                         uint64_t* __restrict__ mask) {
-  const SeedThreshold threshold = make_seed_threshold(*drop_probability, gamma_factor);
+  const SeedThreshold threshold = make_seed_threshold(read(drop_probability), gamma_factor);
   if (never_seeds(threshold)) {
     return;
   }
-  const PhiloxKey key = make_key(static_cast<uint64_t>(*seed));
+  const PhiloxKey key = make_key(static_cast<uint64_t>(read(seed)));
   const AtomicClear clear{mask};
   const int64_t groups = (grid.total + 15) / 16;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -395,10 +400,9 @@ int64_t mask_count_scratch_elements(int64_t mask_words) {
   return blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks);
 }
 
-cudaError_t launch_mask(const MaskGeometry& g, const double* drop_probability, double gamma_factor, const int64_t* seed,
-                 uint64_t* mask,
-                 int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps, double* scale,
-                 int64_t* scratch, cudaStream_t stream) {
+cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probability, double gamma_factor,
+                        ScalarArg<int64_t> seed, uint64_t* mask, int64_t mask_words, int64_t count_multiplier,
+                        int64_t numel, double eps, double* scale, int64_t* scratch, cudaStream_t stream) {
   const SeedGrid grid = make_seed_grid(g);
   const cudaError_t fill = cudaMemsetAsync(mask, 0xFF, static_cast<size_t>(mask_words) * sizeof(uint64_t), stream);
   if (fill != cudaSuccess) {

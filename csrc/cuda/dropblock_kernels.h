@@ -12,17 +12,26 @@
 namespace dropblock {
 namespace cuda {
 
+// A scalar argument of the mask kernels: read from device memory at run time when `device` is
+// set (so a CUDA graph replays with the tensor's current value), else passed by `value` (an
+// argument that lives on the host: no copy to the device, no extra kernel).
+template <typename T>
+struct ScalarArg {
+  const T* device;
+  T value;
+};
+
 // Partial sums the count kernel writes, one int64 per block: the caller provides this scratch.
 int64_t mask_count_scratch_elements(int64_t mask_words);
 
-// Fills the packed KEEP mask (`mask_words` 64-bit words, bit-identical to the CPU kernel) for a
-// key read from device memory (`seed`: one int64), then writes the float64 scale
+// Fills the packed KEEP mask (`mask_words` 64-bit words, bit-identical to the CPU kernel) for the
+// key `seed` and drop probability `p`, then writes the float64 scale
 // numel / (eps + kept) to `scale` (kept = popcount * `count_multiplier`; numel == 0 -> 1).
 // `scratch` holds mask_count_scratch_elements(mask_words) int64. Requires mask_words > 0.
 // Returns the error of the launch set-up (the kernels' own errors surface at the next check).
-cudaError_t launch_mask(const MaskGeometry& geometry, const double* p, double gamma_factor, const int64_t* seed, uint64_t* mask,
-                 int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps, double* scale,
-                 int64_t* scratch, cudaStream_t stream);
+cudaError_t launch_mask(const MaskGeometry& geometry, ScalarArg<double> p, double gamma_factor, ScalarArg<int64_t> seed,
+                        uint64_t* mask, int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps,
+                        double* scale, int64_t* scratch, cudaStream_t stream);
 
 enum class ScalarKind : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
 

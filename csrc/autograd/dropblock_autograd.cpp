@@ -1,0 +1,71 @@
+// Autograd of the DropBlock ops at the Autograd dispatch key, for every backend at once.
+//
+//   drop_block_mask   has no gradient: its outputs depend on the input's shape, not its values.
+//   drop_block_apply  is linear in its input, so its backward is drop_block_apply again on the
+//                     incoming gradient with the saved packed mask and scale (1 bit per element
+//                     kept for backward); calling the op through the dispatcher keeps that
+//                     backward differentiable (double backward) and visible to torch.compile.
+//
+// In C++ rather than torch.library.register_autograd because a training step pays it on every
+// call: a Python autograd node costs several microseconds per op, about what the CUDA kernels
+// of a small feature map take.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace dropblock {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor call_apply(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale, bool shared_channels) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("dropblock_cuda::drop_block_apply", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
+  return op.call(input, mask, scale, shared_channels);
+}
+
+class DropBlockApply : public torch::autograd::Function<DropBlockApply> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& mask,
+                            const at::Tensor& scale, bool shared_channels) {
+    ctx->save_for_backward({mask, scale});
+    ctx->saved_data["shared_channels"] = shared_channels;
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_apply(input, mask, scale, shared_channels);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const bool shared_channels = ctx->saved_data["shared_channels"].toBool();
+    return {call_apply(grad_outputs[0], saved[0], saved[1], shared_channels), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+at::Tensor drop_block_apply_autograd(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale,
+                                     bool shared_channels) {
+  return DropBlockApply::apply(input, mask, scale, shared_channels);
+}
+
+std::tuple<at::Tensor, at::Tensor> drop_block_mask_autograd(const at::Tensor& input, const at::Tensor& seed,
+                                                            const at::Tensor& p, c10::IntArrayRef block_size,
+                                                            double eps, bool shared_channels) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("dropblock_cuda::drop_block_mask", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                       const at::Tensor&, c10::IntArrayRef,
+                                                                       double, bool)>();
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(input, seed, p, block_size, eps, shared_channels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dropblock_cuda, Autograd, m) {
+  m.impl("drop_block_mask", &drop_block_mask_autograd);
+  m.impl("drop_block_apply", &drop_block_apply_autograd);
+}
+
+}  // namespace dropblock
