@@ -269,6 +269,31 @@ C10_HOST_DEVICE inline void clear_range(int64_t first, int64_t n, const Clear& c
   }
 }
 
+// High 64 bits of a 64 x 64-bit product.
+C10_HOST_DEVICE inline uint64_t mul_high(uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umul64hi(a, b);
+#else
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);
+#endif
+}
+
+// Division by a divisor fixed in advance, without a divide instruction (a 64-bit divide costs
+// tens of cycles on CPUs and is emulated on GPUs): for 1 <= d < 2^32 and n < 2^32,
+// n / d = mul_high(ceil(2^64 / d), n) exactly (Lemire, Kaser & Kurz, "Faster remainder by direct
+// computation", 2019, theorem 1 with F = 64, N = 32). d = 1 would need 2^64: magic 0 marks it.
+struct SmallDivider {
+  uint64_t magic;
+};
+
+C10_HOST_DEVICE inline SmallDivider make_small_divider(uint64_t d) {
+  return {d == 1 ? 0 : ~uint64_t(0) / d + 1};
+}
+
+C10_HOST_DEVICE inline uint64_t divide(SmallDivider d, uint64_t n) {
+  return d.magic == 0 ? n : mul_high(d.magic, n);
+}
+
 // Where seeds may sit and what their blocks cover, in logical indices.
 struct SeedGrid {
   int64_t total;        // planes * D * H * W
@@ -276,6 +301,9 @@ struct SeedGrid {
   int64_t size[kMaxSpatialDims];
   int64_t extent[kMaxSpatialDims];  // positions where a block fits: size - block + 1
   int64_t block[kMaxSpatialDims];
+  // Below 2^32 logical indices (nearly always), positions are found with these dividers.
+  bool small;
+  SmallDivider by_plane, by_width, by_height;
 };
 
 C10_HOST_DEVICE inline SeedGrid make_seed_grid(const MaskGeometry& g) {
@@ -287,7 +315,31 @@ C10_HOST_DEVICE inline SeedGrid make_seed_grid(const MaskGeometry& g) {
     s.extent[d] = g.seed_extent(d);
     s.block[d] = g.block[d];
   }
+  s.small = s.total > 0 && s.total < (int64_t(1) << 32);
+  if (s.small) {
+    s.by_plane = make_small_divider(static_cast<uint64_t>(s.plane_numel));
+    s.by_width = make_small_divider(static_cast<uint64_t>(s.size[2]));
+    s.by_height = make_small_divider(static_cast<uint64_t>(s.size[1]));
+  }
   return s;
+}
+
+// Position (z, y, x) of logical index g in its plane.
+C10_HOST_DEVICE inline void position_in_plane(const SeedGrid& s, int64_t g, int64_t& z, int64_t& y, int64_t& x) {
+  const int64_t H = s.size[1], W = s.size[2];
+  if (s.small) {
+    const int64_t r = g - static_cast<int64_t>(divide(s.by_plane, static_cast<uint64_t>(g))) * s.plane_numel;
+    const int64_t line = static_cast<int64_t>(divide(s.by_width, static_cast<uint64_t>(r)));
+    x = r - line * W;
+    z = static_cast<int64_t>(divide(s.by_height, static_cast<uint64_t>(line)));
+    y = line - z * H;
+    return;
+  }
+  const int64_t r = g % s.plane_numel;
+  const int64_t line = r / W;
+  x = r - line * W;
+  z = line / H;
+  y = line - z * H;
 }
 
 // The seeds among `bits` (bit i <-> logical index 16k + i) that sit where a whole block fits.
@@ -298,9 +350,8 @@ C10_HOST_DEVICE inline uint32_t seeds_where_blocks_fit(const SeedGrid& s, uint64
     return 0;
   }
   const int64_t H = s.size[1], W = s.size[2];
-  const int64_t r = g0 % s.plane_numel;
-  const int64_t line = r / W;
-  int64_t x = r - line * W, y = line % H, z = line / H;
+  int64_t z, y, x;
+  position_in_plane(s, g0, z, y, x);
   uint32_t valid = 0;
   for (int64_t lane = 0; lane < 16 && lane < s.total - g0;) {
     const int64_t in_row = W - x < 16 - lane ? W - x : 16 - lane;  // lanes [lane, lane + in_row) share a row

@@ -46,10 +46,10 @@ inline void philox_batch(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3,
   }
 }
 
-// Seed bits of the Philox groups first_group .. first_group + n - 1: the batched twin of
+// Seed bits of the Philox groups groups[0 .. n-1] into bits[0 .. n-1]: the batched twin of
 // seed_bits_of_group (stream-0 draws, then the ties' stream-1 draws, each batch at once).
 DROPBLOCK_VECTOR_CLONES
-void seed_bits_of_groups(uint64_t first_group, int64_t n, PhiloxKey key, SeedThreshold t, uint32_t* bits) {
+void seed_bits_of_groups(const uint64_t* groups, int64_t n, PhiloxKey key, SeedThreshold t, uint32_t* bits) {
   constexpr int kMaxTies = 256;
   uint32_t t0[kMaxTies], t1[kMaxTies], t2[kMaxTies], t3[kMaxTies];
   int64_t tie_group[kMaxTies];
@@ -68,7 +68,7 @@ void seed_bits_of_groups(uint64_t first_group, int64_t n, PhiloxKey key, SeedThr
     const int m = static_cast<int>(std::min<int64_t>(kPhiloxBatch, n - base));
     uint32_t c0[kPhiloxBatch], c1[kPhiloxBatch], c2[kPhiloxBatch], c3[kPhiloxBatch];
     for (int i = 0; i < m; ++i) {
-      const uint64_t k = first_group + static_cast<uint64_t>(base + i);
+      const uint64_t k = groups[base + i];
       c0[i] = static_cast<uint32_t>(k);
       c1[i] = static_cast<uint32_t>(k >> 32);
       c2[i] = 0;  // stream 0
@@ -101,7 +101,7 @@ void seed_bits_of_groups(uint64_t first_group, int64_t n, PhiloxKey key, SeedThr
       }
       for (uint32_t v = tie_lanes[i]; v != 0; v &= v - 1) {
         const int lane = __builtin_ctz(v);
-        const uint64_t g = 16 * (first_group + static_cast<uint64_t>(base + i)) + static_cast<uint64_t>(lane);
+        const uint64_t g = 16 * groups[base + i] + static_cast<uint64_t>(lane);
         t0[ties] = static_cast<uint32_t>(g);
         t1[ties] = static_cast<uint32_t>(g >> 32);
         t2[ties] = 1;  // stream 1
@@ -115,16 +115,24 @@ void seed_bits_of_groups(uint64_t first_group, int64_t n, PhiloxKey key, SeedThr
   resolve_ties();
 }
 
-// Runs of Philox groups closer than this many logical indices are drawn as one run: drawing a
-// few positions where no block fits costs less than starting another run.
-constexpr int64_t kMergeGap = 64;
-constexpr int64_t kGroupsPerDraw = 1024;
+// The clones give the popcount instruction (baseline x86-64 calls a libgcc routine per word).
+DROPBLOCK_VECTOR_CLONES
+int64_t count_bits(const uint64_t* words, int64_t n) {
+  int64_t count = 0;
+  for (int64_t w = 0; w < n; ++w) {
+    count += __builtin_popcountll(words[w]);
+  }
+  return count;
+}
+
+constexpr int kGroupsPerDraw = 1024;
 
 // Draws and paints the seeds of one contiguous range [first, last) of logical indices (both
 // multiples of 64, so Philox groups and mask words never straddle two ranges) on a mask of
-// all ones. Blocks reach past their range by up to block_reach() indices: the words within
-// that reach of the range's start may also be painted by the range before, and are cleared
-// atomically.
+// all ones. Only the Philox groups holding a position where a block fits are drawn (a third
+// of them on 7x7 maps with 7x7 blocks). Blocks reach past their range by up to block_reach()
+// indices: the words within that reach of the range's start may also be painted by the range
+// before, and are cleared atomically.
 class RangePainter {
  public:
   RangePainter(const SeedGrid& grid, PhiloxKey key, SeedThreshold threshold, uint64_t* words)
@@ -134,10 +142,10 @@ class RangePainter {
     const int64_t reach = block_reach(grid_);
     clear_ = OwnedClear{words_, reach > 0 ? (first + reach - 1) >> 6 : (first >> 6) - 1, last >> 6};
     const int64_t H = grid_.size[1], W = grid_.size[2];
-    int64_t run_first = -1, run_last = -1;
     // Rows (q, z, y) of the range whose seeds can fit: their first extent[2] positions.
     const int64_t first_row = first / W;
     int64_t y = first_row % H, z = (first_row / H) % grid_.size[0];
+    int64_t last_listed = -1;  // rows narrower than a group share groups: list each once
     for (int64_t row = first_row; row * W < last; ++row) {
       const bool seeds_fit = y < grid_.extent[1] && z < grid_.extent[0];
       if (++y == H) {
@@ -150,37 +158,26 @@ class RangePainter {
         continue;
       }
       const int64_t a = std::max(first, row * W), b = std::min(last, row * W + grid_.extent[2]) - 1;
-      if (a > b) {
-        continue;
-      }
-      if (run_first >= 0 && a <= run_last + kMergeGap) {
-        run_last = b;
-        continue;
-      }
-      if (run_first >= 0) {
-        draw_run(run_first, run_last);
-      }
-      run_first = a;
-      run_last = b;
-    }
-    if (run_first >= 0) {
-      draw_run(run_first, run_last);
-    }
-  }
-
- private:
-  void draw_run(int64_t a, int64_t b) {
-    const uint64_t k_first = static_cast<uint64_t>(a) / 16, k_last = static_cast<uint64_t>(b) / 16;
-    for (uint64_t k0 = k_first; k0 <= k_last; k0 += kGroupsPerDraw) {
-      const int64_t n = static_cast<int64_t>(std::min<uint64_t>(kGroupsPerDraw, k_last - k0 + 1));
-      seed_bits_of_groups(k0, n, key_, threshold_, bits_);
-      for (int64_t i = 0; i < n; ++i) {
-        if (bits_[i] != 0) {
-          const uint64_t k = k0 + static_cast<uint64_t>(i);
-          clear_blocks(grid_, k, seeds_where_blocks_fit(grid_, k, bits_[i]), clear_);
+      for (int64_t k = std::max(a / 16, last_listed + 1); a <= b && k <= b / 16; ++k) {
+        groups_[pending_++] = static_cast<uint64_t>(k);
+        last_listed = k;
+        if (pending_ == kGroupsPerDraw) {
+          draw_pending();
         }
       }
     }
+    draw_pending();
+  }
+
+ private:
+  void draw_pending() {
+    seed_bits_of_groups(groups_, pending_, key_, threshold_, bits_);
+    for (int i = 0; i < pending_; ++i) {
+      if (bits_[i] != 0) {
+        clear_blocks(grid_, groups_[i], seeds_where_blocks_fit(grid_, groups_[i], bits_[i]), clear_);
+      }
+    }
+    pending_ = 0;
   }
 
   SeedGrid grid_;
@@ -188,6 +185,8 @@ class RangePainter {
   SeedThreshold threshold_;
   uint64_t* words_;
   OwnedClear clear_{};
+  int pending_ = 0;
+  uint64_t groups_[kGroupsPerDraw];
   uint32_t bits_[kGroupsPerDraw];
 };
 
@@ -221,10 +220,7 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, 
   const int64_t kept_bits = at::parallel_reduce(
       0, nwords, 1 << 14, int64_t(0),
       [&](int64_t begin, int64_t end, int64_t acc) {
-        for (int64_t w = begin; w < end; ++w) {
-          acc += __builtin_popcountll(words[w]);
-        }
-        return acc;
+        return acc + count_bits(words + begin, end - begin);
       },
       std::plus<int64_t>());
   const int64_t kept = shared_channels ? kept_bits * input.size(1) : kept_bits;
