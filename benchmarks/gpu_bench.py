@@ -4,11 +4,12 @@
 
 ResNet-50 stage shapes (256x56x56, 512x28x28, 1024x14x14, 2048x7x7) at batch 128, float32 and
 bfloat16, p=0.1, block 7, one mask per channel. For each: forward (drop_block2d: seed draw + mask
-+ apply), the mask alone, backward (= drop_block_apply on a gradient), forward+backward through
-autograd, a device-to-device copy of the input, and torchvision.ops.drop_block2d when it is
-importable; the ratios to the copy; the bytes autograd saves per input element. CUDA events around
-batches of calls, median over repeats after warm-up, inputs rotated so that the working set
-exceeds the L2 cache. Writes gpu_bench.json and gpu_bench.md into --out; prints a summary last.
++ apply), eagerly and replayed from a CUDA graph, the mask alone, backward (= drop_block_apply on
+a gradient), forward+backward through autograd, a device-to-device copy of the input, and
+torchvision.ops.drop_block2d when it is importable; the ratios to the copy; the bytes autograd
+saves per input element; and the host time of an eager call. CUDA events around batches of
+calls, median over repeats after warm-up, inputs rotated so that the working set exceeds the L2
+cache. Writes gpu_bench.json and gpu_bench.md into --out; prints a summary last.
 """
 
 import argparse
@@ -57,6 +58,46 @@ def time_op(fn, buffers, repeats, calls, warmup):
     return statistics.median(samples)
 
 
+def time_graph(fn, buffers, repeats):
+    """Median milliseconds per call of fn(i) replayed from a CUDA graph: the GPU time alone, no
+    host launch overhead (which an eager call of a small tensor may not hide)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(buffers):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(buffers):
+            fn(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / buffers)
+    del graph
+    return statistics.median(samples)
+
+
+def host_microseconds_per_call(fn, calls=2000):
+    """Host time per call of fn() on a tiny CUDA tensor: what an eager call costs the CPU."""
+    for _ in range(100):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
 def saved_bytes_per_element(fn, x):
     """Bytes of the tensors autograd saves for backward in fn(x), per element of x (x itself excluded)."""
     seen = {}
@@ -81,14 +122,19 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes)
     xs = [torch.randn(shape, device="cuda", dtype=dtype) for _ in range(buffers)]
     outs = [torch.empty_like(x) for x in xs]
     seed = torch.tensor(12345, device="cuda")
-    masks = [ops.drop_block_mask(x, seed, torch.tensor(P, dtype=torch.float64, device=x.device), [BLOCK, BLOCK], EPS, False) for x in xs]
+    p = torch.tensor(P, dtype=torch.float64)  # on the host, as drop_block2d passes it eagerly
+    masks = [ops.drop_block_mask(x, seed, p, [BLOCK, BLOCK], EPS, False) for x in xs]
     timing = dict(repeats=args.repeats, calls=args.calls, warmup=args.warmup)
     result = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "numel": numel, "buffers": buffers}
 
     result["copy_ms"] = time_op(lambda i: outs[i].copy_(xs[i]), buffers, **timing)
     result["forward_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, **timing)
-    result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, torch.tensor(P, dtype=torch.float64, device=xs[i].device), [BLOCK, BLOCK], EPS, False), buffers,
+    result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, p, [BLOCK, BLOCK], EPS, False), buffers,
                                 **timing)
+    try:
+        result["forward_graph_ms"] = time_graph(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, args.repeats)
+    except Exception as exc:  # report, and keep the eager numbers
+        result["forward_graph_error"] = repr(exc)
     result["backward_ms"] = time_op(lambda i: ops.drop_block_apply(xs[i], *masks[i], False), buffers, **timing)
 
     grads = [torch.randn_like(x) for x in xs[:2]]
@@ -112,7 +158,7 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes)
             lambda x: tv_drop_block2d(x, P, BLOCK), xs[0]
         )
     copy = result["copy_ms"]
-    for key in ("forward", "backward", "mask", "fwd_bwd", "torchvision_forward", "torchvision_fwd_bwd"):
+    for key in ("forward", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward", "torchvision_fwd_bwd"):
         if f"{key}_ms" in result:
             result[f"{key}_over_copy"] = result[f"{key}_ms"] / copy
     # Effective bandwidth of the copy: read + write.
@@ -127,10 +173,11 @@ def markdown(results, device_name):
         f"# DropBlock GPU benchmark ({device_name})",
         "",
         f"p={P}, block {BLOCK}, per-channel masks; times are medians in ms; ratios are over a device-to-device copy.",
+        "fwd graph: the forward replayed from a CUDA graph (GPU time without host launch overhead).",
         "",
-        "| shape | dtype | copy | fwd | fwd/copy | mask | bwd | bwd/copy | fwd+bwd | tv fwd | tv fwd+bwd"
-        " | saved B/el | tv saved B/el |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | dtype | copy | fwd | fwd/copy | fwd graph | graph/copy | mask | bwd | bwd/copy | fwd+bwd"
+        " | tv fwd | tv fwd+bwd | saved B/el | tv saved B/el |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(r, key, fmt="{:.3f}"):
@@ -138,12 +185,14 @@ def markdown(results, device_name):
 
     for r in results:
         lines.append(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 "x".join(map(str, r["shape"])),
                 r["dtype"],
                 f(r, "copy_ms"),
                 f(r, "forward_ms"),
                 f(r, "forward_over_copy", "{:.2f}"),
+                f(r, "forward_graph_ms"),
+                f(r, "forward_graph_over_copy", "{:.2f}"),
                 f(r, "mask_ms"),
                 f(r, "backward_ms"),
                 f(r, "backward_over_copy", "{:.2f}"),
@@ -155,6 +204,18 @@ def markdown(results, device_name):
             )
         )
     return "\n".join(lines) + "\n"
+
+
+def host_overhead(drop_block2d):
+    """Host microseconds per eager call on a 1x1x8x8 CUDA tensor, ours and torch's dropout."""
+    x = torch.randn(1, 1, 8, 8, device="cuda")
+    leaf = x.clone().requires_grad_()
+    return {
+        "forward_us": host_microseconds_per_call(lambda: drop_block2d(x, P, 3)),
+        "forward_grad_us": host_microseconds_per_call(lambda: drop_block2d(leaf, P, 3)),
+        "dropout_forward_us": host_microseconds_per_call(lambda: torch.nn.functional.dropout(x, P)),
+        "dropout_forward_grad_us": host_microseconds_per_call(lambda: torch.nn.functional.dropout(leaf, P)),
+    }
 
 
 def main(argv=None):
@@ -178,6 +239,9 @@ def main(argv=None):
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
+    overhead = host_overhead(drop_block2d)
+    print("gpu_bench: host time per eager call (1x1x8x8): " +
+          ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()), flush=True)
     results = []
     for dtype_name, dtype in DTYPES.items():
         for chw in SHAPES:
@@ -185,7 +249,8 @@ def main(argv=None):
             r = bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes)
             results.append(r)
             print(f"gpu_bench: {shape} {dtype_name}: copy {r['copy_ms']:.3f} ms, "
-                  f"forward {r['forward_ms']:.3f} ms ({r['forward_over_copy']:.2f}x), "
+                  f"forward {r['forward_ms']:.3f} ms ({r['forward_over_copy']:.2f}x; "
+                  f"graph {r.get('forward_graph_over_copy', float('nan')):.2f}x), "
                   f"backward {r['backward_ms']:.3f} ms ({r['backward_over_copy']:.2f}x)", flush=True)
     meta = {
         "device": props.name,
@@ -196,12 +261,15 @@ def main(argv=None):
         "p": P,
         "block_size": BLOCK,
         "shared_channels": False,
+        "host_overhead": overhead,
         "seconds": time.time() - started,
         "args": vars(args),
     }
     with open(os.path.join(args.out, "gpu_bench.json"), "w") as fh:
         json.dump({"meta": meta, "results": results}, fh, indent=2)
     table = markdown(results, props.name)
+    table += "\nHost time per eager call on a 1x1x8x8 tensor (us): " + ", ".join(
+        f"{k} {v:.1f}" for k, v in overhead.items()) + "\n"
     with open(os.path.join(args.out, "gpu_bench.md"), "w") as fh:
         fh.write(table)
     print()

@@ -189,3 +189,24 @@ def test_parse_flags():
     assert cfg.block_sizes == [3, 5] and cfg.dtypes == ["bfloat16"]
     with pytest.raises(SystemExit):
         bm.config_from_args(["--dtype", "int8"])
+
+
+def test_gpu_bench_table_and_saved_bytes_without_a_gpu():
+    from benchmarks import gpu_bench
+
+    # saved_bytes_per_element counts what autograd keeps besides the input: 1 bit per element
+    # plus the 8-byte scale for ours.
+    x = _x((2, 4, 16, 16))
+    saved = gpu_bench.saved_bytes_per_element(lambda t: dropblock_cuda.drop_block2d(t, 0.1, 7), x)
+    assert saved == pytest.approx(1 / 8 + 8 / x.numel())
+
+    full = {"shape": [128, 256, 56, 56], "dtype": "float32", "copy_ms": 0.5, "forward_ms": 0.6,
+            "forward_over_copy": 1.2, "forward_graph_ms": 0.55, "forward_graph_over_copy": 1.1, "mask_ms": 0.05,
+            "backward_ms": 0.52, "backward_over_copy": 1.04, "fwd_bwd_ms": 1.2, "saved_bytes_per_element": 0.125}
+    failed_graph = {k: v for k, v in full.items() if not k.startswith("forward_graph")}
+    failed_graph["forward_graph_error"] = "RuntimeError('capture')"
+    table = gpu_bench.markdown([full, failed_graph], "Test GPU")
+    rows = [line for line in table.splitlines() if line.startswith("| 128x256x56x56")]
+    header = next(line for line in table.splitlines() if line.startswith("| shape"))
+    assert len(rows) == 2 and all(row.count("|") == header.count("|") for row in rows)
+    assert "| 0.550 | 1.10 |" in rows[0] and "| - | - |" in rows[1]
