@@ -425,4 +425,15 @@ C10_HOST_DEVICE inline bool keep_bit(const uint64_t* mask, int64_t index) {
   return (mask[index >> 6] >> (index & 63)) & 1u;
 }
 
+// Keep bits [first, first + n) of the packed mask (1 <= n <= 64) as bits 0 .. n-1 of a word.
+C10_HOST_DEVICE inline uint64_t keep_bits(const uint64_t* mask, int64_t first, int64_t n) {
+  const int64_t word = first >> 6;
+  const int offset = static_cast<int>(first & 63);
+  uint64_t bits = mask[word] >> offset;
+  if (offset + n > 64) {
+    bits |= mask[word + 1] << (64 - offset);
+  }
+  return bits & low_bits(n);
+}
+
 }  // namespace dropblock

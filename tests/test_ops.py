@@ -325,3 +325,22 @@ def test_cuda_version_is_none_or_the_cuda_of_torch():
         assert version is None  # setup.py falls back to the CPU ops
     else:  # None when no nvcc was found; else the toolkit torch was built with, up to the minor version
         assert version is None or (isinstance(version, int) and version // 1000 == int(torch.version.cuda.split(".")[0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(3, 70, 9, 11), (2, 5, 4, 6, 7), (2, 1, 20, 20), (1, 130, 3, 3), (2, 9, 150)],
+                         ids=str)
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+def test_channels_innermost_memory_gives_the_contiguous_result(dtype, shape, shared):
+    # channels_last / channels_last_3d (and its 1-d analogue): the CPU kernel's tiled path.
+    x = (torch.randn(shape, generator=gen(1)) * 100).to(dtype)
+    block = [3] * (len(shape) - 2)
+    mask, scale = ops.drop_block_mask(x, torch.tensor(9), torch.tensor(0.4, dtype=torch.float64), block, 1e-6, shared)
+    expected = ops.drop_block_apply(x, mask, scale, shared)
+    channels_last = x.movedim(1, -1).contiguous().movedim(-1, 1)
+    assert (channels_last.stride(1) == 1 or shape[1] == 1) and torch.equal(channels_last, x)
+    out = ops.drop_block_apply(channels_last, mask, scale, shared)
+    assert out.stride() == channels_last.stride()
+    assert torch.equal(out, expected)
+    ops.drop_block_apply_(channels_last, mask, scale, shared)
+    assert torch.equal(channels_last, expected)

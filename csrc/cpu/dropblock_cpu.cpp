@@ -1,6 +1,7 @@
 // CPU kernels of the DropBlock ops: the packed keep mask (no data touched) and the data pass.
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
@@ -300,6 +301,78 @@ struct PlaneLayout {
   bool row_major;
 };
 
+// Whether t is dense with the channels innermost: (N, *spatial, C) in memory, as
+// torch.channels_last and channels_last_3d lay tensors out.
+bool is_channels_last_dense(const at::Tensor& t) {
+  if (t.size(1) != 1 && t.stride(1) != 1) {
+    return false;
+  }
+  int64_t expected = t.size(1);
+  for (int64_t d = t.dim() - 1; d >= 2; --d) {
+    if (t.size(d) != 1 && t.stride(d) != expected) {
+      return false;
+    }
+    expected *= t.size(d);
+  }
+  return t.size(0) == 1 || t.stride(0) == expected;
+}
+
+// Channels-last data: a run of C channels is contiguous in memory but its keep bits lie S apart
+// in the mask. A tile of up to 64 positions of one sample first gathers each channel's keep bits
+// for those positions (one or two words per channel, kept as two 32-bit halves so that the
+// element loop vectorises), then walks the tile in memory order.
+// dst[c] = bit `shift` of keep[c] ? src[c] * scale : 0, for c < n. Typed stores and plain
+// arguments (no captured references), so that the compiler vectorises it.
+template <typename scalar_t, typename acc_t>
+inline void apply_keep_lanes(const scalar_t* src, scalar_t* dst, int64_t n, const uint32_t* keep, int shift,
+                             acc_t scale) {
+  using lane_t = typename LaneType<sizeof(scalar_t)>::type;
+  for (int64_t c = 0; c < n; ++c) {
+    const scalar_t v = static_cast<scalar_t>(static_cast<acc_t>(src[c]) * scale);
+    lane_t v_bits;
+    std::memcpy(&v_bits, &v, sizeof(v));
+    v_bits &= lane_t(0) - static_cast<lane_t>((keep[c] >> shift) & 1u);
+    scalar_t result;
+    std::memcpy(&result, &v_bits, sizeof(result));
+    dst[c] = result;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C, int64_t S, const uint64_t* mask,
+                         bool shared_channels, acc_t scale) {
+  const int64_t tiles_per_sample = (S + 63) / 64;
+  const int64_t mask_rows = shared_channels ? 1 : C;
+  at::parallel_for(0, N * tiles_per_sample, std::max<int64_t>(1, 16384 / (64 * C)), [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> halves(static_cast<size_t>(2 * mask_rows));  // [k / 32][c]
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t n = tile / tiles_per_sample, s0 = (tile - n * tiles_per_sample) * 64;
+      const int64_t len = std::min<int64_t>(64, S - s0);
+      for (int64_t c = 0; c < mask_rows; ++c) {
+        const uint64_t row = keep_bits(mask, (n * mask_rows + c) * S + s0, len);
+        halves[c] = static_cast<uint32_t>(row);
+        halves[mask_rows + c] = static_cast<uint32_t>(row >> 32);
+      }
+      for (int64_t k = 0; k < len; ++k) {
+        const int64_t offset = (n * S + s0 + k) * C;
+        const uint32_t* keep = halves.data() + (k >> 5) * mask_rows;
+        const int shift = static_cast<int>(k & 31);
+        if (shared_channels) {
+          if ((keep[0] >> shift) & 1u) {
+            for (int64_t c = 0; c < C; ++c) {
+              out[offset + c] = static_cast<scalar_t>(static_cast<acc_t>(in[offset + c]) * scale);
+            }
+          } else {
+            std::fill(out + offset, out + offset + C, scalar_t(0));
+          }
+          continue;
+        }
+        apply_keep_lanes<scalar_t, acc_t>(in + offset, out + offset, C, keep, shift, scale);
+      }
+    }
+  });
+}
+
 PlaneLayout plane_layout(const at::Tensor& t) {
   PlaneLayout layout{};
   const int64_t pad = kMaxSpatialDims - (t.dim() - 2);
@@ -339,6 +412,10 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
         const int64_t first = begin * 64, last = std::min(end * 64, numel);
         apply_run<scalar_t, acc_t>(in + first, 1, out + first, 1, last - first, bits, first, s);
       });
+      return;
+    }
+    if (is_channels_last_dense(input) && is_channels_last_dense(output)) {
+      apply_channels_last<scalar_t, acc_t>(in, out, N, C, S, bits, shared_channels, s);
       return;
     }
     const PlaneLayout in_layout = plane_layout(input), out_layout = plane_layout(output);
