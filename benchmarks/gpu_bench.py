@@ -85,17 +85,22 @@ def time_graph(fn, buffers, repeats):
     return statistics.median(samples)
 
 
-def host_microseconds_per_call(fn, calls=2000):
-    """Host time per call of fn() on a tiny CUDA tensor: what an eager call costs the CPU."""
-    for _ in range(100):
+def host_microseconds_per_call(fn, calls=50, repeats=7):
+    """Host time per call of fn() on a tiny CUDA tensor: what an eager call costs the CPU. The GPU
+    first spins in a sleep kernel, so the timed calls only enqueue (a full launch queue would
+    make the host wait for the GPU and time the kernels instead); median over repeats."""
+    for _ in range(20):
         fn()
     torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
+    samples = []
+    for _ in range(repeats):
+        torch.cuda._sleep(50_000_000)  # tens of ms at GPU clocks: longer than the calls below
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(samples)
 
 
 def saved_bytes_per_element(fn, x):

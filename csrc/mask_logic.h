@@ -99,9 +99,9 @@ struct SeedThreshold {
 };
 
 // T = round(gamma * 2^32) with gamma = min(p * gamma_factor, 1), where gamma_factor =
-// prod(S / (b * (S - b + 1))) comes from the geometry (see mask_params.h). Computed where p is:
-// on the host for CPU tensors, in the kernel for CUDA tensors (p lives on the device so that a
-// scheduled p neither syncs nor recompiles). IEEE double arithmetic makes both the same.
+// prod(S / (b * (S - b + 1))) comes from the geometry (see mask_params.h). Computed on the host
+// for CPU tensors and in the seed kernel for CUDA tensors (which may read p from device memory,
+// so that a scheduled p neither syncs nor recompiles). IEEE double arithmetic makes both the same.
 C10_HOST_DEVICE inline SeedThreshold make_seed_threshold(double p, double gamma_factor) {
   double gamma = p * gamma_factor;
   if (!(gamma > 0.0)) {  // also NaN

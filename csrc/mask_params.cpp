@@ -50,14 +50,14 @@ double gamma_factor(const MaskGeometry& g) {
 
 void check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p, double eps) {
   TORCH_CHECK_VALUE(eps >= 0.0, "eps: expected a non-negative number, got ", eps);
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong &&
+  TORCH_CHECK_VALUE(seed.dim() == 0 && seed.scalar_type() == at::kLong &&
                         (seed.device() == input.device() || seed.device().is_cpu()),
-                    "seed: expected one int64 element on the CPU or on the input's device (", input.device(),
-                    "), got ", seed.numel(), " ", seed.scalar_type(), " element(s) on ", seed.device());
-  TORCH_CHECK_VALUE(p.numel() == 1 && p.scalar_type() == at::kDouble &&
+                    "seed: expected a 0-dim int64 tensor on the CPU or on the input's device (", input.device(),
+                    "), got ", seed.scalar_type(), " of shape ", seed.sizes(), " on ", seed.device());
+  TORCH_CHECK_VALUE(p.dim() == 0 && p.scalar_type() == at::kDouble &&
                         (p.device() == input.device() || p.device().is_cpu()),
-                    "p: expected one float64 element on the CPU or on the input's device (", input.device(),
-                    "), got ", p.numel(), " ", p.scalar_type(), " element(s) on ", p.device());
+                    "p: expected a 0-dim float64 tensor on the CPU or on the input's device (", input.device(),
+                    "), got ", p.scalar_type(), " of shape ", p.sizes(), " on ", p.device());
   if (p.device().is_cpu()) {
     const double value = p.item<double>();
     TORCH_CHECK_VALUE(value >= 0.0 && value <= 1.0, "p: drop probability has to be between 0 and 1, got ", value);

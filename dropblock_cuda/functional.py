@@ -71,7 +71,9 @@ def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Te
         return torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=device)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-    return torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=generator.device, generator=generator)
+    seed = torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=generator.device, generator=generator)
+    # The ops take the key on the CPU or on the input's device only.
+    return seed if seed.device.type == "cpu" else seed.to(device)
 
 
 def _drop_block(
@@ -101,7 +103,7 @@ def _drop_block(
         drop_probability = torch.zeros((), dtype=torch.float64, device=input.device) + p
     else:
         # Eagerly, p stays on the CPU: the CUDA kernels take it by value (no fill kernel, no copy).
-        drop_probability = torch.full((), p, dtype=torch.float64)
+        drop_probability = torch.full((), p, dtype=torch.float64, device="cpu")
     mask, scale = ops.drop_block_mask(input, seed, drop_probability, sizes, eps, bool(shared_channels))
     if not inplace:
         return ops.drop_block_apply(input, mask, scale, bool(shared_channels))

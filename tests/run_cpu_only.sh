@@ -15,7 +15,7 @@ venv=$(cd "$venv" && pwd)
 # dropblock_cuda/_C*.so here, and a build against another torch must not touch them.
 src=$(mktemp -d)
 trap 'rm -rf "$src"' EXIT
-git ls-files -z --cached --others --exclude-standard | xargs -0 tar cf - | tar xf - -C "$src"
+git ls-files -z --cached --others --exclude-standard | xargs -0 tar cf - --ignore-failed-read 2>/dev/null | tar xf - -C "$src"
 mkdir -p build
 log=$root/build/cpu-only-build.log
 (cd "$src" && MAX_JOBS=${MAX_JOBS:-2} "$venv/bin/pip" install -v --disable-pip-version-check --no-build-isolation \

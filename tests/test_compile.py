@@ -175,3 +175,19 @@ def test_compiled_inplace_writes_into_the_input():
     out = compiled(leaf * 1.0)
     out.sum().backward()
     assert torch.equal(leaf.grad, out.detach())
+
+
+def test_compiled_autograd_traces_the_backward_in_one_graph():
+    # The C++ autograd node declares itself traceable: compiled autograd captures its backward
+    # (drop_block_apply on the saved mask) inside the graph instead of breaking around it.
+    from torch._dynamo import compiled_autograd
+
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    grad = torch.randn(2, 3, 16, 16)
+    y = dropblock_cuda.drop_block2d(x, 0.3, 3, generator=torch.Generator().manual_seed(3))
+    counter = CompileCounterWithBackend("eager")
+    with compiled_autograd._enable(torch.compile(backend=counter, fullgraph=True)):
+        y.backward(grad)
+    assert counter.frame_count == 1
+    expected = dropblock_cuda.drop_block2d(grad, 0.3, 3, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(x.grad, expected)

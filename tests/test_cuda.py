@@ -22,6 +22,10 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 EPS = 1e-6
 
 
+def positive_cpu(shape):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0)) + 0.5
+
+
 def cpu_and_cuda_masks(shape, block, p, seed, shared, device="cuda"):
     """drop_block_mask on the CPU and on `device` for the same seed value: ((mask, scale), (mask, scale))."""
     cpu = ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), torch.tensor(p, dtype=torch.float64, device=torch.empty(shape).device), list(block), EPS, shared)
@@ -315,10 +319,43 @@ def test_seed_and_p_on_the_host_give_the_device_arguments_mask(shared):
         ops.drop_block_mask(x, torch.tensor(1), torch.tensor(1.5, dtype=torch.float64), [5, 5], EPS, shared)
     # A CPU input takes its seed and p from the CPU only.
     x_cpu, p_cpu = torch.empty(3, 5, 30, 30), torch.tensor(0.3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="seed: expected one int64 element on the CPU or on the input's device"):
+    with pytest.raises(ValueError, match="seed: expected a 0-dim int64 tensor on the CPU or on the input's device"):
         ops.drop_block_mask(x_cpu, torch.tensor(1, device="cuda"), p_cpu, [5, 5], EPS, shared)
-    with pytest.raises(ValueError, match="p: expected one float64 element on the CPU or on the input's device"):
+    with pytest.raises(ValueError, match="p: expected a 0-dim float64 tensor on the CPU or on the input's device"):
         ops.drop_block_mask(x_cpu, torch.tensor(1), p_cpu.cuda(), [5, 5], EPS, shared)
+
+
+@requires_cuda
+def test_a_cuda_generator_serves_a_cpu_input():
+    # The key is drawn on the generator's device and moved to the input's: same mask as the
+    # CUDA input with an equally seeded CUDA generator.
+    x = positive_cpu((2, 3, 20, 20))
+    y = drop_block2d(x, 0.3, 5, generator=torch.Generator("cuda").manual_seed(8))
+    y_gpu = drop_block2d(x.cuda(), 0.3, 5, generator=torch.Generator("cuda").manual_seed(8))
+    assert y.device.type == "cpu" and torch.equal(y, y_gpu.cpu())
+
+
+@requires_two_gpus
+def test_a_generator_on_another_gpu():
+    x = positive_cpu((2, 3, 20, 20)).to("cuda:0")
+    y = drop_block2d(x, 0.3, 5, generator=torch.Generator("cuda:1").manual_seed(8))
+    expected = drop_block2d(x, 0.3, 5, generator=torch.Generator("cuda:0").manual_seed(8))
+    assert y.device == x.device and torch.equal(y, expected)
+
+
+@requires_cuda
+def test_capturing_with_a_host_seed_warns():
+    x = torch.randn(2, 3, 20, 20, device="cuda")
+    g = torch.Generator().manual_seed(0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        drop_block2d(x, 0.3, 5, generator=g)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.warns(UserWarning, match="seed on the host is captured by value"):
+        with torch.cuda.graph(graph):
+            drop_block2d(x, 0.3, 5, generator=g)
 
 
 @requires_two_gpus

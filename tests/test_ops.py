@@ -284,14 +284,46 @@ def test_raw_mask_op_wants_one_int64_seed_and_one_float64_p():
     # Devices are checked too (the CPU or the input's device): tests/test_cuda.py.
     x = positive((2, 3, 8, 8))
     p = torch.tensor(0.5, dtype=torch.float64)
-    with pytest.raises(ValueError, match="seed: expected one int64 element"):
+    with pytest.raises(ValueError, match="seed: expected a 0-dim int64 tensor"):
         ops.drop_block_mask(x, torch.tensor([1, 2]), p, [3, 3], 1e-6, False)
     with pytest.raises(ValueError, match="seed"):
         ops.drop_block_mask(x, torch.tensor(1, dtype=torch.int32), p, [3, 3], 1e-6, False)
-    with pytest.raises(ValueError, match="p: expected one float64 element"):
+    with pytest.raises(ValueError, match="p: expected a 0-dim float64 tensor"):
         ops.drop_block_mask(x, torch.tensor(1), p.float(), [3, 3], 1e-6, False)
-    with pytest.raises(ValueError, match="p: expected one float64 element"):
+    with pytest.raises(ValueError, match="p: expected a 0-dim float64 tensor"):
         ops.drop_block_mask(x, torch.tensor(1), p.expand(2), [3, 3], 1e-6, False)
+    with pytest.raises(ValueError, match="p: expected a 0-dim float64 tensor"):
+        ops.drop_block_mask(x, torch.tensor(1), p.reshape(1), [3, 3], 1e-6, False)
+    with pytest.raises(ValueError, match="seed: expected a 0-dim int64 tensor"):
+        ops.drop_block_mask(x, torch.tensor([1]), p, [3, 3], 1e-6, False)
+
+
+def test_a_default_device_elsewhere_does_not_move_the_scalars():
+    # functional.py creates p (and draws the key) on explicit devices, not the default one.
+    x = positive((2, 3, 8, 8))
+    expected = drop_block2d(x, 0.3, 3, generator=gen(5))
+    with torch.device("meta"):
+        y = drop_block2d(x, 0.3, 3, generator=gen(5))
+    assert y.device.type == "cpu" and torch.equal(y, expected)
+
+
+def test_inplace_op_refuses_tracked_inputs_and_bumps_the_version():
+    x = positive((2, 3, 8, 8))
+    mask, scale = ops.drop_block_mask(x, torch.tensor(1), torch.tensor(0.5, dtype=torch.float64), [3, 3], 1e-6, False)
+    leaf = x.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="requires grad"):
+        ops.drop_block_apply_(leaf, mask, scale, False)
+    with torch.no_grad():
+        ops.drop_block_apply_(leaf, mask, scale, False)  # allowed where autograd does not track
+    # A tensor saved for another op's backward, then overwritten in place: backward must refuse.
+    w = torch.ones(2, 3, 8, 8, requires_grad=True)
+    saved = x.clone()
+    y = w * saved  # mul saves `saved` for w's gradient
+    version = saved._version
+    drop_block2d(saved, 0.5, 3, inplace=True)
+    assert saved._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])

@@ -26,8 +26,18 @@ at::Tensor call_apply(const at::Tensor& input, const at::Tensor& mask, const at:
   return op.call(input, mask, scale, shared_channels);
 }
 
+const c10::TypedOperatorHandle<void(at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>& inplace_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("dropblock_cuda::drop_block_apply_", "")
+                             .typed<void(at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
+  return op;
+}
+
 class DropBlockApply : public torch::autograd::Function<DropBlockApply> {
  public:
+  // Backward calls a registered op on saved tensors: compiled autograd may trace it.
+  static constexpr bool is_traceable = true;
+
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& mask,
                             const at::Tensor& scale, bool shared_channels) {
     ctx->save_for_backward({mask, scale});
@@ -61,11 +71,37 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_autograd(const at::Tensor& in
   return op.call(input, seed, p, block_size, eps, shared_channels);
 }
 
+// The in-place variant has no gradient formula (functional.py records an in-place write under
+// autograd with copy_ instead): refuse an input autograd tracks, and bump the version counter so
+// that a tensor saved for another op's backward and then overwritten is detected.
+void drop_block_apply_inplace_autograd(at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale,
+                                       bool shared_channels) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && input.requires_grad()),
+              "drop_block_apply_: input requires grad; use drop_block_apply (or drop_block2d(..., inplace=True), "
+              "which records the write) instead");
+  const at::AutoDispatchBelowAutograd below_autograd;
+  inplace_op().call(input, mask, scale, shared_channels);
+}
+
+void drop_block_apply_inplace_view(at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale,
+                                   bool shared_channels) {
+  {
+    const at::AutoDispatchBelowADInplaceOrView below_view;
+    inplace_op().call(input, mask, scale, shared_channels);
+  }
+  input.unsafeGetTensorImpl()->bump_version();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dropblock_cuda, Autograd, m) {
   m.impl("drop_block_mask", &drop_block_mask_autograd);
   m.impl("drop_block_apply", &drop_block_apply_autograd);
+  m.impl("drop_block_apply_", &drop_block_apply_inplace_autograd);
+}
+
+TORCH_LIBRARY_IMPL(dropblock_cuda, ADInplaceOrView, m) {
+  m.impl("drop_block_apply_", &drop_block_apply_inplace_view);
 }
 
 }  // namespace dropblock

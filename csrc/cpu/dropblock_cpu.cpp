@@ -128,12 +128,12 @@ int64_t count_bits(const uint64_t* words, int64_t n) {
 
 constexpr int kGroupsPerDraw = 1024;
 
-// Draws and paints the seeds of one contiguous range [first, last) of logical indices (both
-// multiples of 64, so Philox groups and mask words never straddle two ranges) on a mask of
-// all ones. Only the Philox groups holding a position where a block fits are drawn (a third
-// of them on 7x7 maps with 7x7 blocks). Blocks reach past their range by up to block_reach()
-// indices: the words within that reach of the range's start may also be painted by the range
-// before, and are cleared atomically.
+// Draws and paints the seeds of one contiguous range [first, last) of logical indices (first a
+// multiple of 64, last too unless it ends the mask, so Philox groups and mask words never
+// straddle two ranges) on a mask of all ones. Only the Philox groups holding a position where a
+// block fits are drawn (a third of them on 7x7 maps with 7x7 blocks). Blocks reach past their
+// range by up to block_reach() indices: the words within that reach of the range's start may
+// also be painted by the range before, and are cleared atomically.
 class RangePainter {
  public:
   RangePainter(const SeedGrid& grid, PhiloxKey key, SeedThreshold threshold, uint64_t* words)

@@ -1,11 +1,13 @@
 // CUDA backend of the DropBlock ops: argument checks and tensors here, kernels in
-// dropblock_kernels.cu. Nothing here waits for the device: the seed is read by the kernels and
-// the scale is written by them, so the ops can be captured in a CUDA graph.
+// dropblock_kernels.cu. Nothing here waits for the device: a seed or p on the device is read by
+// the kernels (one on the host is passed by value) and the scale is written by them, so the ops
+// can be captured in a CUDA graph.
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -33,6 +35,10 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
   // on the host is read here and passed by value.
   check_mask_args(input, seed, p, eps);
   const c10::cuda::CUDAGuard guard(input.device());
+  if (seed.is_cpu() && c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    TORCH_WARN("drop_block_mask: a seed on the host is captured by value, so every replay of this CUDA graph "
+                    "drops the same blocks; draw it with the input device's generator for fresh masks per replay");
+  }
 
   const int64_t bytes = packed_mask_bytes(g);
   at::Tensor mask = at::empty({bytes}, input.options().dtype(at::kByte));
