@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "../mask_logic.h"
+#include "apply_indexing.h"
 
 namespace dropblock {
 namespace cuda {
@@ -34,8 +35,6 @@ cudaError_t launch_mask(const MaskGeometry& geometry, ScalarArg<double> p, doubl
                         double* scale, int64_t* scratch, cudaStream_t stream);
 
 enum class ScalarKind : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
-
-constexpr int kMaxApplyDims = 5;
 
 // out = keep ? in * scale : 0 (in the op math type: float for half / bfloat16) for an input of
 // `dim` (3 to 5) dimensions (N, C, *spatial) with element strides `in_strides` / `out_strides`.

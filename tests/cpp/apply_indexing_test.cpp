@@ -1,0 +1,160 @@
+// The CUDA apply kernels' index arithmetic (csrc/cuda/apply_indexing.h), run on the host: every
+// element is visited exactly once, at the input offset, output offset and mask bit that plain
+// stride arithmetic gives, in the output's memory order. Built and run by
+// tests/test_cuda_indexing.py; prints "ok" and exits 0 when every case passes.
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda/apply_indexing.h"
+
+using dropblock::cuda::is_row_major;
+using dropblock::cuda::make_strided_params;
+using dropblock::cuda::shared_mask_bit;
+using dropblock::cuda::strided_fits_32bit;
+using dropblock::cuda::strided_offsets;
+using Sizes = std::vector<int64_t>;
+using Triple = std::tuple<int64_t, int64_t, int64_t>;  // input offset, output offset, mask bit
+
+int failures = 0;
+
+void fail(const std::string& what) {
+  std::printf("FAIL %s\n", what.c_str());
+  ++failures;
+}
+
+// Strides of a dense tensor whose dims lie in memory in `order` (outermost first), times `step`.
+Sizes dense_strides(const Sizes& sizes, const std::vector<int>& order, int64_t step = 1) {
+  Sizes strides(sizes.size());
+  int64_t running = step;
+  for (int i = static_cast<int>(order.size()) - 1; i >= 0; --i) {
+    strides[order[i]] = running;
+    running *= sizes[order[i]];
+  }
+  return strides;
+}
+
+std::vector<int> identity(size_t n) {
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  return order;
+}
+
+// Every element's (input offset, output offset, mask bit), enumerated in logical order.
+std::vector<Triple> expected_triples(const Sizes& sizes, const Sizes& in_strides, const Sizes& out_strides,
+                                     bool shared) {
+  const int dim = static_cast<int>(sizes.size());
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  const int64_t S = numel / (sizes[0] * sizes[1]);
+  std::vector<Triple> triples;
+  std::vector<int64_t> index(dim, 0);
+  for (int64_t logical = 0; logical < numel; ++logical) {
+    int64_t rest = logical, in = 0, out = 0;
+    for (int d = dim - 1; d >= 0; --d) {
+      index[d] = rest % sizes[d];
+      rest /= sizes[d];
+      in += index[d] * in_strides[d];
+      out += index[d] * out_strides[d];
+    }
+    const int64_t bit = shared ? index[0] * S + logical % S : logical;
+    triples.emplace_back(in, out, bit);
+  }
+  return triples;
+}
+
+template <typename index_t>
+void check_strided(const std::string& name, const Sizes& sizes, const Sizes& in_strides, const Sizes& out_strides,
+                   bool shared, bool output_dense) {
+  const int dim = static_cast<int>(sizes.size());
+  const auto p = make_strided_params<index_t>(dim, sizes.data(), in_strides.data(), out_strides.data(), shared);
+  std::vector<Triple> visited;
+  int64_t previous_out = -1;
+  bool in_memory_order = true;
+  for (int64_t e = 0; e < p.numel; ++e) {
+    index_t in, out, bit;
+    strided_offsets(p, e, in, out, bit);
+    visited.emplace_back(static_cast<int64_t>(in), static_cast<int64_t>(out), static_cast<int64_t>(bit));
+    in_memory_order = in_memory_order && static_cast<int64_t>(out) > previous_out;
+    previous_out = static_cast<int64_t>(out);
+  }
+  std::vector<Triple> expected = expected_triples(sizes, in_strides, out_strides, shared);
+  std::sort(visited.begin(), visited.end());
+  std::sort(expected.begin(), expected.end());
+  const std::string label = name + (shared ? " shared" : " per-channel") + (sizeof(index_t) == 4 ? " 32-bit" : " 64-bit");
+  if (visited != expected) {
+    fail(label + ": elements visited differ from stride arithmetic");
+  }
+  if (output_dense && !in_memory_order) {
+    fail(label + ": a dense output is not written in memory order");
+  }
+}
+
+void check_layout(const std::string& name, const Sizes& sizes, const Sizes& in_strides, const Sizes& out_strides,
+                  bool output_dense) {
+  const int dim = static_cast<int>(sizes.size());
+  for (bool shared : {false, true}) {
+    check_strided<uint64_t>(name, sizes, in_strides, out_strides, shared, output_dense);
+    if (strided_fits_32bit(dim, sizes.data(), in_strides.data(), out_strides.data())) {
+      check_strided<uint32_t>(name, sizes, in_strides, out_strides, shared, output_dense);
+    } else {
+      fail(name + ": small tensor not taken as 32-bit");
+    }
+  }
+}
+
+void check_contiguous_shared(const Sizes& sizes) {
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  const int64_t C = sizes[1], S = numel / (sizes[0] * C);
+  const Sizes strides = dense_strides(sizes, identity(sizes.size()));
+  const std::vector<Triple> expected = expected_triples(sizes, strides, strides, true);
+  for (int64_t e = 0; e < numel; ++e) {
+    if (shared_mask_bit(e, S, C * S) != std::get<2>(expected[e])) {
+      fail("shared_mask_bit at element " + std::to_string(e));
+      return;
+    }
+  }
+}
+
+int main() {
+  const std::vector<Sizes> shapes = {{2, 3, 7}, {2, 3, 4, 5}, {3, 1, 6, 7}, {1, 4, 3, 1}, {2, 3, 2, 3, 4}, {1, 2, 5, 1, 3}};
+  for (const Sizes& sizes : shapes) {
+    const size_t dim = sizes.size();
+    std::vector<int> order = identity(dim);
+    std::vector<int> channels_last = order;  // (N, *spatial, C)
+    channels_last.erase(channels_last.begin() + 1);
+    channels_last.push_back(1);
+    std::vector<int> reversed(order.rbegin(), order.rend());
+    std::vector<int> channels_first = order;  // (C, N, *spatial)
+    std::swap(channels_first[0], channels_first[1]);
+    const Sizes contiguous = dense_strides(sizes, order);
+    const std::string shape = [&] {
+      std::string s;
+      for (int64_t v : sizes) s += std::to_string(v) + "x";
+      return s.substr(0, s.size() - 1);
+    }();
+
+    if (!is_row_major(static_cast<int>(dim), sizes.data(), contiguous.data())) {
+      fail(shape + ": contiguous strides not row-major");
+    }
+    check_layout(shape + " channels_last", sizes, dense_strides(sizes, channels_last), dense_strides(sizes, channels_last), true);
+    check_layout(shape + " reversed", sizes, dense_strides(sizes, reversed), dense_strides(sizes, reversed), true);
+    check_layout(shape + " channels_first", sizes, dense_strides(sizes, channels_first), dense_strides(sizes, channels_first), true);
+    check_layout(shape + " in channels_last, out contiguous", sizes, dense_strides(sizes, channels_last), contiguous, true);
+    check_layout(shape + " in contiguous, out reversed", sizes, contiguous, dense_strides(sizes, reversed), true);
+    check_layout(shape + " every other element in", sizes, dense_strides(sizes, order, 2), contiguous, true);
+    check_layout(shape + " every third element out", sizes, contiguous, dense_strides(sizes, order, 3), false);
+    Sizes broadcast = contiguous;
+    broadcast[1] = 0;  // an expanded input: every channel reads the same memory
+    check_layout(shape + " channel-broadcast input", sizes, broadcast, contiguous, true);
+    check_contiguous_shared(sizes);
+  }
+  if (failures == 0) {
+    std::printf("ok\n");
+  }
+  return failures == 0 ? 0 : 1;
+}
