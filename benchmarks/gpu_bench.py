@@ -5,11 +5,12 @@
 ResNet-50 stage shapes (256x56x56, 512x28x28, 1024x14x14, 2048x7x7) at batch 128, float32 and
 bfloat16, p=0.1, block 7, one mask per channel. For each: forward (drop_block2d: seed draw + mask
 + apply), eagerly and replayed from a CUDA graph, the mask alone, backward (= drop_block_apply on
-a gradient), forward+backward through autograd, a device-to-device copy of the input, and
-torchvision.ops.drop_block2d when it is importable; the ratios to the copy; the bytes autograd
-saves per input element; and the host time of an eager call. CUDA events around batches of
-calls, median over repeats after warm-up, inputs rotated so that the working set exceeds the L2
-cache. Writes gpu_bench.json and gpu_bench.md into --out; prints a summary last.
+a gradient, also on channels_last memory), forward+backward through autograd, a device-to-device
+copy of the input, and torchvision.ops.drop_block2d when it is importable; the ratios to the
+copy; the bytes autograd saves per input element; and the host time of an eager call. CUDA
+events around batches of calls, median over repeats after warm-up, inputs rotated so that the
+working set exceeds the L2 cache. Writes gpu_bench.json and gpu_bench.md into --out; prints a
+summary last.
 """
 
 import argparse
@@ -141,6 +142,14 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes)
     except Exception as exc:  # report, and keep the eager numbers
         result["forward_graph_error"] = repr(exc)
     result["backward_ms"] = time_op(lambda i: ops.drop_block_apply(xs[i], *masks[i], False), buffers, **timing)
+    # The same pass over channels_last memory (the tiled kernel), against a copy of that memory.
+    xs_cl = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    outs_cl = [torch.empty_like(x) for x in xs_cl]
+    result["channels_last_copy_ms"] = time_op(lambda i: outs_cl[i].copy_(xs_cl[i]), buffers, **timing)
+    result["channels_last_backward_ms"] = time_op(lambda i: ops.drop_block_apply(xs_cl[i], *masks[i], False), buffers,
+                                                  **timing)
+    result["channels_last_backward_over_copy"] = result["channels_last_backward_ms"] / result["channels_last_copy_ms"]
+    del xs_cl, outs_cl
 
     grads = [torch.randn_like(x) for x in xs[:2]]
     leaves = [x.detach().requires_grad_() for x in xs]
@@ -178,11 +187,12 @@ def markdown(results, device_name):
         f"# DropBlock GPU benchmark ({device_name})",
         "",
         f"p={P}, block {BLOCK}, per-channel masks; times are medians in ms; ratios are over a device-to-device copy.",
-        "fwd graph: the forward replayed from a CUDA graph (GPU time without host launch overhead).",
+        "fwd graph: the forward replayed from a CUDA graph (GPU time without host launch overhead);"
+        " cl bwd: drop_block_apply on channels_last memory, over a copy of that memory.",
         "",
-        "| shape | dtype | copy | fwd | fwd/copy | fwd graph | graph/copy | mask | bwd | bwd/copy | fwd+bwd"
-        " | tv fwd | tv fwd+bwd | saved B/el | tv saved B/el |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | dtype | copy | fwd | fwd/copy | fwd graph | graph/copy | mask | bwd | bwd/copy | cl bwd/copy"
+        " | fwd+bwd | tv fwd | tv fwd+bwd | saved B/el | tv saved B/el |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(r, key, fmt="{:.3f}"):
@@ -190,7 +200,7 @@ def markdown(results, device_name):
 
     for r in results:
         lines.append(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 "x".join(map(str, r["shape"])),
                 r["dtype"],
                 f(r, "copy_ms"),
@@ -201,6 +211,7 @@ def markdown(results, device_name):
                 f(r, "mask_ms"),
                 f(r, "backward_ms"),
                 f(r, "backward_over_copy", "{:.2f}"),
+                f(r, "channels_last_backward_over_copy", "{:.2f}"),
                 f(r, "fwd_bwd_ms"),
                 f(r, "torchvision_forward_ms"),
                 f(r, "torchvision_fwd_bwd_ms"),

@@ -202,11 +202,12 @@ def test_gpu_bench_table_and_saved_bytes_without_a_gpu():
 
     full = {"shape": [128, 256, 56, 56], "dtype": "float32", "copy_ms": 0.5, "forward_ms": 0.6,
             "forward_over_copy": 1.2, "forward_graph_ms": 0.55, "forward_graph_over_copy": 1.1, "mask_ms": 0.05,
-            "backward_ms": 0.52, "backward_over_copy": 1.04, "fwd_bwd_ms": 1.2, "saved_bytes_per_element": 0.125}
+            "backward_ms": 0.52, "backward_over_copy": 1.04, "channels_last_backward_over_copy": 1.3,
+            "fwd_bwd_ms": 1.2, "saved_bytes_per_element": 0.125}
     failed_graph = {k: v for k, v in full.items() if not k.startswith("forward_graph")}
     failed_graph["forward_graph_error"] = "RuntimeError('capture')"
     table = gpu_bench.markdown([full, failed_graph], "Test GPU")
     rows = [line for line in table.splitlines() if line.startswith("| 128x256x56x56")]
     header = next(line for line in table.splitlines() if line.startswith("| shape"))
     assert len(rows) == 2 and all(row.count("|") == header.count("|") for row in rows)
-    assert "| 0.550 | 1.10 |" in rows[0] and "| - | - |" in rows[1]
+    assert "| 0.550 | 1.10 |" in rows[0] and "| - | - |" in rows[1] and "| 1.04 | 1.30 |" in rows[0]

@@ -111,5 +111,86 @@ inline bool strided_fits_32bit(int dim, const int64_t* sizes, const int64_t* in_
   return numel < limit && max_in < limit && max_out < limit;
 }
 
+// Channels-innermost memory ((N, *spatial, C): torch.channels_last and channels_last_3d): a run
+// of C channels is contiguous but their keep bits lie S apart in the mask. A block takes a tile
+// of up to kTilePositions positions of one sample and up to kTileChannels of its channels, loads
+// one word of keep bits per channel into shared memory, then writes the tile in memory order.
+constexpr int kTilePositions = 64;
+constexpr int kTileChannels = 1024;
+
+// Whether a tensor of `sizes` with `strides` is dense with the channels innermost.
+inline bool is_channels_innermost(int dim, const int64_t* sizes, const int64_t* strides) {
+  if (sizes[1] != 1 && strides[1] != 1) {
+    return false;
+  }
+  int64_t expected = sizes[1];
+  for (int d = dim - 1; d >= 2; --d) {
+    if (sizes[d] != 1 && strides[d] != expected) {
+      return false;
+    }
+    expected *= sizes[d];
+  }
+  return sizes[0] == 1 || strides[0] == expected;
+}
+
+struct ChannelsLastGrid {
+  int64_t C;
+  int64_t S;
+  int64_t tiles_per_sample;
+  int64_t position_tiles;  // grid x: N * tiles_per_sample
+  int64_t channel_tiles;   // grid y
+};
+
+inline ChannelsLastGrid make_channels_last_grid(int64_t N, int64_t C, int64_t S) {
+  ChannelsLastGrid g{};
+  g.C = C;
+  g.S = S;
+  g.tiles_per_sample = (S + kTilePositions - 1) / kTilePositions;
+  g.position_tiles = N * g.tiles_per_sample;
+  g.channel_tiles = (C + kTileChannels - 1) / kTileChannels;
+  return g;
+}
+
+// Whether the grid fits CUDA's limits (x < 2^31, y < 2^16).
+inline bool channels_last_grid_fits(const ChannelsLastGrid& g) {
+  return g.position_tiles < (int64_t(1) << 31) && g.channel_tiles < (int64_t(1) << 16);
+}
+
+struct ChannelsLastBlock {
+  int64_t n;
+  int64_t first;     // first position of the tile
+  int64_t count;     // positions in the tile (1 .. kTilePositions)
+  int64_t c0;        // first channel of the tile
+  int64_t channels;  // channels in the tile (1 .. kTileChannels)
+  SmallDivider by_channels;
+};
+
+C10_HOST_DEVICE inline ChannelsLastBlock channels_last_block(const ChannelsLastGrid& g, int64_t x, int64_t y) {
+  ChannelsLastBlock b{};
+  b.n = x / g.tiles_per_sample;
+  b.first = (x - b.n * g.tiles_per_sample) * kTilePositions;
+  b.count = g.S - b.first < kTilePositions ? g.S - b.first : kTilePositions;
+  b.c0 = y * kTileChannels;
+  b.channels = g.C - b.c0 < kTileChannels ? g.C - b.c0 : kTileChannels;
+  b.by_channels = make_small_divider(static_cast<uint64_t>(b.channels));
+  return b;
+}
+
+// First mask bit of channel c0 + c of the tile (the shared mask has one row per sample).
+C10_HOST_DEVICE inline int64_t channels_last_keep_row(const ChannelsLastGrid& g, const ChannelsLastBlock& b,
+                                                      int64_t c, bool shared) {
+  return shared ? b.n * g.S + b.first : (b.n * g.C + b.c0 + c) * g.S + b.first;
+}
+
+// Element i (< count * channels) of the tile, in memory order: its offset, position k in the
+// tile and channel c in the tile.
+C10_HOST_DEVICE inline int64_t channels_last_element(const ChannelsLastGrid& g, const ChannelsLastBlock& b, int64_t i,
+                                                     int& k, int& c) {
+  const int64_t position = static_cast<int64_t>(divide(b.by_channels, static_cast<uint64_t>(i)));
+  k = static_cast<int>(position);
+  c = static_cast<int>(i - position * b.channels);
+  return (b.n * g.S + b.first + position) * g.C + b.c0 + c;
+}
+
 }  // namespace cuda
 }  // namespace dropblock

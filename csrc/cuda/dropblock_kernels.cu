@@ -15,7 +15,8 @@
 // lives on the host is passed by value instead (no copy, no extra kernel).
 //
 // Apply: out = keep ? in * scale : 0 in the op math type, with 16-byte vector loads when input
-// and output are both contiguous, else one thread per element in the output's memory order.
+// and output are both contiguous; tiles through shared memory when both are channels-last (dense,
+// channels innermost); else one thread per element in the output's memory order.
 #include "dropblock_kernels.h"
 
 #include <cuda_bf16.h>
@@ -269,6 +270,42 @@ void launch_strided(const T* in, T* out, int dim, const int64_t* sizes, const in
       in, out, p, mask, scale);
 }
 
+// Channels-innermost memory: one block per tile (see apply_indexing.h). The keep words of the
+// tile's channels go to shared memory once; the tile is then written in memory order, so both
+// the data accesses and the mask loads (one word per channel per 64 positions) coalesce or nearly.
+template <typename T, bool kShared>
+__global__ void __launch_bounds__(kThreads) apply_channels_last_kernel(const T* in, T* out, ChannelsLastGrid g,
+                                                                       const uint64_t* __restrict__ mask,
+                                                                       const double* __restrict__ scale_ptr) {
+  __shared__ uint64_t keep[kTileChannels];
+  using acc_t = typename Math<T>::acc;
+  const acc_t scale = static_cast<acc_t>(*scale_ptr);
+  const ChannelsLastBlock b = channels_last_block(g, blockIdx.x, blockIdx.y);
+  const int rows = kShared ? 1 : static_cast<int>(b.channels);
+  for (int c = threadIdx.x; c < rows; c += blockDim.x) {
+    keep[c] = keep_bits(mask, channels_last_keep_row(g, b, c, kShared), b.count);
+  }
+  __syncthreads();
+  const int64_t elements = b.count * b.channels;
+  for (int64_t i = threadIdx.x; i < elements; i += blockDim.x) {
+    int k, c;
+    const int64_t offset = channels_last_element(g, b, i, k, c);
+    const bool kept = (keep[kShared ? 0 : c] >> k) & 1u;
+    out[offset] = apply_one(in[offset], kept, scale);
+  }
+}
+
+template <typename T>
+void launch_channels_last(const T* in, T* out, const ChannelsLastGrid& g, const uint64_t* mask, const double* scale,
+                          bool shared, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(g.position_tiles), static_cast<unsigned>(g.channel_tiles));
+  if (shared) {
+    apply_channels_last_kernel<T, true><<<grid, kThreads, 0, stream>>>(in, out, g, mask, scale);
+  } else {
+    apply_channels_last_kernel<T, false><<<grid, kThreads, 0, stream>>>(in, out, g, mask, scale);
+  }
+}
+
 template <typename T>
 void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64_t* in_strides,
                  const int64_t* out_strides, const uint64_t* mask, const double* scale, bool shared,
@@ -288,6 +325,12 @@ void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64
     } else {
       launch_contiguous_widest<T, false>(in, out, numel, mask, scale, S, C * S, stream);
     }
+    return;
+  }
+  const ChannelsLastGrid tiles = make_channels_last_grid(sizes[0], C, S);
+  if (is_channels_innermost(dim, sizes, in_strides) && is_channels_innermost(dim, sizes, out_strides) &&
+      channels_last_grid_fits(tiles)) {
+    launch_channels_last(in, out, tiles, mask, scale, shared, stream);
   } else if (strided_fits_32bit(dim, sizes, in_strides, out_strides)) {
     launch_strided<uint32_t>(in, out, dim, sizes, in_strides, out_strides, shared, mask, scale, stream);
   } else {

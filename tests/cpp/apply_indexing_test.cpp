@@ -1,6 +1,7 @@
 // The CUDA apply kernels' index arithmetic (csrc/cuda/apply_indexing.h), run on the host: every
 // element is visited exactly once, at the input offset, output offset and mask bit that plain
-// stride arithmetic gives, in the output's memory order. Built and run by
+// stride arithmetic gives, in the output's memory order (strided kernel, shared-mask bits of the
+// contiguous kernel, the channels-last kernel's tiles and their shared-memory keep rows). Built and run by
 // tests/test_cuda_indexing.py; prints "ok" and exits 0 when every case passes.
 #include <algorithm>
 #include <cstdio>
@@ -11,7 +12,15 @@
 
 #include "cuda/apply_indexing.h"
 
+using dropblock::cuda::channels_last_block;
+using dropblock::cuda::channels_last_element;
+using dropblock::cuda::channels_last_grid_fits;
+using dropblock::cuda::channels_last_keep_row;
+using dropblock::cuda::is_channels_innermost;
 using dropblock::cuda::is_row_major;
+using dropblock::cuda::kTileChannels;
+using dropblock::cuda::kTilePositions;
+using dropblock::cuda::make_channels_last_grid;
 using dropblock::cuda::make_strided_params;
 using dropblock::cuda::shared_mask_bit;
 using dropblock::cuda::strided_fits_32bit;
@@ -120,6 +129,51 @@ void check_contiguous_shared(const Sizes& sizes) {
   }
 }
 
+// The channels-last kernel's tiles over an (N, S, C) memory layout: every element once, with its
+// keep bit at (n * C + c) * S + s (per channel) or n * S + s (shared), in memory order per tile.
+void check_channels_last_tiles(int64_t N, int64_t C, int64_t S) {
+  const auto g = make_channels_last_grid(N, C, S);
+  const std::string label = "channels-last tiles " + std::to_string(N) + "x" + std::to_string(C) + "x" +
+                            std::to_string(S);
+  if (!channels_last_grid_fits(g)) {
+    fail(label + ": grid does not fit");
+  }
+  for (bool shared : {false, true}) {
+    std::vector<std::pair<int64_t, int64_t>> visited, expected;
+    for (int64_t x = 0; x < g.position_tiles; ++x) {
+      for (int64_t y = 0; y < g.channel_tiles; ++y) {
+        const auto b = channels_last_block(g, x, y);
+        if (b.count < 1 || b.count > kTilePositions || b.channels < 1 || b.channels > kTileChannels) {
+          fail(label + ": tile out of bounds");
+          return;
+        }
+        int64_t previous = -1;
+        for (int64_t i = 0; i < b.count * b.channels; ++i) {
+          int k, c;
+          const int64_t offset = channels_last_element(g, b, i, k, c);
+          if (k < 0 || k >= b.count || c < 0 || c >= b.channels || offset <= previous) {
+            fail(label + ": element " + std::to_string(i) + " of a tile out of place");
+            return;
+          }
+          previous = offset;
+          visited.emplace_back(offset, channels_last_keep_row(g, b, shared ? 0 : c, shared) + k);
+        }
+      }
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t s = 0; s < S; ++s) {
+        for (int64_t c = 0; c < C; ++c) {
+          expected.emplace_back((n * S + s) * C + c, shared ? n * S + s : (n * C + c) * S + s);
+        }
+      }
+    }
+    std::sort(visited.begin(), visited.end());
+    if (visited != expected) {
+      fail(label + (shared ? " shared" : " per-channel") + ": elements or keep bits differ");
+    }
+  }
+}
+
 int main() {
   const std::vector<Sizes> shapes = {{2, 3, 7}, {2, 3, 4, 5}, {3, 1, 6, 7}, {1, 4, 3, 1}, {2, 3, 2, 3, 4}, {1, 2, 5, 1, 3}};
   for (const Sizes& sizes : shapes) {
@@ -152,6 +206,17 @@ int main() {
     broadcast[1] = 0;  // an expanded input: every channel reads the same memory
     check_layout(shape + " channel-broadcast input", sizes, broadcast, contiguous, true);
     check_contiguous_shared(sizes);
+    const bool channels_last_is_innermost =
+        is_channels_innermost(static_cast<int>(dim), sizes.data(), dense_strides(sizes, channels_last).data());
+    const bool contiguous_is_innermost = is_channels_innermost(static_cast<int>(dim), sizes.data(), contiguous.data());
+    int64_t S = 1;
+    for (size_t d = 2; d < dim; ++d) S *= sizes[d];
+    if (!channels_last_is_innermost || contiguous_is_innermost != (sizes[1] == 1 || S == 1)) {
+      fail(shape + ": is_channels_innermost");
+    }
+  }
+  for (const Sizes& ncs : std::vector<Sizes>{{2, 3, 7}, {1, 70, 99}, {2, 1500, 65}, {3, 1, 64}, {1, 1025, 1}, {2, 64, 196}}) {
+    check_channels_last_tiles(ncs[0], ncs[1], ncs[2]);
   }
   if (failures == 0) {
     std::printf("ok\n");
