@@ -8,6 +8,7 @@ test kills its own worker processes if they outlive the deadline.
 import datetime
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -70,6 +71,13 @@ def _worker(rank: int, port: int, out_dir: str, base_seed: int) -> None:
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's exit-time teardown: after all the work above, exit-time
+    # destructors in torch / gloo abort a worker now and then on a 2-core machine ("terminate
+    # called without an active exception", with no Python frame left; about 1 run in 8 after
+    # test_compile.py, at commit 710d9e4 too). The results are saved; an exception still propagates.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run(out_dir, base_seed):
