@@ -118,6 +118,12 @@ APPLY_SHAPES = [
     ((2, 3, 17, 19), (5, 3)),
     ((3, 4, 16, 16), (7, 7)),
     ((2, 3, 5, 7, 9), (3, 3, 3)),
+    # Enough channels for the channels-last tiles (csrc/cuda/apply_indexing.h): several tiles of
+    # positions, more channels than one tile holds, a single sample.
+    ((2, 40, 70), (7,)),
+    ((2, 96, 9, 9), (3, 3)),
+    ((1, 300, 5, 13), (3, 3)),
+    ((2, 16, 3, 5, 7), (3, 3, 3)),
 ]
 LAYOUTS = ["contiguous", "channels_last", "transposed", "strided", "misaligned"]
 

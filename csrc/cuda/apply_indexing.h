@@ -116,7 +116,9 @@ inline bool strided_fits_32bit(int dim, const int64_t* sizes, const int64_t* in_
 // of up to kTilePositions positions of one sample and up to kTileChannels of its channels, loads
 // one word of keep bits per channel into shared memory, then writes the tile in memory order.
 constexpr int kTilePositions = 64;
-constexpr int kTileChannels = 1024;
+constexpr int kTileChannels = 256;  // 2 KB of keep words; late ResNet stages still get 1000+ blocks
+// Below this many channels a tile is too small to pay for its set-up: the strided kernel is used.
+constexpr int64_t kTileMinChannels = 16;
 
 // Whether a tensor of `sizes` with `strides` is dense with the channels innermost.
 inline bool is_channels_innermost(int dim, const int64_t* sizes, const int64_t* strides) {
@@ -154,6 +156,22 @@ inline ChannelsLastGrid make_channels_last_grid(int64_t N, int64_t C, int64_t S)
 // Whether the grid fits CUDA's limits (x < 2^31, y < 2^16).
 inline bool channels_last_grid_fits(const ChannelsLastGrid& g) {
   return g.position_tiles < (int64_t(1) << 31) && g.channel_tiles < (int64_t(1) << 16);
+}
+
+// Whether apply takes the channels-last tiles: both tensors dense with the channels innermost
+// (and not also row-major, which the contiguous kernel serves), enough channels, a grid that fits.
+inline bool use_channels_last_tiles(int dim, const int64_t* sizes, const int64_t* in_strides,
+                                    const int64_t* out_strides) {
+  int64_t numel = 1;
+  for (int d = 0; d < dim; ++d) {
+    numel *= sizes[d];
+  }
+  if (numel == 0 || sizes[1] < kTileMinChannels || !is_channels_innermost(dim, sizes, in_strides) ||
+      !is_channels_innermost(dim, sizes, out_strides) ||
+      (is_row_major(dim, sizes, in_strides) && is_row_major(dim, sizes, out_strides))) {
+    return false;
+  }
+  return channels_last_grid_fits(make_channels_last_grid(sizes[0], sizes[1], numel / (sizes[0] * sizes[1])));
 }
 
 struct ChannelsLastBlock {

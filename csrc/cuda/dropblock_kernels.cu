@@ -286,12 +286,29 @@ __global__ void __launch_bounds__(kThreads) apply_channels_last_kernel(const T* 
     keep[c] = keep_bits(mask, channels_last_keep_row(g, b, c, kShared), b.count);
   }
   __syncthreads();
+  // kUnroll elements per thread and round, all loaded before any is stored: several loads in
+  // flight per thread (each element is still read and written by one thread: in place is safe).
   const int64_t elements = b.count * b.channels;
-  for (int64_t i = threadIdx.x; i < elements; i += blockDim.x) {
-    int k, c;
-    const int64_t offset = channels_last_element(g, b, i, k, c);
-    const bool kept = (keep[kShared ? 0 : c] >> k) & 1u;
-    out[offset] = apply_one(in[offset], kept, scale);
+  for (int64_t base = threadIdx.x; base < elements; base += static_cast<int64_t>(blockDim.x) * kUnroll) {
+    int64_t offsets[kUnroll];
+    bool kept[kUnroll];
+    T values[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = base + static_cast<int64_t>(u) * blockDim.x;
+      if (i < elements) {
+        int k, c;
+        offsets[u] = channels_last_element(g, b, i, k, c);
+        kept[u] = (keep[kShared ? 0 : c] >> k) & 1u;
+        values[u] = in[offsets[u]];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (base + static_cast<int64_t>(u) * blockDim.x < elements) {
+        out[offsets[u]] = apply_one(values[u], kept[u], scale);
+      }
+    }
   }
 }
 
@@ -327,10 +344,8 @@ void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64
     }
     return;
   }
-  const ChannelsLastGrid tiles = make_channels_last_grid(sizes[0], C, S);
-  if (is_channels_innermost(dim, sizes, in_strides) && is_channels_innermost(dim, sizes, out_strides) &&
-      channels_last_grid_fits(tiles)) {
-    launch_channels_last(in, out, tiles, mask, scale, shared, stream);
+  if (use_channels_last_tiles(dim, sizes, in_strides, out_strides)) {
+    launch_channels_last(in, out, make_channels_last_grid(sizes[0], C, S), mask, scale, shared, stream);
   } else if (strided_fits_32bit(dim, sizes, in_strides, out_strides)) {
     launch_strided<uint32_t>(in, out, dim, sizes, in_strides, out_strides, shared, mask, scale, stream);
   } else {

@@ -20,7 +20,9 @@ using dropblock::cuda::is_channels_innermost;
 using dropblock::cuda::is_row_major;
 using dropblock::cuda::kTileChannels;
 using dropblock::cuda::kTilePositions;
+using dropblock::cuda::kTileMinChannels;
 using dropblock::cuda::make_channels_last_grid;
+using dropblock::cuda::use_channels_last_tiles;
 using dropblock::cuda::make_strided_params;
 using dropblock::cuda::shared_mask_bit;
 using dropblock::cuda::strided_fits_32bit;
@@ -215,8 +217,47 @@ int main() {
       fail(shape + ": is_channels_innermost");
     }
   }
-  for (const Sizes& ncs : std::vector<Sizes>{{2, 3, 7}, {1, 70, 99}, {2, 1500, 65}, {3, 1, 64}, {1, 1025, 1}, {2, 64, 196}}) {
+  for (const Sizes& ncs : std::vector<Sizes>{{2, 3, 7}, {1, 70, 99}, {2, 1500, 65}, {3, 1, 64}, {1, 1025, 1},
+                                             {2, 64, 196}, {1, 256, 64}, {1, 257, 130}}) {
     check_channels_last_tiles(ncs[0], ncs[1], ncs[2]);
+  }
+
+  // Which layouts take the channels-last tiles.
+  struct Case {
+    Sizes sizes, in_strides, out_strides;
+    bool tiles;
+    const char* what;
+  };
+  const Sizes s4 = {2, 32, 5, 6};
+  const Sizes cl4 = dense_strides(s4, {0, 2, 3, 1}), rm4 = dense_strides(s4, {0, 1, 2, 3});
+  const Sizes s3 = {2, 40, 9};
+  const Sizes s5 = {2, 16, 3, 4, 5};
+  Sizes cl4_gaps = dense_strides(s4, {0, 2, 3, 1}, 2);
+  Sizes cl4_broadcast = cl4;
+  cl4_broadcast[2] = 0;
+  const std::vector<Case> cases = {
+      {s4, cl4, cl4, true, "channels_last"},
+      {s3, dense_strides(s3, {0, 2, 1}), dense_strides(s3, {0, 2, 1}), true, "1-d channels innermost"},
+      {s5, dense_strides(s5, {0, 2, 3, 4, 1}), dense_strides(s5, {0, 2, 3, 4, 1}), true, "channels_last_3d"},
+      {{1, 32, 5, 6}, {12345, 1, 192, 32}, {7, 1, 192, 32}, true, "odd batch stride of a single sample"},
+      {{2, 8, 5, 6}, dense_strides({2, 8, 5, 6}, {0, 2, 3, 1}), dense_strides({2, 8, 5, 6}, {0, 2, 3, 1}), false,
+       "too few channels"},
+      {s4, rm4, rm4, false, "contiguous"},
+      {s4, cl4, rm4, false, "channels_last into contiguous"},
+      {s4, cl4_gaps, cl4, false, "every other element"},
+      {s4, cl4_broadcast, cl4, false, "broadcast along a spatial dim"},
+      {{2, 32, 1, 6}, {192, 1, 999, 32}, {192, 1, 999, 32}, true, "odd stride of a size-1 dim"},
+      {{2, 32, 0, 6}, {0, 1, 192, 32}, {0, 1, 192, 32}, false, "empty"},
+  };
+  for (const Case& c : cases) {
+    const bool tiles = use_channels_last_tiles(static_cast<int>(c.sizes.size()), c.sizes.data(), c.in_strides.data(),
+                                               c.out_strides.data());
+    if (tiles != c.tiles) {
+      fail(std::string("use_channels_last_tiles: ") + c.what);
+    }
+  }
+  if (kTileMinChannels > 32) {
+    fail("kTileMinChannels excludes 32-channel maps");
   }
   if (failures == 0) {
     std::printf("ok\n");
