@@ -62,6 +62,8 @@ MASK_CASES = [
     ((2, 2, 5, 300), (3, 100), 0.5),
     ((2, 3, 9, 10, 11), (3, 3, 3), 0.2),
     ((2, 2, 20, 20, 20), (5, 5, 5), 0.4),
+    ((16, 256, 28, 28), (7, 7), 0.2),  # the count kernel spreads over many blocks (last one adds up)
+    ((3, 7, 129, 131), (5, 5), 0.3),  # several count blocks and a partial last word
     ((1, 2, 7, 3, 70), (2, 3, 55), 0.6),
 ]
 

@@ -9,7 +9,7 @@
 //      kernel runs, from mask_logic.h. Seeds are rare (gamma ~ p / b^d), so nearly all the work
 //      is one Philox call per 16 elements: the minimum the law allows;
 //   3. count kernel: popcount of every word (and zeroing of the bits past the last element),
-//      one partial sum per block; finalize kernel: one block sums them and writes the scale.
+//      one partial sum per block; the last block to finish sums them and writes the scale.
 // Nothing is read back to the host: a key or p on the device is read by the kernels and the
 // scale is written by them, so the ops are safe to capture in a CUDA graph. A key or p that
 // lives on the host is passed by value instead (no copy, no extra kernel).
@@ -44,6 +44,11 @@ int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
+int count_blocks(int64_t mask_words) {
+  const int64_t blocks = ceil_div(mask_words, kThreads * 8);
+  return static_cast<int>(blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks));
+}
+
 unsigned grid_for(int64_t work, int64_t per_block) {
   const int64_t blocks = ceil_div(work, per_block);
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
@@ -60,7 +65,11 @@ __device__ __forceinline__ T read(ScalarArg<T> arg) {
 
 __global__ void __launch_bounds__(kThreads) seed_kernel(SeedGrid grid, double gamma_factor, ScalarArg<int64_t> seed,
                                                         ScalarArg<double> drop_probability,
-                                                        uint64_t* __restrict__ mask) {
+                                                        uint64_t* __restrict__ mask,
+                                                        unsigned long long* __restrict__ count_finished) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    *count_finished = 0;  // the count kernel's finished-block counter, which runs next on the stream
+  }
   const SeedThreshold threshold = make_seed_threshold(read(drop_probability), gamma_factor);
   if (never_seeds(threshold)) {
     return;
@@ -97,9 +106,13 @@ __device__ __forceinline__ int64_t block_sum(int64_t value) {
   return value;  // valid in thread 0
 }
 
-// Popcount of the mask, one partial per block; clears the bits past the last element.
+// Popcount of the mask (clearing the bits past the last element), one partial sum per block in
+// scratch[1 ..]; the last block to finish (counted in scratch[0], zeroed by the seed kernel) adds
+// the partials and writes scale = numel / (eps + kept), as keep_scale does on the host.
 __global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ mask, int64_t words,
-                                                         int64_t total_bits, int64_t* __restrict__ partials) {
+                                                         int64_t total_bits, int64_t* __restrict__ scratch,
+                                                         int64_t multiplier, int64_t numel, double eps,
+                                                         double* __restrict__ scale) {
   int64_t sum = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < words; w += stride) {
@@ -111,22 +124,24 @@ __global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ 
     sum += __popcll(v);
   }
   sum = block_sum(sum);
+  volatile int64_t* partials = scratch + 1;
+  __shared__ bool last_block;
   if (threadIdx.x == 0) {
     partials[blockIdx.x] = sum;
+    __threadfence();  // this block's partial is visible device-wide before it counts as finished
+    last_block = atomicAdd(reinterpret_cast<unsigned long long*>(scratch), 1ull) == gridDim.x - 1;
   }
-}
-
-// scale = numel / (eps + kept), computed as keep_scale does on the host.
-__global__ void __launch_bounds__(kThreads) scale_kernel(const int64_t* __restrict__ partials, int parts,
-                                                         int64_t multiplier, int64_t numel, double eps,
-                                                         double* __restrict__ scale) {
-  int64_t sum = 0;
-  for (int i = threadIdx.x; i < parts; i += blockDim.x) {
-    sum += partials[i];
+  __syncthreads();
+  if (!last_block) {
+    return;
   }
-  sum = block_sum(sum);
+  int64_t kept = 0;
+  for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x) {
+    kept += partials[i];  // volatile: read from L2, never a stale L1 line
+  }
+  kept = block_sum(kept);
   if (threadIdx.x == 0) {
-    const int64_t kept = sum * multiplier;
+    kept *= multiplier;
     *scale = numel == 0 ? 1.0 : static_cast<double>(numel) / (eps + static_cast<double>(kept));
   }
 }
@@ -356,8 +371,7 @@ void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64
 }  // namespace
 
 int64_t mask_count_scratch_elements(int64_t mask_words) {
-  const int64_t blocks = ceil_div(mask_words, kThreads * 8);
-  return blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks);
+  return count_blocks(mask_words) + 1;
 }
 
 cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probability, double gamma_factor,
@@ -368,13 +382,11 @@ cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probabilit
   if (fill != cudaSuccess) {
     return fill;
   }
-  if (grid.total > 0) {
-    seed_kernel<<<grid_for(ceil_div(grid.total, 16), kThreads), kThreads, 0, stream>>>(grid, gamma_factor, seed,
-                                                                                       drop_probability, mask);
-  }
-  const int parts = static_cast<int>(mask_count_scratch_elements(mask_words));
-  count_kernel<<<parts, kThreads, 0, stream>>>(mask, mask_words, grid.total, scratch);
-  scale_kernel<<<1, kThreads, 0, stream>>>(scratch, parts, count_multiplier, numel, eps, scale);
+  // mask_words > 0, so grid.total > 0: the seed kernel always runs (and zeroes scratch[0]).
+  seed_kernel<<<grid_for(ceil_div(grid.total, 16), kThreads), kThreads, 0, stream>>>(
+      grid, gamma_factor, seed, drop_probability, mask, reinterpret_cast<unsigned long long*>(scratch));
+  count_kernel<<<count_blocks(mask_words), kThreads, 0, stream>>>(mask, mask_words, grid.total, scratch,
+                                                                  count_multiplier, numel, eps, scale);
   return cudaSuccess;
 }
 

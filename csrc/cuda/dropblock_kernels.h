@@ -22,7 +22,8 @@ struct ScalarArg {
   T value;
 };
 
-// Partial sums the count kernel writes, one int64 per block: the caller provides this scratch.
+// Scratch of the count kernel (a finished-block counter and one partial sum per block), in int64:
+// the caller provides it.
 int64_t mask_count_scratch_elements(int64_t mask_words);
 
 // Fills the packed KEEP mask (`mask_words` 64-bit words, bit-identical to the CPU kernel) for the
