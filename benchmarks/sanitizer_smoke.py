@@ -2,8 +2,9 @@
 
     compute-sanitizer --tool memcheck python benchmarks/sanitizer_smoke.py
 
-Covers the mask kernels (1d/2d/3d, per-channel and shared, wide blocks, ragged word tails) and
-the apply kernels (every dtype, contiguous with each vector width, channels_last, strided, in place).
+Covers the mask kernels (1d/2d/3d, per-channel and shared, wide blocks, ragged word tails, a
+count over several blocks, keys on the device and on the host) and the apply kernels (every
+dtype, contiguous with each vector width, channels_last tiles, strided, in place).
 Exits non-zero when a result differs from the CPU kernels.
 """
 
@@ -20,7 +21,12 @@ def main():
 
     ops = torch.ops.dropblock_cuda
     fns = {1: dropblock_cuda.drop_block1d, 2: dropblock_cuda.drop_block2d, 3: dropblock_cuda.drop_block3d}
-    cases = [((2, 3, 37), (5,)), ((2, 3, 130), (60,)), ((2, 3, 13, 11), (3, 3)), ((2, 3, 5, 6, 7), (2, 3, 3))]
+    cases = [((2, 3, 37), (5,)), ((2, 3, 130), (60,)), ((2, 3, 13, 11), (3, 3)), ((2, 3, 5, 6, 7), (2, 3, 3)),
+             # channels-last tiles (16+ channels, more than one channel tile, 3-d), several count blocks
+             ((2, 20, 70), (5,)), ((1, 300, 5, 13), (3, 3)), ((2, 16, 3, 5, 7), (2, 2, 2)), ((4, 64, 40, 40), (7, 7))]
+    channels_last = {3: lambda t: t.transpose(1, 2).contiguous().transpose(1, 2),
+                     4: lambda t: t.contiguous(memory_format=torch.channels_last),
+                     5: lambda t: t.contiguous(memory_format=torch.channels_last_3d)}
     failures = 0
     for shape, block in cases:
         for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -29,6 +35,8 @@ def main():
                 x = x_cpu.cuda().requires_grad_()
                 y = fns[len(block)](x, 0.3, block, shared_channels=shared)
                 y.backward(torch.ones_like(y))
+                # A key from a CPU generator reaches the kernels by value.
+                fns[len(block)](x.detach(), 0.3, block, shared_channels=shared, generator=torch.Generator().manual_seed(5))
                 seed = 1234
                 m_cpu, s_cpu = ops.drop_block_mask(x_cpu, torch.tensor(seed), torch.tensor(0.3, dtype=torch.float64, device=x_cpu.device), list(block), 1e-6, shared)
                 seed_gpu = torch.tensor(seed, device="cuda")
@@ -36,8 +44,7 @@ def main():
                 failures += not torch.equal(m.cpu(), m_cpu)
                 expected = ops.drop_block_apply(x_cpu, m_cpu, s_cpu, shared)
                 views = [x.detach(), x.detach().transpose(-1, 0).contiguous().transpose(-1, 0)]
-                if len(shape) == 4:
-                    views.append(x.detach().contiguous(memory_format=torch.channels_last))
+                views.append(channels_last[len(shape)](x.detach()))
                 views.append(torch.empty(x.numel() + 1, dtype=dtype, device="cuda")[1:].view(shape).copy_(x.detach()))
                 for v in views:
                     failures += not torch.equal(ops.drop_block_apply(v, m, s, shared).cpu(), expected)
