@@ -242,7 +242,7 @@ def test_default_cuda_generator_follows_manual_seed():
 
 @requires_cuda
 def test_cuda_graph_capture_and_replay():
-    x = torch.randn(8, 16, 20, 20, device="cuda")
+    x = torch.randn(8, 64, 32, 40, device="cuda")  # the mask's count spans several blocks
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks

@@ -110,7 +110,7 @@ __device__ __forceinline__ int64_t block_sum(int64_t value) {
 // scratch[1 ..]; the last block to finish (counted in scratch[0], zeroed by the seed kernel) adds
 // the partials and writes scale = numel / (eps + kept), as keep_scale does on the host.
 __global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ mask, int64_t words,
-                                                         int64_t total_bits, int64_t* __restrict__ scratch,
+                                                         int64_t total_bits, int64_t* scratch,
                                                          int64_t multiplier, int64_t numel, double eps,
                                                          double* __restrict__ scale) {
   int64_t sum = 0;
@@ -129,7 +129,11 @@ __global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ 
   if (threadIdx.x == 0) {
     partials[blockIdx.x] = sum;
     __threadfence();  // this block's partial is visible device-wide before it counts as finished
-    last_block = atomicAdd(reinterpret_cast<unsigned long long*>(scratch), 1ull) == gridDim.x - 1;
+    const bool last = atomicAdd(reinterpret_cast<unsigned long long*>(scratch), 1ull) == gridDim.x - 1;
+    if (last) {
+      __threadfence();  // and the last block sees every partial counted before its own
+    }
+    last_block = last;
   }
   __syncthreads();
   if (!last_block) {
