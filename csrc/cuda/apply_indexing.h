@@ -18,6 +18,37 @@ C10_HOST_DEVICE inline int64_t shared_mask_bit(int64_t e, int64_t S, int64_t CS)
   return sample * S + (e - sample * CS) % S;
 }
 
+// The same with multiply-high dividers when every element index is below 2^32 (the contiguous
+// kernel computes it once per vector: 64-bit divides are emulated on GPUs).
+struct SharedMaskBits {
+  int64_t S;
+  int64_t CS;
+  bool small;
+  SmallDivider by_sample;  // CS
+  SmallDivider by_plane;   // S
+};
+
+inline SharedMaskBits make_shared_mask_bits(int64_t S, int64_t CS, int64_t numel) {
+  SharedMaskBits b{};
+  b.S = S;
+  b.CS = CS;
+  b.small = numel > 0 && numel < (int64_t(1) << 32);
+  if (b.small) {
+    b.by_sample = make_small_divider(static_cast<uint64_t>(CS));
+    b.by_plane = make_small_divider(static_cast<uint64_t>(S));
+  }
+  return b;
+}
+
+C10_HOST_DEVICE inline int64_t shared_mask_bit(const SharedMaskBits& b, int64_t e) {
+  if (!b.small) {
+    return shared_mask_bit(e, b.S, b.CS);
+  }
+  const int64_t sample = static_cast<int64_t>(divide(b.by_sample, static_cast<uint64_t>(e)));
+  const int64_t r = e - sample * b.CS;
+  return sample * b.S + r - static_cast<int64_t>(divide(b.by_plane, static_cast<uint64_t>(r))) * b.S;
+}
+
 // Any strides: one thread per element, visiting the dims in `order` (outermost first, the
 // output's memory order), so that writes (and reads of alike-strided inputs) coalesce.
 template <typename index_t>

@@ -201,7 +201,7 @@ template <typename T, int V, bool kShared>
 __global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const T* in, T* out, int64_t n,
                                                                     const uint64_t* __restrict__ mask,
                                                                     const double* __restrict__ scale_ptr,
-                                                                    int64_t S, int64_t CS) {
+                                                                    SharedMaskBits shared_bits) {
   using acc_t = typename Math<T>::acc;
   const acc_t scale = static_cast<acc_t>(*scale_ptr);
   const int64_t vectors = n / V;
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const T* in,
     const int64_t i = base + u * kThreads;
     if (i < vectors) {
       data[u] = reinterpret_cast<const Pack<T, V>*>(in)[i];
-      const int64_t bit = kShared ? shared_mask_bit(i * V, S, CS) : i * V;
+      const int64_t bit = kShared ? shared_mask_bit(shared_bits, i * V) : i * V;
       keep[u] = static_cast<uint32_t>(mask[bit >> 6] >> (bit & 63));
     }
   }
@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const T* in,
   // The last n % V elements, if any.
   if (blockIdx.x == 0 && threadIdx.x < n - vectors * V) {
     const int64_t e = vectors * V + threadIdx.x;
-    const int64_t bit = kShared ? shared_mask_bit(e, S, CS) : e;
+    const int64_t bit = kShared ? shared_mask_bit(shared_bits, e) : e;
     out[e] = apply_one(in[e], keep_bit(mask, bit), scale);
   }
 }
@@ -255,10 +255,11 @@ __global__ void __launch_bounds__(kThreads) apply_strided_kernel(const T* in, T*
 template <typename T, int V, bool kShared>
 void launch_contiguous(const T* in, T* out, int64_t numel, const uint64_t* mask, const double* scale, int64_t S,
                        int64_t CS, cudaStream_t stream) {
+  const SharedMaskBits shared_bits = make_shared_mask_bits(S, CS, numel);
   const int64_t vectors = numel / V;
   const int64_t blocks = vectors == 0 ? 1 : ceil_div(vectors, kThreads * kUnroll);
   apply_contiguous_kernel<T, V, kShared>
-      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(in, out, numel, mask, scale, S, CS);
+      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(in, out, numel, mask, scale, shared_bits);
 }
 
 template <typename T, bool kShared>

@@ -22,6 +22,8 @@ using dropblock::cuda::kTileChannels;
 using dropblock::cuda::kTilePositions;
 using dropblock::cuda::kTileMinChannels;
 using dropblock::cuda::make_channels_last_grid;
+using dropblock::cuda::make_shared_mask_bits;
+using dropblock::cuda::SharedMaskBits;
 using dropblock::cuda::use_channels_last_tiles;
 using dropblock::cuda::make_strided_params;
 using dropblock::cuda::shared_mask_bit;
@@ -123,8 +125,15 @@ void check_contiguous_shared(const Sizes& sizes) {
   const int64_t C = sizes[1], S = numel / (sizes[0] * C);
   const Sizes strides = dense_strides(sizes, identity(sizes.size()));
   const std::vector<Triple> expected = expected_triples(sizes, strides, strides, true);
+  const SharedMaskBits small = make_shared_mask_bits(S, C * S, numel);
+  SharedMaskBits large = small;
+  large.small = false;  // the path of tensors of 2^32 elements or more
+  if (!small.small) {
+    fail("shared mask bits of a small tensor not taken as small");
+  }
   for (int64_t e = 0; e < numel; ++e) {
-    if (shared_mask_bit(e, S, C * S) != std::get<2>(expected[e])) {
+    const int64_t bit = std::get<2>(expected[e]);
+    if (shared_mask_bit(e, S, C * S) != bit || shared_mask_bit(small, e) != bit || shared_mask_bit(large, e) != bit) {
       fail("shared_mask_bit at element " + std::to_string(e));
       return;
     }
@@ -177,7 +186,8 @@ void check_channels_last_tiles(int64_t N, int64_t C, int64_t S) {
 }
 
 int main() {
-  const std::vector<Sizes> shapes = {{2, 3, 7}, {2, 3, 4, 5}, {3, 1, 6, 7}, {1, 4, 3, 1}, {2, 3, 2, 3, 4}, {1, 2, 5, 1, 3}};
+  const std::vector<Sizes> shapes = {{2, 3, 7},    {2, 3, 4, 5},    {3, 1, 6, 7},   {1, 4, 3, 1},
+                                     {2, 3, 2, 3, 4}, {1, 2, 5, 1, 3}, {3, 5, 1, 1}, {2, 7, 130}};
   for (const Sizes& sizes : shapes) {
     const size_t dim = sizes.size();
     std::vector<int> order = identity(dim);
