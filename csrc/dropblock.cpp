@@ -8,7 +8,8 @@
 //                     the device, torch.compile keeps a scheduled p symbolic and CUDA graphs
 //                     read the current values; on the CPU, the CUDA kernels take them by value);
 //   drop_block_apply  out = keep ? input * scale : 0, the single pass over the data. It is linear
-//                     in its input, so it is its own backward.
+//                     in its input, so it is its own backward;
+//   drop_block_apply_ the same in place, without a gradient (see csrc/autograd/).
 #include <torch/library.h>
 
 #ifdef DROPBLOCK_PYTHON_MODULE

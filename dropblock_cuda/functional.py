@@ -62,10 +62,11 @@ def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Te
     """The Philox key of one call, drawn from `generator` (default: the default generator of `device`).
 
     The key is drawn by a native random op on the generator's device, so it follows
-    torch.manual_seed, is traceable by torch.compile, is safe under CUDA graph capture, and a
-    generator on another device than the input (e.g. a CPU generator for a CUDA input) gives the
-    very mask that generator gives on its own device. A key left on the CPU is passed to the CUDA
-    kernels by value.
+    torch.manual_seed, is traceable by torch.compile, is safe under CUDA graph capture (with a
+    generator on a CUDA device), and a generator on another device than the input (e.g. a CPU
+    generator for a CUDA input) gives the very mask that generator gives on its own device. A key
+    drawn on the CPU is passed to the CUDA kernels by value (a CUDA graph captured with it replays
+    that key, and capturing warns); one drawn on another CUDA device is copied to `device`.
     """
     if generator is None:
         return torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=device)
@@ -124,14 +125,15 @@ _DOC = """Randomly zeroes contiguous blocks of a {dims}-d feature map (DropBlock
             a side larger than the map is clamped to the map.
         inplace: write the result into ``input`` and return it.
         eps: added to the kept count in the rescaling ``numel / (eps + kept)``.
-        training: apply DropBlock; when False the input is returned unchanged.
+        training: apply DropBlock; when False (or when p == 0) the input itself is returned.
         shared_channels: one mask per sample, shared by all its channels (timm's
             ``couple_channels``); default one mask per (sample, channel).
         generator: draw the randomness from this generator instead of the default one of
             ``input``'s device.
 
     Returns:
-        ``input * keep * numel(keep) / (eps + count(keep))`` with dropped elements exactly zero.
+        ``input * keep * numel(input) / (eps + kept elements of input)`` with dropped elements
+        exactly zero.
     """
 
 

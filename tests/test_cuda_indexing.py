@@ -1,6 +1,7 @@
 """The CUDA apply kernels' index arithmetic, compiled for the host and checked on every run.
 
-csrc/cuda/apply_indexing.h holds the offsets the strided and shared-mask CUDA kernels compute;
+csrc/cuda/apply_indexing.h holds the offsets the strided and shared-mask CUDA kernels compute and
+the channels-last kernel's tiles;
 tests/cpp/apply_indexing_test.cpp compares them with plain stride arithmetic. No GPU needed.
 """
 

@@ -30,9 +30,9 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
                                                         c10::IntArrayRef block_size, double eps,
                                                         bool shared_channels) {
   const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
-  // A p on the device stays there (no sync): the kernel turns it into the seed threshold, and a
-  // p outside [0, 1] seeds nowhere (p < 0, NaN) or everywhere a block fits (p > 1). A seed or p
-  // on the host is read here and passed by value.
+  // A p on the device stays there (no sync, no range check): the kernel turns it into the seed
+  // threshold; p < 0 or NaN seeds nowhere, and gamma = min(p * gamma_factor, 1) caps the rest. A
+  // seed or p on the host is read here and passed by value.
   check_mask_args(input, seed, p, eps);
   const c10::cuda::CUDAGuard guard(input.device());
   if (seed.is_cpu() && c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {

@@ -3,10 +3,10 @@
 //
 // Mask (the same bits as the CPU kernel, by the law in mask_logic.h):
 //   1. the packed mask is set to all ones (cudaMemsetAsync);
-//   2. seed kernel: one thread per Philox group of 16 logical indices draws the group's seed
-//      bits (seed_bits_of_group), keeps the seeds where a block fits (seeds_where_blocks_fit)
-//      and clears their blocks with 64-bit atomicAnd (clear_blocks): the very functions the CPU
-//      kernel runs, from mask_logic.h. Seeds are rare (gamma ~ p / b^d), so nearly all the work
+//   2. seed kernel: one thread per Philox group of 16 logical indices (grid-stride past 2^28
+//      groups) draws the group's seed bits (seed_bits_of_group), keeps the seeds where a block
+//      fits (seeds_where_blocks_fit) and clears their blocks with 64-bit atomicAnd
+//      (clear_blocks): the very functions the CPU kernel runs, from mask_logic.h. Seeds are rare (gamma ~ p / b^d), so nearly all the work
 //      is one Philox call per 16 elements: the minimum the law allows;
 //   3. count kernel: popcount of every word (and zeroing of the bits past the last element),
 //      one partial sum per block; the last block to finish sums them and writes the scale.
@@ -14,9 +14,10 @@
 // scale is written by them, so the ops are safe to capture in a CUDA graph. A key or p that
 // lives on the host is passed by value instead (no copy, no extra kernel).
 //
-// Apply: out = keep ? in * scale : 0 in the op math type, with 16-byte vector loads when input
-// and output are both contiguous; tiles through shared memory when both are channels-last (dense,
-// channels innermost); else one thread per element in the output's memory order.
+// Apply: out = keep ? in * scale : 0 in the op math type: vector loads of up to 16 bytes when input
+// and output are both contiguous (narrower where alignment, or S % V for a shared mask, forbids);
+// tiles through shared memory when both are dense with the channels innermost and there are 16
+// channels or more; else one thread per element in the output's memory order.
 #include "dropblock_kernels.h"
 
 #include <cuda_bf16.h>
