@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import dropblock_cuda
@@ -376,3 +378,21 @@ def test_channels_innermost_memory_gives_the_contiguous_result(dtype, shape, sha
     assert torch.equal(out, expected)
     ops.drop_block_apply_(channels_last, mask, scale, shared)
     assert torch.equal(channels_last, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 70),
+    spatial=st.lists(st.integers(1, 20), min_size=1, max_size=3),
+    shared=st.booleans(),
+    key=st.integers(0, 2**62),
+)
+def test_channels_innermost_random_shapes(n, c, spatial, shared, key):
+    shape = (n, c, *spatial)
+    x = torch.randn(shape, generator=gen(key % 1000))
+    mask, scale = ops.drop_block_mask(
+        x, torch.tensor(key), torch.tensor(0.3, dtype=torch.float64), [3] * len(spatial), 1e-6, shared
+    )
+    channels_last = x.movedim(1, -1).contiguous().movedim(-1, 1)
+    assert torch.equal(ops.drop_block_apply(channels_last, mask, scale, shared), ops.drop_block_apply(x, mask, scale, shared))
