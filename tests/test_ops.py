@@ -396,3 +396,21 @@ def test_channels_innermost_random_shapes(n, c, spatial, shared, key):
     )
     channels_last = x.movedim(1, -1).contiguous().movedim(-1, 1)
     assert torch.equal(ops.drop_block_apply(channels_last, mask, scale, shared), ops.drop_block_apply(x, mask, scale, shared))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_16_bit_outputs_are_the_rounded_float_products(dtype, shared, channels_last):
+    # Bit for bit: kept elements are (float(x) * float(scale)) rounded to nearest even (subnormals,
+    # infinities and the largest finite values included), dropped ones are +0.
+    special = torch.tensor([0.0, -0.0, 1.0, -1.0, 65504.0, 1e-7, -6e-8, 3.3e-5, float("inf"), float("-inf"), 1e30, -1e-30])
+    x = torch.cat([special, torch.randn(2 * 24 * 7 * 11 - len(special), generator=gen(2)) * 100]).to(dtype)
+    x = x.view(2, 24, 7, 11)
+    mask, scale = ops.drop_block_mask(x, torch.tensor(3), torch.tensor(0.4, dtype=torch.float64), [3, 3], 1e-6, shared)
+    kept = ops.drop_block_apply(torch.ones(x.shape), mask, scale, shared) != 0
+    expected = torch.where(kept, (x.float() * scale.float()).to(dtype), torch.zeros((), dtype=dtype))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = ops.drop_block_apply(x, mask, scale, shared)
+    assert torch.equal(y.view(torch.int16), expected.view(torch.int16))

@@ -249,6 +249,74 @@ template <> struct LaneType<2> { using type = uint16_t; };
 template <> struct LaneType<4> { using type = uint32_t; };
 template <> struct LaneType<8> { using type = uint64_t; };
 
+// 16-bit floats: the conversions to and from float are most of the apply's cost (c10::Half
+// converts in software unless F16C is on at compile time), so runs of up to 64 elements are
+// converted as arrays in functions the compiler vectorises for the CPU at hand. The arithmetic is
+// the element-wise one: float(x) * scale, rounded to nearest even; dropped lanes become +0.
+constexpr int kNarrowBatch = 64;
+
+DROPBLOCK_VECTOR_CLONES
+void widen(const c10::Half* src, float* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    dst[j] = static_cast<float>(src[j]);
+  }
+}
+
+DROPBLOCK_VECTOR_CLONES
+void widen(const c10::BFloat16* src, float* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    dst[j] = static_cast<float>(src[j]);
+  }
+}
+
+DROPBLOCK_VECTOR_CLONES
+void narrow(const float* src, c10::Half* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    dst[j] = c10::Half(src[j]);
+  }
+}
+
+DROPBLOCK_VECTOR_CLONES
+void narrow(const float* src, c10::BFloat16* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    dst[j] = c10::BFloat16(src[j]);
+  }
+}
+
+// dst[j] = src[j] * scale for j < n <= kNarrowBatch contiguous 16-bit elements, then ANDed with
+// lanes[j] (all ones keeps, zero drops) when lanes is given. dst may be src.
+template <typename half_t>
+void scale_narrow_run(const half_t* src, half_t* dst, int64_t n, float scale, const uint32_t* lanes) {
+  float values[kNarrowBatch];
+  widen(src, values, n);
+  for (int64_t j = 0; j < n; ++j) {
+    values[j] *= scale;
+  }
+  if (lanes != nullptr) {
+    for (int64_t j = 0; j < n; ++j) {
+      uint32_t v_bits;
+      std::memcpy(&v_bits, &values[j], sizeof(v_bits));
+      v_bits &= lanes[j];
+      std::memcpy(&values[j], &v_bits, sizeof(v_bits));
+    }
+  }
+  narrow(values, dst, n);
+}
+
+// dst[j] = src[j] * scale for a contiguous run of n elements, all kept.
+template <typename scalar_t, typename acc_t>
+void scale_run(const scalar_t* src, scalar_t* dst, int64_t n, acc_t scale) {
+  if constexpr (sizeof(scalar_t) == 2) {
+    for (int64_t j0 = 0; j0 < n; j0 += kNarrowBatch) {
+      scale_narrow_run(src + j0, dst + j0, std::min<int64_t>(kNarrowBatch, n - j0), static_cast<float>(scale), nullptr);
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      dst[j] = static_cast<scalar_t>(static_cast<acc_t>(src[j]) * scale);
+    }
+  }
+}
+
 // out[i] = keep(bit0 + i) ? in[i] * scale : 0 for a run of n elements with the given strides.
 // Dropped elements are exactly zero whatever the input holds there (inf and NaN included).
 template <typename scalar_t, typename acc_t>
@@ -272,12 +340,17 @@ void apply_run(const scalar_t* in, int64_t in_stride, scalar_t* out, int64_t out
         dst[j * out_stride] =
             keep ? static_cast<scalar_t>(static_cast<acc_t>(src[j * in_stride]) * scale) : scalar_t(0);
       }
-    } else if (word == all) {
-      for (int64_t j = 0; j < len; ++j) {
-        dst[j] = static_cast<scalar_t>(static_cast<acc_t>(src[j]) * scale);
-      }
     } else if (word == 0) {
       std::fill(dst, dst + len, scalar_t(0));
+    } else if (word == all) {
+      scale_run(src, dst, len, scale);
+    } else if constexpr (sizeof(scalar_t) == 2) {
+      static const LaneMasks<uint32_t> float_lanes;
+      alignas(64) uint32_t lanes[64];
+      for (int b = 0; b < 8; ++b) {
+        std::memcpy(lanes + 8 * b, float_lanes.lanes[(word >> (8 * b)) & 0xFF], sizeof(float_lanes.lanes[0]));
+      }
+      scale_narrow_run(src, dst, len, static_cast<float>(scale), lanes);
     } else {
       alignas(64) lane_t lanes[64];
       for (int b = 0; b < 8; ++b) {
@@ -317,16 +390,23 @@ bool is_channels_last_dense(const at::Tensor& t) {
   return t.size(0) == 1 || t.stride(0) == expected;
 }
 
-// Channels-last data: a run of C channels is contiguous in memory but its keep bits lie S apart
-// in the mask. A tile of up to 64 positions of one sample first gathers each channel's keep bits
-// for those positions (one or two words per channel, kept as two 32-bit halves so that the
-// element loop vectorises), then walks the tile in memory order.
 // dst[c] = bit `shift` of keep[c] ? src[c] * scale : 0, for c < n. Typed stores and plain
 // arguments (no captured references), so that the compiler vectorises it.
 template <typename scalar_t, typename acc_t>
 inline void apply_keep_lanes(const scalar_t* src, scalar_t* dst, int64_t n, const uint32_t* keep, int shift,
                              acc_t scale) {
   using lane_t = typename LaneType<sizeof(scalar_t)>::type;
+  if constexpr (sizeof(scalar_t) == 2) {
+    uint32_t lanes[kNarrowBatch];
+    for (int64_t c0 = 0; c0 < n; c0 += kNarrowBatch) {
+      const int64_t m = std::min<int64_t>(kNarrowBatch, n - c0);
+      for (int64_t j = 0; j < m; ++j) {
+        lanes[j] = 0u - ((keep[c0 + j] >> shift) & 1u);
+      }
+      scale_narrow_run(src + c0, dst + c0, m, static_cast<float>(scale), lanes);
+    }
+    return;
+  }
   for (int64_t c = 0; c < n; ++c) {
     const scalar_t v = static_cast<scalar_t>(static_cast<acc_t>(src[c]) * scale);
     lane_t v_bits;
@@ -338,6 +418,10 @@ inline void apply_keep_lanes(const scalar_t* src, scalar_t* dst, int64_t n, cons
   }
 }
 
+// Channels-last data: a run of C channels is contiguous in memory but its keep bits lie S apart
+// in the mask. A tile of up to 64 positions of one sample first gathers each channel's keep bits
+// for those positions (one or two words per channel, kept as two 32-bit halves so that the
+// element loop vectorises), then walks the tile in memory order.
 template <typename scalar_t, typename acc_t>
 void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C, int64_t S, const uint64_t* mask,
                          bool shared_channels, acc_t scale) {
@@ -359,9 +443,7 @@ void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C
         const int shift = static_cast<int>(k & 31);
         if (shared_channels) {
           if ((keep[0] >> shift) & 1u) {
-            for (int64_t c = 0; c < C; ++c) {
-              out[offset + c] = static_cast<scalar_t>(static_cast<acc_t>(in[offset + c]) * scale);
-            }
+            scale_run(in + offset, out + offset, C, scale);
           } else {
             std::fill(out + offset, out + offset + C, scalar_t(0));
           }
