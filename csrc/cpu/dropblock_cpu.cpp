@@ -250,66 +250,50 @@ template <> struct LaneType<4> { using type = uint32_t; };
 template <> struct LaneType<8> { using type = uint64_t; };
 
 // 16-bit floats: the conversions to and from float are most of the apply's cost (c10::Half
-// converts in software unless F16C is on at compile time), so runs of up to 64 elements are
-// converted as arrays in functions the compiler vectorises for the CPU at hand. The arithmetic is
-// the element-wise one: float(x) * scale, rounded to nearest even; dropped lanes become +0.
+// converts in software unless F16C is on at compile time), so runs of up to kNarrowBatch elements
+// go through functions the compiler vectorises for the CPU at hand. The arithmetic is the
+// element-wise one: float(x) * scale, rounded to nearest even; dropped lanes become +0.
 constexpr int kNarrowBatch = 64;
 
-DROPBLOCK_VECTOR_CLONES
-void widen(const c10::Half* src, float* dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    dst[j] = static_cast<float>(src[j]);
-  }
-}
-
-DROPBLOCK_VECTOR_CLONES
-void widen(const c10::BFloat16* src, float* dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    dst[j] = static_cast<float>(src[j]);
-  }
-}
-
-DROPBLOCK_VECTOR_CLONES
-void narrow(const float* src, c10::Half* dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    dst[j] = c10::Half(src[j]);
-  }
-}
-
-DROPBLOCK_VECTOR_CLONES
-void narrow(const float* src, c10::BFloat16* dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    dst[j] = c10::BFloat16(src[j]);
-  }
-}
-
-// dst[j] = src[j] * scale for j < n <= kNarrowBatch contiguous 16-bit elements, then ANDed with
-// lanes[j] (all ones keeps, zero drops) when lanes is given. dst may be src.
+// dst[j] = src[j] * scale for j < n contiguous 16-bit elements, then ANDed with lanes[j] (all ones
+// keeps, zero drops) when lanes is given. dst may be src.
 template <typename half_t>
-void scale_narrow_run(const half_t* src, half_t* dst, int64_t n, float scale, const uint32_t* lanes) {
-  float values[kNarrowBatch];
-  widen(src, values, n);
+inline void scale_narrow_loop(const half_t* src, half_t* dst, int64_t n, float scale, const uint32_t* lanes) {
   for (int64_t j = 0; j < n; ++j) {
-    values[j] *= scale;
-  }
-  if (lanes != nullptr) {
-    for (int64_t j = 0; j < n; ++j) {
+    float v = static_cast<float>(src[j]) * scale;
+    if (lanes != nullptr) {
       uint32_t v_bits;
-      std::memcpy(&v_bits, &values[j], sizeof(v_bits));
+      std::memcpy(&v_bits, &v, sizeof(v_bits));
       v_bits &= lanes[j];
-      std::memcpy(&values[j], &v_bits, sizeof(v_bits));
+      std::memcpy(&v, &v_bits, sizeof(v_bits));
     }
+    dst[j] = half_t(v);
   }
-  narrow(values, dst, n);
+}
+
+DROPBLOCK_VECTOR_CLONES
+void scale_narrow_run(const c10::Half* src, c10::Half* dst, int64_t n, float scale, const uint32_t* lanes) {
+  if (lanes == nullptr) {
+    scale_narrow_loop(src, dst, n, scale, nullptr);
+  } else {
+    scale_narrow_loop(src, dst, n, scale, lanes);
+  }
+}
+
+DROPBLOCK_VECTOR_CLONES
+void scale_narrow_run(const c10::BFloat16* src, c10::BFloat16* dst, int64_t n, float scale, const uint32_t* lanes) {
+  if (lanes == nullptr) {
+    scale_narrow_loop(src, dst, n, scale, nullptr);
+  } else {
+    scale_narrow_loop(src, dst, n, scale, lanes);
+  }
 }
 
 // dst[j] = src[j] * scale for a contiguous run of n elements, all kept.
 template <typename scalar_t, typename acc_t>
 void scale_run(const scalar_t* src, scalar_t* dst, int64_t n, acc_t scale) {
   if constexpr (sizeof(scalar_t) == 2) {
-    for (int64_t j0 = 0; j0 < n; j0 += kNarrowBatch) {
-      scale_narrow_run(src + j0, dst + j0, std::min<int64_t>(kNarrowBatch, n - j0), static_cast<float>(scale), nullptr);
-    }
+    scale_narrow_run(src, dst, n, static_cast<float>(scale), nullptr);
   } else {
     for (int64_t j = 0; j < n; ++j) {
       dst[j] = static_cast<scalar_t>(static_cast<acc_t>(src[j]) * scale);
