@@ -50,6 +50,18 @@ int count_blocks(int64_t mask_words) {
   return static_cast<int>(blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks));
 }
 
+// kernel<<<grid, threads, 0, stream>>>(args...), or its host emulation in tests
+// (tests/cpp/cuda_emulation.h), which runs these very kernels without a GPU.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, unsigned threads, cudaStream_t stream, Args... args) {
+#ifdef DROPBLOCK_CUDA_EMULATION
+  (void)stream;
+  emulate_launch(kernel, grid, dim3(threads), args...);
+#else
+  kernel<<<grid, threads, 0, stream>>>(args...);
+#endif
+}
+
 unsigned grid_for(int64_t work, int64_t per_block) {
   const int64_t blocks = ceil_div(work, per_block);
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
@@ -259,8 +271,8 @@ void launch_contiguous(const T* in, T* out, int64_t numel, const uint64_t* mask,
   const SharedMaskBits shared_bits = make_shared_mask_bits(S, CS, numel);
   const int64_t vectors = numel / V;
   const int64_t blocks = vectors == 0 ? 1 : ceil_div(vectors, kThreads * kUnroll);
-  apply_contiguous_kernel<T, V, kShared>
-      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(in, out, numel, mask, scale, shared_bits);
+  launch(apply_contiguous_kernel<T, V, kShared>, dim3(static_cast<unsigned>(blocks)), kThreads, stream, in, out,
+         numel, mask, scale, shared_bits);
 }
 
 template <typename T, bool kShared>
@@ -287,8 +299,8 @@ void launch_strided(const T* in, T* out, int dim, const int64_t* sizes, const in
                     const int64_t* out_strides, bool shared, const uint64_t* mask, const double* scale,
                     cudaStream_t stream) {
   const StridedParams<index_t> p = make_strided_params<index_t>(dim, sizes, in_strides, out_strides, shared);
-  apply_strided_kernel<T, index_t><<<static_cast<unsigned>(ceil_div(p.numel, kThreads)), kThreads, 0, stream>>>(
-      in, out, p, mask, scale);
+  launch(apply_strided_kernel<T, index_t>, dim3(static_cast<unsigned>(ceil_div(p.numel, kThreads))), kThreads, stream,
+         in, out, p, mask, scale);
 }
 
 // Channels-innermost memory: one block per tile (see apply_indexing.h). The keep words of the
@@ -338,9 +350,9 @@ void launch_channels_last(const T* in, T* out, const ChannelsLastGrid& g, const 
                           bool shared, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(g.position_tiles), static_cast<unsigned>(g.channel_tiles));
   if (shared) {
-    apply_channels_last_kernel<T, true><<<grid, kThreads, 0, stream>>>(in, out, g, mask, scale);
+    launch(apply_channels_last_kernel<T, true>, grid, kThreads, stream, in, out, g, mask, scale);
   } else {
-    apply_channels_last_kernel<T, false><<<grid, kThreads, 0, stream>>>(in, out, g, mask, scale);
+    launch(apply_channels_last_kernel<T, false>, grid, kThreads, stream, in, out, g, mask, scale);
   }
 }
 
@@ -389,10 +401,10 @@ cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probabilit
     return fill;
   }
   // mask_words > 0, so grid.total > 0: the seed kernel always runs (and zeroes scratch[0]).
-  seed_kernel<<<grid_for(ceil_div(grid.total, 16), kThreads), kThreads, 0, stream>>>(
-      grid, gamma_factor, seed, drop_probability, mask, reinterpret_cast<unsigned long long*>(scratch));
-  count_kernel<<<count_blocks(mask_words), kThreads, 0, stream>>>(mask, mask_words, grid.total, scratch,
-                                                                  count_multiplier, numel, eps, scale);
+  launch(seed_kernel, dim3(grid_for(ceil_div(grid.total, 16), kThreads)), kThreads, stream, grid, gamma_factor, seed,
+         drop_probability, mask, reinterpret_cast<unsigned long long*>(scratch));
+  launch(count_kernel, dim3(count_blocks(mask_words)), kThreads, stream, mask, mask_words, grid.total, scratch,
+         count_multiplier, numel, eps, scale);
   return cudaSuccess;
 }
 

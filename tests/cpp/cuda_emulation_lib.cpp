@@ -1,0 +1,43 @@
+// csrc/cuda/dropblock_kernels.cu compiled for the host with its kernels emulated
+// (cuda_emulation.h), behind a C interface that tests/test_cuda_emulated.py calls through ctypes
+// with CPU tensors' memory. No GPU and no CUDA runtime library are involved.
+#define DROPBLOCK_CUDA_EMULATION
+#include "cuda_emulation.h"
+
+#include "cuda/dropblock_kernels.cu"
+
+using dropblock::MaskGeometry;
+using dropblock::cuda::ScalarArg;
+
+extern "C" {
+
+int64_t emulated_scratch_elements(int64_t mask_words) {
+  return dropblock::cuda::mask_count_scratch_elements(mask_words);
+}
+
+// geometry: planes, then size[3], then block[3] (already clamped, as make_mask_geometry does).
+// seed_on_device / p_on_device: pass the value through memory (as a device tensor would) instead
+// of by value.
+int emulated_mask(const int64_t* geometry, double p, int p_on_device, double gamma_factor, int64_t seed,
+                  int seed_on_device, uint64_t* mask, int64_t mask_words, int64_t count_multiplier, int64_t numel,
+                  double eps, double* scale, int64_t* scratch) {
+  MaskGeometry g{};
+  g.planes = geometry[0];
+  for (int d = 0; d < 3; ++d) {
+    g.size[d] = geometry[1 + d];
+    g.block[d] = geometry[4 + d];
+  }
+  const ScalarArg<double> p_arg = p_on_device ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
+  const ScalarArg<int64_t> seed_arg = seed_on_device ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
+  return static_cast<int>(dropblock::cuda::launch_mask(g, p_arg, gamma_factor, seed_arg, mask, mask_words,
+                                                       count_multiplier, numel, eps, scale, scratch, nullptr));
+}
+
+// kind: 0 float, 1 double, 2 half, 3 bfloat16 (dropblock::cuda::ScalarKind).
+void emulated_apply(int kind, const void* in, void* out, int dim, const int64_t* sizes, const int64_t* in_strides,
+                    const int64_t* out_strides, const uint64_t* mask, const double* scale, int shared_channels) {
+  dropblock::cuda::launch_apply(static_cast<dropblock::cuda::ScalarKind>(kind), in, out, dim, sizes, in_strides,
+                                out_strides, mask, scale, shared_channels != 0, nullptr);
+}
+
+}  // extern "C"

@@ -1,0 +1,175 @@
+"""The CUDA kernels themselves, run on the host, against the CPU kernels.
+
+csrc/cuda/dropblock_kernels.cu is compiled by the host C++ compiler with tests/cpp/cuda_emulation.h
+(one OS thread per CUDA thread, one block at a time, real barriers for __syncthreads and the warp
+shuffles, real atomics) and called through ctypes on CPU tensors' memory. So the kernels' own code
+(grid-stride loops, vector widths and tails, the strided and channels-last paths, the last-block
+count, keys and p by value or through memory) is checked here, without a GPU, on every CI run.
+What emulation cannot show (timing, memory ordering on real hardware, launch limits) is left to
+tests/test_cuda.py and benchmarks/gpu_check.sh on a GPU. Needs a C++20 compiler and the CUDA
+headers (cuda_fp16.h); skips without them.
+"""
+
+import ctypes
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.cpp_extension import include_paths
+
+import dropblock_cuda  # noqa: F401  (registers the CPU ops compared against)
+
+ROOT = Path(__file__).resolve().parents[1]
+ops = torch.ops.dropblock_cuda
+EPS = 1e-6
+KINDS = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+def _cuda_include():
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "include" / "cuda_fp16.h").exists():
+            return Path(home) / "include"
+    return None
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    compiler = shutil.which("c++") or shutil.which("g++")
+    cuda_include = _cuda_include()
+    if compiler is None or cuda_include is None:
+        pytest.skip("needs a C++20 compiler and the CUDA headers")
+    lib_path = tmp_path_factory.mktemp("emulated") / "libdropblock_emulated.so"
+    command = [compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
+               f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests' / 'cpp'}", *[f"-I{path}" for path in include_paths()],
+               f"-I{cuda_include}", str(ROOT / "tests" / "cpp" / "cuda_emulation_lib.cpp"), "-o", str(lib_path)]
+    build = subprocess.run(command, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    lib = ctypes.CDLL(str(lib_path))
+    i64, dbl, ptr, i32 = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
+    lib.emulated_scratch_elements.argtypes, lib.emulated_scratch_elements.restype = [i64], i64
+    lib.emulated_mask.argtypes = [ptr, dbl, i32, dbl, i64, i32, ptr, i64, i64, i64, dbl, ptr, ptr]
+    lib.emulated_mask.restype = i32
+    lib.emulated_apply.argtypes = [i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32]
+    lib.emulated_apply.restype = None
+    return lib
+
+
+def _geometry(shape, block, shared):
+    """make_mask_geometry and gamma_factor of csrc/mask_params.cpp, in the same float64 order."""
+    spatial = list(shape[2:])
+    pad = 3 - len(spatial)
+    size = [1] * pad + spatial
+    clamped = [1] * pad + [min(b, max(s, 1)) for b, s in zip(block, spatial)]
+    planes = shape[0] if shared else shape[0] * shape[1]
+    factor = 1.0
+    for s, b in zip(size, clamped):
+        if s == 0:
+            return planes, size, clamped, 0.0
+        factor *= float(s) / (float(b) * (s - b + 1))
+    return planes, size, clamped, factor
+
+
+def emulated_mask(lib, shape, block, p, seed, shared, p_in_memory=False, seed_in_memory=False):
+    planes, size, clamped, factor = _geometry(shape, block, shared)
+    words = (planes * math.prod(size) + 63) // 64
+    mask = torch.empty(words, dtype=torch.int64)
+    scale = torch.empty((), dtype=torch.float64)
+    scratch = torch.empty(lib.emulated_scratch_elements(words), dtype=torch.int64)
+    geometry = (ctypes.c_int64 * 7)(planes, *size, *clamped)
+    rc = lib.emulated_mask(geometry, p, int(p_in_memory), factor, seed, int(seed_in_memory), mask.data_ptr(), words,
+                           shape[1] if shared else 1, math.prod(shape), EPS, scale.data_ptr(), scratch.data_ptr())
+    assert rc == 0
+    return mask.view(torch.uint8), scale
+
+
+def emulated_apply(lib, x, mask, scale, shared, out=None):
+    out = torch.empty_like(x) if out is None else out
+    dim = x.dim()
+    array = ctypes.c_int64 * dim
+    lib.emulated_apply(KINDS[x.dtype], x.data_ptr(), out.data_ptr(), dim, array(*x.shape), array(*x.stride()),
+                       array(*out.stride()), mask.data_ptr(), scale.data_ptr(), int(shared))
+    return out
+
+
+def cpu_mask(shape, block, p, seed, shared):
+    return ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), torch.tensor(p, dtype=torch.float64),
+                               list(block), EPS, shared)
+
+
+MASK_CASES = [
+    # shape, block, p
+    ((2, 3, 56, 56), (7, 7), 0.1),
+    ((3, 4, 7, 7), (7, 7), 0.5),  # one seed position per plane
+    ((2, 3, 17, 33), (3, 5), 0.2),  # planes not a multiple of 16 or 64
+    ((1, 1, 64, 64), (1, 1), 0.5),  # b = 1: dropout
+    ((3, 4, 7, 7), (7, 7), 1.0),  # every valid position seeds
+    ((2, 3, 3001), (60,), 0.3),  # blocks wider than 48
+    ((2, 2, 5, 300), (3, 100), 0.5),
+    ((2, 3, 9, 10, 11), (3, 3, 3), 0.2),
+    ((3, 7, 129, 131), (5, 5), 0.3),  # three count blocks, a partial last word
+]
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+@pytest.mark.parametrize("shape,block,p", MASK_CASES, ids=[str(case[0]) for case in MASK_CASES])
+def test_emulated_mask_kernels_give_the_cpu_mask(emulated, shape, block, p, shared):
+    for seed, in_memory in [(0, False), (-7, True), (2**62 + 12345, False)]:
+        mask, scale = emulated_mask(emulated, shape, block, p, seed, shared, in_memory, in_memory)
+        expected_mask, expected_scale = cpu_mask(shape, block, p, seed, shared)
+        assert torch.equal(mask, expected_mask)
+        assert scale.item() == expected_scale.item()
+
+
+def test_emulated_count_over_many_blocks_and_p_zero(emulated):
+    shape = (4, 64, 40, 40)  # 1600 words: 4 count blocks, a last block that adds them up
+    mask, scale = emulated_mask(emulated, shape, (7, 7), 0.2, 11, False)
+    expected_mask, expected_scale = cpu_mask(shape, (7, 7), 0.2, 11, False)
+    assert torch.equal(mask, expected_mask) and scale.item() == expected_scale.item()
+    # p = 0: the seed kernel returns at once (after zeroing the count), nothing is dropped.
+    mask, scale = emulated_mask(emulated, shape, (7, 7), 0.0, 11, False)
+    assert bool((mask.view(torch.int64) == -1).all()) and scale.item() == math.prod(shape) / (EPS + math.prod(shape))
+
+
+def make_input(shape, dtype, layout):
+    base = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.float64).to(dtype)
+    if layout == "contiguous":
+        return base
+    if layout == "channels_last":  # channels innermost: the tiled kernel from 16 channels
+        return base.movedim(1, -1).contiguous().movedim(-1, 1)
+    if layout == "transposed":
+        return base.transpose(-1, 0).contiguous().transpose(-1, 0)
+    if layout == "strided":
+        big = torch.zeros([s * 2 for s in shape], dtype=dtype)
+        return big[tuple(slice(1, None, 2) for _ in shape)].copy_(base)
+    if layout == "misaligned":  # narrower vectors
+        return torch.zeros(base.numel() + 1, dtype=dtype)[1:].view(shape).copy_(base)
+    raise ValueError(layout)
+
+
+APPLY_SHAPES = [
+    ((2, 3, 50), (7,)),
+    ((2, 3, 17, 19), (5, 3)),
+    ((2, 20, 9, 11), (3, 3)),  # 20 channels: the channels-last tiles
+    ((1, 300, 3, 5), (3, 3)),  # more channels than one tile holds
+    ((2, 16, 3, 4, 5), (3, 3, 3)),
+]
+LAYOUTS = ["contiguous", "channels_last", "transposed", "strided", "misaligned"]
+
+
+@pytest.mark.parametrize("dtype", list(KINDS), ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+@pytest.mark.parametrize("shape,block", APPLY_SHAPES, ids=[str(case[0]) for case in APPLY_SHAPES])
+def test_emulated_apply_kernels_give_the_cpu_output(emulated, shape, block, dtype, layout, shared):
+    x = make_input(shape, dtype, layout)
+    mask, scale = cpu_mask(shape, block, 0.3, 42, shared)
+    expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
+    out = emulated_apply(emulated, x, mask, scale, shared)  # into empty_like(x), as the op does
+    assert torch.equal(out, expected)
+    inplace = x.clone() if layout in ("contiguous", "channels_last") else make_input(shape, dtype, layout)
+    emulated_apply(emulated, inplace, mask, scale, shared, out=inplace)
+    assert torch.equal(inplace, expected)
