@@ -4,7 +4,8 @@ csrc/cuda/dropblock_kernels.cu is compiled by the host C++ compiler with tests/c
 (one OS thread per CUDA thread, one block at a time, real barriers for __syncthreads and the warp
 shuffles, real atomics) and called through ctypes on CPU tensors' memory. So the kernels' own code
 (grid-stride loops, vector widths and tails, the strided and channels-last paths, the last-block
-count, keys and p by value or through memory) is checked here, without a GPU, on every CI run.
+count, keys and p by value or through memory) is checked here, without a GPU, on every CI run,
+under UndefinedBehaviorSanitizer.
 What emulation cannot show (timing, memory ordering on real hardware, launch limits) is left to
 tests/test_cuda.py and benchmarks/gpu_check.sh on a GPU. Needs a C++20 compiler and the CUDA
 headers (cuda_fp16.h); skips without them.
@@ -37,17 +38,27 @@ def _cuda_include():
 
 
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
+def ubsan_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("ubsan")
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory, ubsan_log):
     compiler = shutil.which("c++") or shutil.which("g++")
     cuda_include = _cuda_include()
     if compiler is None or cuda_include is None:
         pytest.skip("needs a C++20 compiler and the CUDA headers")
     lib_path = tmp_path_factory.mktemp("emulated") / "libdropblock_emulated.so"
     command = [compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
+               "-fsanitize=undefined",
                f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests' / 'cpp'}", *[f"-I{path}" for path in include_paths()],
                f"-I{cuda_include}", str(ROOT / "tests" / "cpp" / "cuda_emulation_lib.cpp"), "-o", str(lib_path)]
     build = subprocess.run(command, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
+    # The kernels run under UndefinedBehaviorSanitizer (shifts past the width, overflows,
+    # misaligned loads ...), which reads its options when the library loads: reports go to files
+    # that every test checks.
+    os.environ["UBSAN_OPTIONS"] = f"log_path={ubsan_log / 'report'}:print_stacktrace=1"
     lib = ctypes.CDLL(str(lib_path))
     i64, dbl, ptr, i32 = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
     lib.emulated_scratch_elements.argtypes, lib.emulated_scratch_elements.restype = [i64], i64
@@ -56,6 +67,18 @@ def emulated(tmp_path_factory):
     lib.emulated_apply.argtypes = [i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32]
     lib.emulated_apply.restype = None
     return lib
+
+
+@pytest.fixture(autouse=True)
+def no_undefined_behaviour(request):
+    yield
+    if "emulated" in request.fixturenames:
+        folder = request.getfixturevalue("ubsan_log")
+        reports = []
+        for path in folder.glob("report*"):
+            reports.append(path.read_text())
+            path.unlink()  # each test answers for its own reports
+        assert not reports, "UndefinedBehaviorSanitizer:\n" + "\n".join(reports)
 
 
 def _geometry(shape, block, shared):
@@ -129,9 +152,12 @@ def test_emulated_count_over_many_blocks_and_p_zero(emulated):
     mask, scale = emulated_mask(emulated, shape, (7, 7), 0.2, 11, False)
     expected_mask, expected_scale = cpu_mask(shape, (7, 7), 0.2, 11, False)
     assert torch.equal(mask, expected_mask) and scale.item() == expected_scale.item()
-    # p = 0: the seed kernel returns at once (after zeroing the count), nothing is dropped.
-    mask, scale = emulated_mask(emulated, shape, (7, 7), 0.0, 11, False)
-    assert bool((mask.view(torch.int64) == -1).all()) and scale.item() == math.prod(shape) / (EPS + math.prod(shape))
+    # p = 0, or a NaN read from memory (a device p is not range-checked): the seed kernel returns
+    # at once (after zeroing the count) and nothing is dropped.
+    for p, in_memory in [(0.0, False), (float("nan"), True)]:
+        mask, scale = emulated_mask(emulated, shape, (7, 7), p, 11, False, p_in_memory=in_memory)
+        assert bool((mask.view(torch.int64) == -1).all())
+        assert scale.item() == math.prod(shape) / (EPS + math.prod(shape))
 
 
 def make_input(shape, dtype, layout):
