@@ -6,8 +6,9 @@ shuffles, real atomics) and called through ctypes on CPU tensors' memory. So the
 (grid-stride loops, vector widths and tails, the strided and channels-last paths, the last-block
 count, keys and p by value or through memory) is checked here, without a GPU, on every CI run,
 under UndefinedBehaviorSanitizer.
-What emulation cannot show (timing, memory ordering on real hardware, launch limits) is left to
-tests/test_cuda.py and benchmarks/gpu_check.sh on a GPU. Needs a C++20 compiler and the CUDA
+A second build runs every launch path under AddressSanitizer on exact-size buffers (a host
+memcheck). What emulation cannot show (timing, memory ordering on real hardware, launch limits) is
+left to tests/test_cuda.py and benchmarks/gpu_check.sh on a GPU. Needs a C++20 compiler and the CUDA
 headers (cuda_fp16.h); skips without them.
 """
 
@@ -202,3 +203,24 @@ def test_emulated_apply_kernels_give_the_cpu_output(emulated, shape, block, dtyp
     inplace = x.clone() if layout in ("contiguous", "channels_last") else make_input(shape, dtype, layout)
     emulated_apply(emulated, inplace, mask, scale, shared, out=inplace)
     assert torch.equal(inplace, expected)
+
+
+def test_emulated_kernels_stay_inside_their_buffers(tmp_path):
+    # A host memcheck: the kernels under the emulation, built with AddressSanitizer, on buffers of
+    # exactly the size each launch may touch (every layout, element size and mask path).
+    compiler = shutil.which("c++") or shutil.which("g++")
+    cuda_include = _cuda_include()
+    if compiler is None or cuda_include is None:
+        pytest.skip("needs a C++20 compiler and the CUDA headers")
+    exe = tmp_path / "cuda_emulation_memcheck"
+    command = [compiler, "-std=c++20", "-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+               "-fsanitize=address,undefined", "-fno-sanitize-recover=all", f"-I{ROOT / 'csrc'}",
+               f"-I{ROOT / 'tests' / 'cpp'}", *[f"-I{path}" for path in include_paths()], f"-I{cuda_include}",
+               str(ROOT / "tests" / "cpp" / "cuda_emulation_memcheck.cpp"), "-o", str(exe)]
+    build = subprocess.run(command, capture_output=True, text=True)
+    if build.returncode != 0 and "asan" in build.stderr.lower():
+        pytest.skip("no AddressSanitizer runtime in this toolchain")
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), (run.stdout + run.stderr)[-4000:]

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cuda/apply_indexing.h"
+#include "dense_strides.h"
 
 using dropblock::cuda::channels_last_block;
 using dropblock::cuda::channels_last_element;
@@ -37,17 +38,6 @@ int failures = 0;
 void fail(const std::string& what) {
   std::printf("FAIL %s\n", what.c_str());
   ++failures;
-}
-
-// Strides of a dense tensor whose dims lie in memory in `order` (outermost first), times `step`.
-Sizes dense_strides(const Sizes& sizes, const std::vector<int>& order, int64_t step = 1) {
-  Sizes strides(sizes.size());
-  int64_t running = step;
-  for (int i = static_cast<int>(order.size()) - 1; i >= 0; --i) {
-    strides[order[i]] = running;
-    running *= sizes[order[i]];
-  }
-  return strides;
 }
 
 std::vector<int> identity(size_t n) {

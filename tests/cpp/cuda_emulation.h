@@ -1,7 +1,7 @@
 #pragma once
 // Runs the CUDA kernels of csrc/cuda/dropblock_kernels.cu on the host, for tests on machines
-// without a GPU: one OS thread per CUDA thread, one block at a time (so a function-local static
-// stands in for __shared__ memory), std::barrier for __syncthreads and the warp shuffles, real
+// without a GPU: one OS thread per thread of a block, the blocks one at a time (so a function-local
+// static stands in for __shared__ memory), std::barrier for __syncthreads and the warp shuffles, real
 // atomics for atomicAnd / atomicAdd. Slow and exact; it covers what those kernels use, nothing more.
 // Include it before the .cu, compiled by a host C++20 compiler with DROPBLOCK_CUDA_EMULATION.
 #include <atomic>
@@ -90,30 +90,34 @@ extern "C" inline cudaError_t cudaMemsetAsync(void* address, int value, size_t b
   return cudaSuccess;
 }
 
-// kernel<<<grid, block>>>(args...): the blocks one after another, each with its threads at once.
+// kernel<<<grid, block>>>(args...): one OS thread per thread of a block, which run the blocks one
+// after another (a barrier between two blocks, so the statics standing in for __shared__ memory
+// belong to one block at a time).
 template <typename... Params, typename... Args>
 void emulate_launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
   const unsigned threads = block.x * block.y * block.z;
-  for (unsigned z = 0; z < grid.z; ++z) {
-    for (unsigned y = 0; y < grid.y; ++y) {
-      for (unsigned x = 0; x < grid.x; ++x) {
-        dropblock_emulation::Block state(threads);
-        std::vector<std::thread> pool;
-        pool.reserve(threads);
-        for (unsigned t = 0; t < threads; ++t) {
-          pool.emplace_back([&, t] {
-            dropblock_emulation::current_block = &state;
-            threadIdx = uint3{t, 0, 0};
+  dropblock_emulation::Block state(threads);
+  std::barrier<> between_blocks(threads);
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      dropblock_emulation::current_block = &state;
+      threadIdx = uint3{t, 0, 0};
+      blockDim = block;
+      gridDim = grid;
+      for (unsigned z = 0; z < grid.z; ++z) {
+        for (unsigned y = 0; y < grid.y; ++y) {
+          for (unsigned x = 0; x < grid.x; ++x) {
             blockIdx = uint3{x, y, z};
-            blockDim = block;
-            gridDim = grid;
             kernel(args...);
-          });
-        }
-        for (auto& thread : pool) {
-          thread.join();
+            between_blocks.arrive_and_wait();
+          }
         }
       }
-    }
+    });
+  }
+  for (auto& thread : pool) {
+    thread.join();
   }
 }
