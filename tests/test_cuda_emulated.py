@@ -224,3 +224,16 @@ def test_emulated_kernels_stay_inside_their_buffers(tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), (run.stdout + run.stderr)[-4000:]
+
+
+def test_emulated_strided_kernel_with_64_bit_offsets(emulated):
+    # Offsets past 2^32 need the strided kernel's 64-bit index path: a view whose samples lie 2^32
+    # elements apart in one large (8 GiB), mostly untouched, so never committed, allocation.
+    storage = torch.empty(2**32 + 4096, dtype=torch.float16)
+    x = storage.as_strided((2, 3, 4, 5), (2**32, 1000, 100, 1))
+    x.copy_(torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0)))
+    storage[:4096].zero_()  # where a 32-bit offset would wrap to
+    for shared in (False, True):
+        mask, scale = cpu_mask(x.shape, (3, 3), 0.4, 8, shared)
+        expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
+        assert torch.equal(emulated_apply(emulated, x, mask, scale, shared), expected)
