@@ -421,6 +421,12 @@ C10_HOST_DEVICE inline int64_t block_reach(const SeedGrid& s) {
   return ((s.block[0] - 1) * s.size[1] + (s.block[1] - 1)) * s.size[2] + (s.block[2] - 1);
 }
 
+// scale = numel / (eps + kept), with the kept count over the whole tensor (1 for an empty one):
+// computed on the host for CPU tensors and by the CUDA count kernel, the same IEEE double steps.
+C10_HOST_DEVICE inline double keep_scale(int64_t numel, int64_t kept, double eps) {
+  return numel == 0 ? 1.0 : static_cast<double>(numel) / (eps + static_cast<double>(kept));
+}
+
 C10_HOST_DEVICE inline bool keep_bit(const uint64_t* mask, int64_t index) {
   return (mask[index >> 6] >> (index & 63)) & 1u;
 }

@@ -90,11 +90,4 @@ void check_apply_args(const at::Tensor& input, const at::Tensor& mask, const at:
                     " bytes for an input of shape ", input.sizes(), ", got ", mask.numel());
 }
 
-double keep_scale(int64_t numel, int64_t kept, double eps) {
-  if (numel == 0) {
-    return 1.0;
-  }
-  return static_cast<double>(numel) / (eps + static_cast<double>(kept));
-}
-
 }  // namespace dropblock

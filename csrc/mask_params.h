@@ -28,7 +28,4 @@ int64_t mask_planes(const at::Tensor& input, bool shared_channels);
 // Checks drop_block_apply's arguments against each other (shape, dtype, device).
 void check_apply_args(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale, bool shared_channels);
 
-// scale = numel / (eps + kept), with the kept count over the whole tensor.
-double keep_scale(int64_t numel, int64_t kept, double eps);
-
 }  // namespace dropblock

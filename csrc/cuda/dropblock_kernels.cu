@@ -121,7 +121,7 @@ __device__ __forceinline__ int64_t block_sum(int64_t value) {
 
 // Popcount of the mask (clearing the bits past the last element), one partial sum per block in
 // scratch[1 ..]; the last block to finish (counted in scratch[0], zeroed by the seed kernel) adds
-// the partials and writes scale = numel / (eps + kept), as keep_scale does on the host.
+// the partials and writes the scale (keep_scale).
 __global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ mask, int64_t words,
                                                          int64_t total_bits, int64_t* scratch,
                                                          int64_t multiplier, int64_t numel, double eps,
@@ -158,8 +158,7 @@ __global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ 
   }
   kept = block_sum(kept);
   if (threadIdx.x == 0) {
-    kept *= multiplier;
-    *scale = numel == 0 ? 1.0 : static_cast<double>(numel) / (eps + static_cast<double>(kept));
+    *scale = keep_scale(numel, kept * multiplier, eps);
   }
 }
 
