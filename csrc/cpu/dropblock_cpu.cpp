@@ -14,6 +14,7 @@
 
 #include "../mask_logic.h"
 #include "../mask_params.h"
+#include "../memory_layout.h"
 
 namespace dropblock {
 namespace {
@@ -358,22 +359,6 @@ struct PlaneLayout {
   bool row_major;
 };
 
-// Whether t is dense with the channels innermost: (N, *spatial, C) in memory, as
-// torch.channels_last and channels_last_3d lay tensors out.
-bool is_channels_last_dense(const at::Tensor& t) {
-  if (t.size(1) != 1 && t.stride(1) != 1) {
-    return false;
-  }
-  int64_t expected = t.size(1);
-  for (int64_t d = t.dim() - 1; d >= 2; --d) {
-    if (t.size(d) != 1 && t.stride(d) != expected) {
-      return false;
-    }
-    expected *= t.size(d);
-  }
-  return t.size(0) == 1 || t.stride(0) == expected;
-}
-
 // dst[c] = bit `shift` of keep[c] ? src[c] * scale : 0, for c < n. Typed stores and plain
 // arguments (no captured references), so that the compiler vectorises it.
 template <typename scalar_t, typename acc_t>
@@ -480,7 +465,8 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
       });
       return;
     }
-    if (is_channels_last_dense(input) && is_channels_last_dense(output)) {
+    if (is_channels_innermost(static_cast<int>(input.dim()), input.sizes().data(), input.strides().data()) &&
+        is_channels_innermost(static_cast<int>(output.dim()), output.sizes().data(), output.strides().data())) {
       apply_channels_last<scalar_t, acc_t>(in, out, N, C, S, bits, shared_channels, s);
       return;
     }

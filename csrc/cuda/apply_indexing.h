@@ -6,6 +6,7 @@
 #include <c10/macros/Macros.h>
 
 #include "../mask_logic.h"
+#include "../memory_layout.h"
 
 namespace dropblock {
 namespace cuda {
@@ -81,17 +82,6 @@ DROPBLOCK_UNROLL
   }
 }
 
-inline bool is_row_major(int dim, const int64_t* sizes, const int64_t* strides) {
-  int64_t expected = 1;
-  for (int d = dim - 1; d >= 0; --d) {
-    if (sizes[d] != 1 && strides[d] != expected) {
-      return false;
-    }
-    expected *= sizes[d];
-  }
-  return true;
-}
-
 // The strided kernel's parameters: dims visited by decreasing output stride (stable, so ties
 // keep the logical order); mask bits at the logical row-major index, channel stride 0 when shared.
 template <typename index_t>
@@ -150,21 +140,6 @@ constexpr int kTilePositions = 64;
 constexpr int kTileChannels = 256;  // 2 KB of keep words; late ResNet stages still get 1000+ blocks
 // Below this many channels a tile is too small to pay for its set-up: the strided kernel is used.
 constexpr int64_t kTileMinChannels = 16;
-
-// Whether a tensor of `sizes` with `strides` is dense with the channels innermost.
-inline bool is_channels_innermost(int dim, const int64_t* sizes, const int64_t* strides) {
-  if (sizes[1] != 1 && strides[1] != 1) {
-    return false;
-  }
-  int64_t expected = sizes[1];
-  for (int d = dim - 1; d >= 2; --d) {
-    if (sizes[d] != 1 && strides[d] != expected) {
-      return false;
-    }
-    expected *= sizes[d];
-  }
-  return sizes[0] == 1 || strides[0] == expected;
-}
 
 struct ChannelsLastGrid {
   int64_t C;
