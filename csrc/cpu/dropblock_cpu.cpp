@@ -257,12 +257,12 @@ template <> struct LaneType<8> { using type = uint64_t; };
 constexpr int kNarrowBatch = 64;
 
 // dst[j] = src[j] * scale for j < n contiguous 16-bit elements, then ANDed with lanes[j] (all ones
-// keeps, zero drops) when lanes is given. dst may be src.
-template <typename half_t>
+// keeps, zero drops) when kMasked. dst may be src.
+template <bool kMasked, typename half_t>
 inline void scale_narrow_loop(const half_t* src, half_t* dst, int64_t n, float scale, const uint32_t* lanes) {
   for (int64_t j = 0; j < n; ++j) {
     float v = static_cast<float>(src[j]) * scale;
-    if (lanes != nullptr) {
+    if constexpr (kMasked) {
       uint32_t v_bits;
       std::memcpy(&v_bits, &v, sizeof(v_bits));
       v_bits &= lanes[j];
@@ -272,22 +272,25 @@ inline void scale_narrow_loop(const half_t* src, half_t* dst, int64_t n, float s
   }
 }
 
+// The same, masked where lanes is given; one loop each way, so both vectorise.
+template <typename half_t>
+inline void scale_narrow(const half_t* src, half_t* dst, int64_t n, float scale, const uint32_t* lanes) {
+  if (lanes == nullptr) {
+    scale_narrow_loop<false>(src, dst, n, scale, lanes);
+  } else {
+    scale_narrow_loop<true>(src, dst, n, scale, lanes);
+  }
+}
+
+// The vectorised clones (target_clones takes functions, not templates).
 DROPBLOCK_VECTOR_CLONES
 void scale_narrow_run(const c10::Half* src, c10::Half* dst, int64_t n, float scale, const uint32_t* lanes) {
-  if (lanes == nullptr) {
-    scale_narrow_loop(src, dst, n, scale, nullptr);
-  } else {
-    scale_narrow_loop(src, dst, n, scale, lanes);
-  }
+  scale_narrow(src, dst, n, scale, lanes);
 }
 
 DROPBLOCK_VECTOR_CLONES
 void scale_narrow_run(const c10::BFloat16* src, c10::BFloat16* dst, int64_t n, float scale, const uint32_t* lanes) {
-  if (lanes == nullptr) {
-    scale_narrow_loop(src, dst, n, scale, nullptr);
-  } else {
-    scale_narrow_loop(src, dst, n, scale, lanes);
-  }
+  scale_narrow(src, dst, n, scale, lanes);
 }
 
 // dst[j] = src[j] * scale for a contiguous run of n elements, all kept.
