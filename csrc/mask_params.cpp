@@ -48,7 +48,8 @@ double gamma_factor(const MaskGeometry& g) {
   return factor;
 }
 
-void check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p, double eps) {
+std::optional<double> check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
+                                      double eps) {
   TORCH_CHECK_VALUE(eps >= 0.0, "eps: expected a non-negative number, got ", eps);
   TORCH_CHECK_VALUE(seed.dim() == 0 && seed.scalar_type() == at::kLong &&
                         (seed.device() == input.device() || seed.device().is_cpu()),
@@ -58,10 +59,12 @@ void check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::
                         (p.device() == input.device() || p.device().is_cpu()),
                     "p: expected a 0-dim float64 tensor on the CPU or on the input's device (", input.device(),
                     "), got ", p.scalar_type(), " of shape ", p.sizes(), " on ", p.device());
-  if (p.device().is_cpu()) {
-    const double value = p.item<double>();
-    TORCH_CHECK_VALUE(value >= 0.0 && value <= 1.0, "p: drop probability has to be between 0 and 1, got ", value);
+  if (!p.device().is_cpu()) {
+    return std::nullopt;
   }
+  const double value = p.item<double>();
+  TORCH_CHECK_VALUE(value >= 0.0 && value <= 1.0, "p: drop probability has to be between 0 and 1, got ", value);
+  return value;
 }
 
 int64_t packed_mask_bytes(const MaskGeometry& g) {

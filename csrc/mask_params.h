@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <optional>
+
 #include "mask_logic.h"
 
 namespace dropblock {
@@ -16,8 +18,10 @@ MaskGeometry make_mask_geometry(const at::Tensor& input, c10::IntArrayRef block_
 double gamma_factor(const MaskGeometry& geometry);
 
 // Checks drop_block_mask's scalar arguments. `seed` and `p` may sit on the CPU whatever the
-// input's device (a CUDA kernel then takes them by value); a p on the CPU is range-checked here.
-void check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p, double eps);
+// input's device (a CUDA kernel then takes them by value). Returns p's value, checked to lie in
+// [0, 1], when p is on the CPU (read once, here); nothing for a p on a device.
+std::optional<double> check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
+                                      double eps);
 
 // Bytes of the packed keep mask: one bit per (plane, spatial position), whole 64-bit words.
 int64_t packed_mask_bytes(const MaskGeometry& geometry);

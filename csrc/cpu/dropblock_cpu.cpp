@@ -196,9 +196,9 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, 
                                                        c10::IntArrayRef block_size, double eps,
                                                        bool shared_channels) {
   const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
-  check_mask_args(input, seed, p, eps);
+  const double drop_probability = *check_mask_args(input, seed, p, eps);  // the input's device is the CPU
   const PhiloxKey key = make_key(static_cast<uint64_t>(seed.item<int64_t>()));
-  const SeedThreshold threshold = make_seed_threshold(p.item<double>(), gamma_factor(g));
+  const SeedThreshold threshold = make_seed_threshold(drop_probability, gamma_factor(g));
 
   at::Tensor mask = at::empty({packed_mask_bytes(g)}, input.options().dtype(at::kByte));
   uint64_t* words = reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>());

@@ -18,14 +18,6 @@
 namespace dropblock {
 namespace {
 
-template <typename T>
-cuda::ScalarArg<T> scalar_arg(const at::Tensor& t) {
-  if (t.is_cpu()) {
-    return {nullptr, t.item<T>()};
-  }
-  return {t.const_data_ptr<T>(), T()};
-}
-
 std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
                                                         c10::IntArrayRef block_size, double eps,
                                                         bool shared_channels) {
@@ -33,11 +25,16 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
   // A p on the device stays there (no sync, no range check): the kernel turns it into the seed
   // threshold; p < 0 or NaN seeds nowhere, and gamma = min(p * gamma_factor, 1) caps the rest. A
   // seed or p on the host is read here and passed by value.
-  check_mask_args(input, seed, p, eps);
+  const std::optional<double> host_p = check_mask_args(input, seed, p, eps);
+  const cuda::ScalarArg<double> p_arg =
+      host_p ? cuda::ScalarArg<double>{nullptr, *host_p} : cuda::ScalarArg<double>{p.const_data_ptr<double>(), 0.0};
+  const cuda::ScalarArg<int64_t> seed_arg = seed.is_cpu()
+                                                ? cuda::ScalarArg<int64_t>{nullptr, seed.item<int64_t>()}
+                                                : cuda::ScalarArg<int64_t>{seed.const_data_ptr<int64_t>(), 0};
   const c10::cuda::CUDAGuard guard(input.device());
   if (seed.is_cpu() && c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
     TORCH_WARN("drop_block_mask: a seed on the host is captured by value, so every replay of this CUDA graph "
-                    "drops the same blocks; draw it with the input device's generator for fresh masks per replay");
+               "drops the same blocks; draw it with the input device's generator for fresh masks per replay");
   }
 
   const int64_t bytes = packed_mask_bytes(g);
@@ -50,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
   const int64_t words = bytes / 8;
   at::Tensor scratch = at::empty({cuda::mask_count_scratch_elements(words)}, input.options().dtype(at::kLong));
   const int64_t multiplier = shared_channels ? input.size(1) : 1;
-  C10_CUDA_CHECK(cuda::launch_mask(g, scalar_arg<double>(p), gamma_factor(g), scalar_arg<int64_t>(seed),
+  C10_CUDA_CHECK(cuda::launch_mask(g, p_arg, gamma_factor(g), seed_arg,
                                     reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>()), words, multiplier,
                                     input.numel(), eps, scale.data_ptr<double>(), scratch.data_ptr<int64_t>(),
                                     c10::cuda::getCurrentCUDAStream()));
