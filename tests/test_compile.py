@@ -13,11 +13,7 @@ import dropblock_cuda
 from dropblock_cuda import DropBlock2d, LinearScheduler
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 class TwoDropBlocks(nn.Module):

@@ -155,13 +155,6 @@ def test_autocast_cpu_float16_trains():
 # --- CUDA graphs and torch.compile on CUDA (need a GPU) ---------------------------------------
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _cuda_model(p=0.2):
     """A small CNN on the GPU, and the list its DropBlock layer appends its outputs to."""
     torch.manual_seed(0)
