@@ -1,13 +1,16 @@
 """GPU timing of the DropBlock ops against a device-to-device copy (the bandwidth floor).
 
-    python benchmarks/gpu_bench.py [--out DIR] [--batch 128] [--quick]
+    python -m benchmarks.gpu_bench [--out DIR] [--batch 128] [--quick] [--compile {default,static,off}]
 
 ResNet-50 stage shapes (256x56x56, 512x28x28, 1024x14x14, 2048x7x7) at batch 128, float32 and
 bfloat16, p=0.1, block 7, one mask per channel. For each: forward (drop_block2d: seed draw + mask
 + apply), eagerly and replayed from a CUDA graph, the mask alone, backward (= drop_block_apply on
 a gradient, also on channels_last memory), forward+backward through autograd, a device-to-device
 copy of the input, and torchvision.ops.drop_block2d when it is importable; the ratios to the
-copy; the bytes autograd saves per input element; and the host time of an eager call. CUDA
+copy; forward+backward of torch.compile of the corrected article reference
+(benchmarks/reference_dropblock.py), compiled outside the timing; the bytes autograd saves per
+input element; the issue's performance targets, each marked met or not; and the host time of an
+eager call. CUDA
 events around batches of calls, median over repeats after warm-up, inputs rotated so that the
 working set exceeds the L2 cache. Writes gpu_bench.json and gpu_bench.md into --out; prints a
 summary last.
@@ -37,6 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="batch 8 and fewer repeats (smoke test)")
     parser.add_argument("--no-torchvision", action="store_true")
+    parser.add_argument("--compile", choices=("default", "static", "off"), default="default",
+                        help="torch.compile of the reference: torch.compile's defaults (dynamic shapes from the "
+                             "second shape on: least compile time), static shapes (one compile per case), or off")
     return parser.parse_args(argv)
 
 
@@ -119,7 +125,23 @@ def saved_bytes_per_element(fn, x):
     return sum(seen.values()) / x.numel()
 
 
-def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes):
+def compiled_reference(mode):
+    """torch.compile of the corrected article reference (None when mode is "off")."""
+    if mode == "off":
+        return None
+    import torch._dynamo.config as dynamo_config
+
+    from benchmarks.reference_dropblock import drop_block2d_reference
+
+    # One compiled function for all cases: the default recompiles for a new dtype and then
+    # compiles dynamic shapes; "static" compiles every case (more than the default limit of 8).
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    if hasattr(dynamo_config, name):
+        setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+    return torch.compile(drop_block2d_reference, dynamic=False if mode == "static" else None)
+
+
+def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled=None):
     numel = math.prod(shape)
     bytes_per_tensor = numel * torch.tensor([], dtype=dtype).element_size()
     # Enough distinct inputs that one pass over them exceeds the L2 cache three times over.
@@ -171,15 +193,75 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes)
         result["torchvision_saved_bytes_per_element"] = saved_bytes_per_element(
             lambda x: tv_drop_block2d(x, P, BLOCK), xs[0]
         )
+    if compiled is not None:
+        def compiled_fwd_bwd(i):
+            y = compiled(leaves[i], P, BLOCK, EPS)
+            torch.autograd.grad(y, leaves[i], grads[i % 2])
+
+        try:
+            started = time.perf_counter()
+            compiled_fwd_bwd(0)  # compiles forward and backward (or reuses a dynamic-shape compile)
+            torch.cuda.synchronize()
+            result["compiled_first_call_s"] = time.perf_counter() - started
+            result["compiled_fwd_bwd_ms"] = time_op(compiled_fwd_bwd, buffers, **timing)
+        except Exception as exc:  # report, and keep the other numbers
+            result["compiled_error"] = repr(exc)[:300]
     copy = result["copy_ms"]
-    for key in ("forward", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward", "torchvision_fwd_bwd"):
+    for key in ("forward", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward", "torchvision_fwd_bwd",
+                "compiled_fwd_bwd"):
         if f"{key}_ms" in result:
             result[f"{key}_over_copy"] = result[f"{key}_ms"] / copy
+    for peer in ("torchvision_fwd_bwd", "compiled_fwd_bwd"):
+        if f"{peer}_ms" in result:
+            result[f"{peer}_speedup"] = result[f"{peer}_ms"] / result["fwd_bwd_ms"]
     # Effective bandwidth of the copy: read + write.
     result["copy_gbps"] = 2 * bytes_per_tensor / (copy * 1e-3) / 1e9
     del xs, outs, masks, leaves, grads
     torch.cuda.empty_cache()
     return result
+
+
+# (header, result key, format) of the table's columns.
+COLUMNS = [
+    ("copy", "copy_ms", "{:.3f}"),
+    ("fwd", "forward_ms", "{:.3f}"),
+    ("fwd/copy", "forward_over_copy", "{:.2f}"),
+    ("fwd graph", "forward_graph_ms", "{:.3f}"),
+    ("graph/copy", "forward_graph_over_copy", "{:.2f}"),
+    ("mask", "mask_ms", "{:.3f}"),
+    ("bwd", "backward_ms", "{:.3f}"),
+    ("bwd/copy", "backward_over_copy", "{:.2f}"),
+    ("cl bwd/copy", "channels_last_backward_over_copy", "{:.2f}"),
+    ("fwd+bwd", "fwd_bwd_ms", "{:.3f}"),
+    ("tv fwd", "torchvision_forward_ms", "{:.3f}"),
+    ("tv fwd+bwd", "torchvision_fwd_bwd_ms", "{:.3f}"),
+    ("compiled fwd+bwd", "compiled_fwd_bwd_ms", "{:.3f}"),
+    ("x tv", "torchvision_fwd_bwd_speedup", "{:.1f}"),
+    ("x compiled", "compiled_fwd_bwd_speedup", "{:.2f}"),
+    ("saved B/el", "saved_bytes_per_element", "{:.3f}"),
+    ("tv saved B/el", "torchvision_saved_bytes_per_element", "{:.3f}"),
+]
+
+# The issue's targets: (name, result key, test of the value).
+TARGETS = [
+    ("forward <= 1.5x copy", "forward_over_copy", lambda v, r: v <= 1.5),
+    ("backward <= 1.25x copy", "backward_over_copy", lambda v, r: v <= 1.25),
+    ("fwd+bwd >= 5x torchvision", "torchvision_fwd_bwd_speedup", lambda v, r: v >= 5.0),
+    ("fwd+bwd faster than compiled reference", "compiled_fwd_bwd_speedup", lambda v, r: v > 1.0),
+    # One bit per element, plus the 8-byte scale.
+    ("saved <= 1/8 byte per element", "saved_bytes_per_element", lambda v, r: v <= 0.125 + 8.0 / r["numel"] + 1e-12),
+]
+
+
+def target_verdicts(results):
+    """Per target: how many cases were measured, how many met it, and the worst value."""
+    verdicts = []
+    for name, key, met in TARGETS:
+        measured = [r for r in results if key in r]
+        failed = [r for r in measured if not met(r[key], r)]
+        verdicts.append({"target": name, "key": key, "measured": len(measured), "met": len(measured) - len(failed),
+                         "failed_cases": ["{} {}".format("x".join(map(str, r["shape"])), r["dtype"]) for r in failed]})
+    return verdicts
 
 
 def markdown(results, device_name):
@@ -188,38 +270,34 @@ def markdown(results, device_name):
         "",
         f"p={P}, block {BLOCK}, per-channel masks; times are medians in ms; ratios are over a device-to-device copy.",
         "fwd graph: the forward replayed from a CUDA graph (GPU time without host launch overhead);"
-        " cl bwd: drop_block_apply on channels_last memory, over a copy of that memory.",
+        " cl bwd: drop_block_apply on channels_last memory, over a copy of that memory;"
+        " x tv / x compiled: how many times faster our forward+backward is than torchvision's and than"
+        " torch.compile of the corrected article reference.",
         "",
-        "| shape | dtype | copy | fwd | fwd/copy | fwd graph | graph/copy | mask | bwd | bwd/copy | cl bwd/copy"
-        " | fwd+bwd | tv fwd | tv fwd+bwd | saved B/el | tv saved B/el |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | dtype | " + " | ".join(header for header, _, _ in COLUMNS) + " |",
+        "|" + "---|" * (len(COLUMNS) + 2),
     ]
-
-    def f(r, key, fmt="{:.3f}"):
-        return fmt.format(r[key]) if key in r else "-"
-
     for r in results:
-        lines.append(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-                "x".join(map(str, r["shape"])),
-                r["dtype"],
-                f(r, "copy_ms"),
-                f(r, "forward_ms"),
-                f(r, "forward_over_copy", "{:.2f}"),
-                f(r, "forward_graph_ms"),
-                f(r, "forward_graph_over_copy", "{:.2f}"),
-                f(r, "mask_ms"),
-                f(r, "backward_ms"),
-                f(r, "backward_over_copy", "{:.2f}"),
-                f(r, "channels_last_backward_over_copy", "{:.2f}"),
-                f(r, "fwd_bwd_ms"),
-                f(r, "torchvision_forward_ms"),
-                f(r, "torchvision_fwd_bwd_ms"),
-                f(r, "saved_bytes_per_element", "{:.3f}"),
-                f(r, "torchvision_saved_bytes_per_element", "{:.3f}"),
-            )
-        )
+        cells = [fmt.format(r[key]) if key in r else "-" for _, key, fmt in COLUMNS]
+        lines.append("| {} | {} | {} |".format("x".join(map(str, r["shape"])), r["dtype"], " | ".join(cells)))
+    lines += ["", "| target | met | failed cases |", "|---|---|---|"]
+    for v in target_verdicts(results):
+        met = f"{v['met']} of {v['measured']}" if v["measured"] else "not measured"
+        lines.append(f"| {v['target']} | {met} | {', '.join(v['failed_cases']) or '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def write_results(out, meta, results, device_name):
+    """Writes gpu_bench.json and gpu_bench.md into `out`; returns the markdown."""
+    meta = dict(meta, targets=target_verdicts(results))
+    with open(os.path.join(out, "gpu_bench.json"), "w") as fh:
+        json.dump({"meta": meta, "results": results}, fh, indent=2)
+    table = markdown(results, device_name)
+    table += "\nHost time per eager call on a 1x1x8x8 tensor (us): " + ", ".join(
+        f"{k} {v:.1f}" for k, v in meta["host_overhead"].items()) + "\n"
+    with open(os.path.join(out, "gpu_bench.md"), "w") as fh:
+        fh.write(table)
+    return table
 
 
 def host_overhead(drop_block2d):
@@ -251,6 +329,7 @@ def main(argv=None):
             from torchvision.ops import drop_block2d as tv_drop_block2d
         except Exception as exc:  # torchvision missing or built for another torch
             print(f"gpu_bench: torchvision.ops.drop_block2d unavailable ({exc})", file=sys.stderr)
+    compiled = compiled_reference(args.compile)
     props = torch.cuda.get_device_properties(0)
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
     os.makedirs(args.out, exist_ok=True)
@@ -258,16 +337,6 @@ def main(argv=None):
     overhead = host_overhead(drop_block2d)
     print("gpu_bench: host time per eager call (1x1x8x8): " +
           ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()), flush=True)
-    results = []
-    for dtype_name, dtype in DTYPES.items():
-        for chw in SHAPES:
-            shape = (args.batch, *chw)
-            r = bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes)
-            results.append(r)
-            print(f"gpu_bench: {shape} {dtype_name}: copy {r['copy_ms']:.3f} ms, "
-                  f"forward {r['forward_ms']:.3f} ms ({r['forward_over_copy']:.2f}x; "
-                  f"graph {r.get('forward_graph_over_copy', float('nan')):.2f}x), "
-                  f"backward {r['backward_ms']:.3f} ms ({r['backward_over_copy']:.2f}x)", flush=True)
     meta = {
         "device": props.name,
         "torch": torch.__version__,
@@ -278,16 +347,24 @@ def main(argv=None):
         "block_size": BLOCK,
         "shared_channels": False,
         "host_overhead": overhead,
-        "seconds": time.time() - started,
+        "compile": args.compile,
         "args": vars(args),
     }
-    with open(os.path.join(args.out, "gpu_bench.json"), "w") as fh:
-        json.dump({"meta": meta, "results": results}, fh, indent=2)
-    table = markdown(results, props.name)
-    table += "\nHost time per eager call on a 1x1x8x8 tensor (us): " + ", ".join(
-        f"{k} {v:.1f}" for k, v in overhead.items()) + "\n"
-    with open(os.path.join(args.out, "gpu_bench.md"), "w") as fh:
-        fh.write(table)
+    results = []
+    for dtype_name, dtype in DTYPES.items():
+        for chw in SHAPES:
+            shape = (args.batch, *chw)
+            r = bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled)
+            results.append(r)
+            print(f"gpu_bench: {shape} {dtype_name}: copy {r['copy_ms']:.3f} ms, "
+                  f"forward {r['forward_ms']:.3f} ms ({r['forward_over_copy']:.2f}x; "
+                  f"graph {r.get('forward_graph_over_copy', float('nan')):.2f}x), "
+                  f"backward {r['backward_ms']:.3f} ms ({r['backward_over_copy']:.2f}x), "
+                  f"fwd+bwd {r['fwd_bwd_ms']:.3f} ms (x{r.get('compiled_fwd_bwd_speedup', float('nan')):.2f} "
+                  f"over compiled)", flush=True)
+            # Written after every case, so that a run cut short by its time limit still leaves its numbers.
+            meta["seconds"] = time.time() - started
+            table = write_results(args.out, meta, results, props.name)
     print()
     print(table)
     return 0

@@ -200,7 +200,7 @@ def test_gpu_bench_table_and_saved_bytes_without_a_gpu():
     saved = gpu_bench.saved_bytes_per_element(lambda t: dropblock_cuda.drop_block2d(t, 0.1, 7), x)
     assert saved == pytest.approx(1 / 8 + 8 / x.numel())
 
-    full = {"shape": [128, 256, 56, 56], "dtype": "float32", "copy_ms": 0.5, "forward_ms": 0.6,
+    full = {"shape": [128, 256, 56, 56], "dtype": "float32", "numel": 128 * 256 * 56 * 56, "copy_ms": 0.5, "forward_ms": 0.6,
             "forward_over_copy": 1.2, "forward_graph_ms": 0.55, "forward_graph_over_copy": 1.1, "mask_ms": 0.05,
             "backward_ms": 0.52, "backward_over_copy": 1.04, "channels_last_backward_over_copy": 1.3,
             "fwd_bwd_ms": 1.2, "saved_bytes_per_element": 0.125}
@@ -211,3 +211,28 @@ def test_gpu_bench_table_and_saved_bytes_without_a_gpu():
     header = next(line for line in table.splitlines() if line.startswith("| shape"))
     assert len(rows) == 2 and all(row.count("|") == header.count("|") for row in rows)
     assert "| 0.550 | 1.10 |" in rows[0] and "| - | - |" in rows[1] and "| 1.04 | 1.30 |" in rows[0]
+
+
+def test_gpu_bench_target_verdicts():
+    from benchmarks import gpu_bench
+
+    numel = 128 * 256 * 56 * 56
+    good = {"shape": [128, 256, 56, 56], "dtype": "float32", "numel": numel, "forward_over_copy": 1.5,
+            "backward_over_copy": 1.2, "torchvision_fwd_bwd_speedup": 6.0, "compiled_fwd_bwd_speedup": 1.3,
+            "saved_bytes_per_element": 0.125 + 8 / numel}
+    bad = dict(good, shape=[128, 2048, 7, 7], dtype="bfloat16", forward_over_copy=1.51, compiled_fwd_bwd_speedup=0.9,
+               saved_bytes_per_element=0.126)
+    del bad["torchvision_fwd_bwd_speedup"]  # torchvision not measured for this case
+    verdicts = {v["key"]: v for v in gpu_bench.target_verdicts([good, bad])}
+    assert len(verdicts) == 5
+    assert verdicts["forward_over_copy"]["met"] == 1 and verdicts["forward_over_copy"]["measured"] == 2
+    assert verdicts["forward_over_copy"]["failed_cases"] == ["128x2048x7x7 bfloat16"]
+    assert verdicts["backward_over_copy"]["met"] == 2
+    assert verdicts["torchvision_fwd_bwd_speedup"]["measured"] == 1 and verdicts["torchvision_fwd_bwd_speedup"]["met"] == 1
+    assert verdicts["compiled_fwd_bwd_speedup"]["met"] == 1
+    assert verdicts["saved_bytes_per_element"]["met"] == 1
+    table = gpu_bench.markdown([good, bad], "Test GPU")
+    assert "| forward <= 1.5x copy | 1 of 2 | 128x2048x7x7 bfloat16 |" in table
+    assert "| backward <= 1.25x copy | 2 of 2 | - |" in table
+    assert "| fwd+bwd >= 5x torchvision | 1 of 1 | - |" in table
+    assert "not measured" in gpu_bench.markdown([{"shape": [1, 1, 1, 1], "dtype": "float32", "numel": 1}], "GPU")
