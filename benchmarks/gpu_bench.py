@@ -4,7 +4,8 @@
 
 ResNet-50 stage shapes (256x56x56, 512x28x28, 1024x14x14, 2048x7x7) at batch 128, float32 and
 bfloat16, p=0.1, block 7, one mask per channel. For each: forward (drop_block2d: seed draw + mask
-+ apply), eagerly and replayed from a CUDA graph, the mask alone, backward (= drop_block_apply on
++ apply), eagerly and replayed from a CUDA graph, the mask alone, the mask and the forward with
+the other mask path forced (scatter), backward (= drop_block_apply on
 a gradient, also on channels_last memory), forward+backward through autograd, a device-to-device
 copy of the input, and torchvision.ops.drop_block2d when it is importable; the ratios to the
 copy; forward+backward of torch.compile of the corrected article reference
@@ -17,6 +18,7 @@ summary last.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -125,6 +127,20 @@ def saved_bytes_per_element(fn, x):
     return sum(seen.values()) / x.numel()
 
 
+@contextlib.contextmanager
+def mask_kernel(name):
+    """Forces the CUDA mask path (DROPBLOCK_CUDA_MASK_KERNEL, read by the extension on every call)."""
+    previous = os.environ.get("DROPBLOCK_CUDA_MASK_KERNEL")
+    os.environ["DROPBLOCK_CUDA_MASK_KERNEL"] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["DROPBLOCK_CUDA_MASK_KERNEL"]
+        else:
+            os.environ["DROPBLOCK_CUDA_MASK_KERNEL"] = previous
+
+
 def compiled_reference(mode):
     """torch.compile of the corrected article reference (None when mode is "off")."""
     if mode == "off":
@@ -159,6 +175,11 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
     result["forward_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, **timing)
     result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, p, [BLOCK, BLOCK], EPS, False), buffers,
                                 **timing)
+    # The other mask path (the shapes here take the window kernel): the same mask, its cost.
+    with mask_kernel("scatter"):
+        result["mask_scatter_ms"] = time_op(
+            lambda i: ops.drop_block_mask(xs[i], seed, p, [BLOCK, BLOCK], EPS, False), buffers, **timing)
+        result["forward_scatter_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, **timing)
     try:
         result["forward_graph_ms"] = time_graph(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, args.repeats)
     except Exception as exc:  # report, and keep the eager numbers
@@ -229,6 +250,8 @@ COLUMNS = [
     ("fwd graph", "forward_graph_ms", "{:.3f}"),
     ("graph/copy", "forward_graph_over_copy", "{:.2f}"),
     ("mask", "mask_ms", "{:.3f}"),
+    ("mask scatter", "mask_scatter_ms", "{:.3f}"),
+    ("fwd scatter", "forward_scatter_ms", "{:.3f}"),
     ("bwd", "backward_ms", "{:.3f}"),
     ("bwd/copy", "backward_over_copy", "{:.2f}"),
     ("cl bwd/copy", "channels_last_backward_over_copy", "{:.2f}"),
@@ -270,6 +293,8 @@ def markdown(results, device_name):
         "",
         f"p={P}, block {BLOCK}, per-channel masks; times are medians in ms; ratios are over a device-to-device copy.",
         "fwd graph: the forward replayed from a CUDA graph (GPU time without host launch overhead);"
+        " mask scatter / fwd scatter: the mask and the eager forward with the scatter mask kernels forced"
+        " (DROPBLOCK_CUDA_MASK_KERNEL=scatter; these shapes take the window kernel by default);"
         " cl bwd: drop_block_apply on channels_last memory, over a copy of that memory;"
         " x tv / x compiled: how many times faster our forward+backward is than torchvision's and than"
         " torch.compile of the corrected article reference.",

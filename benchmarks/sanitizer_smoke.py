@@ -2,19 +2,21 @@
 
     compute-sanitizer --tool memcheck python benchmarks/sanitizer_smoke.py
 
-Covers the mask kernels (1d/2d/3d, per-channel and shared, wide blocks, ragged word tails, a
-count over several blocks, keys on the device and on the host) and the apply kernels (every
+Covers the mask kernels (both paths, window and scatter; 1d/2d/3d, per-channel and shared, wide
+blocks, ragged word tails, a count over several blocks, keys on the device and on the host) and the apply kernels (every
 dtype, contiguous with each vector width, channels_last tiles, strided, in place).
-Exits non-zero when a result differs from the CPU kernels.
+Exits non-zero when a result differs from the CPU kernels. `--device cpu` runs the same on the
+CPU kernels (a dry run of the script itself, done by tests/test_benchmark.py).
 """
 
+import os
 import sys
 
 import torch
 
 
-def main():
-    if not torch.cuda.is_available():
+def main(device="cuda"):
+    if device == "cuda" and not torch.cuda.is_available():
         print("sanitizer_smoke: no CUDA device", file=sys.stderr)
         return 2
     import dropblock_cuda
@@ -23,7 +25,9 @@ def main():
     fns = {1: dropblock_cuda.drop_block1d, 2: dropblock_cuda.drop_block2d, 3: dropblock_cuda.drop_block3d}
     cases = [((2, 3, 37), (5,)), ((2, 3, 130), (60,)), ((2, 3, 13, 11), (3, 3)), ((2, 3, 5, 6, 7), (2, 3, 3)),
              # channels-last tiles (16+ channels, more than one channel tile, 3-d), several count blocks
-             ((2, 20, 70), (5,)), ((1, 300, 5, 13), (3, 3)), ((2, 16, 3, 5, 7), (2, 2, 2)), ((4, 64, 40, 40), (7, 7))]
+             ((2, 20, 70), (5,)), ((1, 300, 5, 13), (3, 3)), ((2, 16, 3, 5, 7), (2, 2, 2)), ((4, 64, 40, 40), (7, 7)),
+             # blocks that reach back further than a mask window: the scatter kernels by default
+             ((1, 2, 40, 300), (30, 3))]
     channels_last = {3: lambda t: t.transpose(1, 2).contiguous().transpose(1, 2),
                      4: lambda t: t.contiguous(memory_format=torch.channels_last),
                      5: lambda t: t.contiguous(memory_format=torch.channels_last_3d)}
@@ -32,20 +36,24 @@ def main():
         for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             for shared in (False, True):
                 x_cpu = torch.randn(shape, dtype=torch.float64).to(dtype)
-                x = x_cpu.cuda().requires_grad_()
+                x = x_cpu.to(device).requires_grad_()
                 y = fns[len(block)](x, 0.3, block, shared_channels=shared)
                 y.backward(torch.ones_like(y))
                 # A key from a CPU generator reaches the kernels by value.
                 fns[len(block)](x.detach(), 0.3, block, shared_channels=shared, generator=torch.Generator().manual_seed(5))
                 seed = 1234
                 m_cpu, s_cpu = ops.drop_block_mask(x_cpu, torch.tensor(seed), torch.tensor(0.3, dtype=torch.float64, device=x_cpu.device), list(block), 1e-6, shared)
-                seed_gpu = torch.tensor(seed, device="cuda")
-                m, s = ops.drop_block_mask(x.detach(), seed_gpu, torch.tensor(0.3, dtype=torch.float64, device=x.detach().device), list(block), 1e-6, shared)
-                failures += not torch.equal(m.cpu(), m_cpu)
+                seed_gpu = torch.tensor(seed, device=device)
+                p_gpu = torch.tensor(0.3, dtype=torch.float64, device=device)
+                for kernel in ("scatter", "window"):  # both mask paths (the last one's mask is used below)
+                    os.environ["DROPBLOCK_CUDA_MASK_KERNEL"] = kernel
+                    m, s = ops.drop_block_mask(x.detach(), seed_gpu, p_gpu, list(block), 1e-6, shared)
+                    failures += not torch.equal(m.cpu(), m_cpu)
+                del os.environ["DROPBLOCK_CUDA_MASK_KERNEL"]
                 expected = ops.drop_block_apply(x_cpu, m_cpu, s_cpu, shared)
                 views = [x.detach(), x.detach().transpose(-1, 0).contiguous().transpose(-1, 0)]
                 views.append(channels_last[len(shape)](x.detach()))
-                views.append(torch.empty(x.numel() + 1, dtype=dtype, device="cuda")[1:].view(shape).copy_(x.detach()))
+                views.append(torch.empty(x.numel() + 1, dtype=dtype, device=device)[1:].view(shape).copy_(x.detach()))
                 for v in views:
                     failures += not torch.equal(ops.drop_block_apply(v, m, s, shared).cpu(), expected)
                     w = v.clone()
@@ -54,13 +62,15 @@ def main():
     # Zero-size inputs.
     for shape in ((0, 3, 4, 4), (2, 0, 4, 4)):
         for shared in (False, True):
-            x = torch.empty(shape, device="cuda")
-            m, s = ops.drop_block_mask(x, torch.tensor(1, device="cuda"), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 3], 1e-6, shared)
+            x = torch.empty(shape, device=device)
+            m, s = ops.drop_block_mask(x, torch.tensor(1, device=device), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 3], 1e-6, shared)
             ops.drop_block_apply(x, m, s, shared)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     print(f"sanitizer_smoke: {'OK' if failures == 0 else f'{failures} mismatches'}")
     return 0 if failures == 0 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # --device cpu: the same script on the CPU kernels (a dry run of its Python, for CI).
+    sys.exit(main(sys.argv[2] if sys.argv[1:2] == ["--device"] else "cuda"))

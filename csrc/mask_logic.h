@@ -100,7 +100,7 @@ struct SeedThreshold {
 
 // T = round(gamma * 2^32) with gamma = min(p * gamma_factor, 1), where gamma_factor =
 // prod(S / (b * (S - b + 1))) comes from the geometry (see mask_params.h). Computed on the host
-// for CPU tensors and in the seed kernel for CUDA tensors (which may read p from device memory,
+// for CPU tensors and in the mask kernels for CUDA tensors (which may read p from device memory,
 // so that a scheduled p neither syncs nor recompiles). IEEE double arithmetic makes both the same.
 C10_HOST_DEVICE inline SeedThreshold make_seed_threshold(double p, double gamma_factor) {
   double gamma = p * gamma_factor;
@@ -230,7 +230,7 @@ C10_HOST_DEVICE inline void atomic_and_word(uint64_t* word, uint64_t bits) {
 }
 
 // Clears bits through 64-bit atomicAnd / __atomic_fetch_and: for workers whose blocks may
-// overlap anywhere (the CUDA seed kernel).
+// overlap anywhere (the CUDA scatter seed kernel; the window kernel clears its shared-memory copy).
 struct AtomicClear {
   uint64_t* words;
   C10_HOST_DEVICE void operator()(int64_t w, uint64_t bits) const {
@@ -422,7 +422,7 @@ C10_HOST_DEVICE inline int64_t block_reach(const SeedGrid& s) {
 }
 
 // scale = numel / (eps + kept), with the kept count over the whole tensor (1 for an empty one):
-// computed on the host for CPU tensors and by the CUDA count kernel, the same IEEE double steps.
+// computed on the host for CPU tensors and by the CUDA mask kernels, the same IEEE double steps.
 C10_HOST_DEVICE inline double keep_scale(int64_t numel, int64_t kept, double eps) {
   return numel == 0 ? 1.0 : static_cast<double>(numel) / (eps + static_cast<double>(kept));
 }

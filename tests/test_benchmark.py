@@ -5,6 +5,7 @@ No timing assertions: these only check that the machinery runs and writes valid 
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -236,3 +237,13 @@ def test_gpu_bench_target_verdicts():
     assert "| backward <= 1.25x copy | 2 of 2 | - |" in table
     assert "| fwd+bwd >= 5x torchvision | 1 of 1 | - |" in table
     assert "not measured" in gpu_bench.markdown([{"shape": [1, 1, 1, 1], "dtype": "float32", "numel": 1}], "GPU")
+
+
+def test_sanitizer_smoke_script_runs_on_the_cpu_kernels(capsys):
+    # A dry run of the script gpu_check.sh runs under compute-sanitizer: its Python (every case,
+    # both mask paths' settings, the views) is exercised here; the comparison is CPU against CPU.
+    from benchmarks import sanitizer_smoke
+
+    assert sanitizer_smoke.main("cpu") == 0
+    assert "sanitizer_smoke: OK" in capsys.readouterr().out
+    assert "DROPBLOCK_CUDA_MASK_KERNEL" not in os.environ

@@ -65,6 +65,8 @@ MASK_CASES = [
     ((16, 256, 28, 28), (7, 7), 0.2),  # the count kernel spreads over many blocks (last one adds up)
     ((3, 7, 129, 131), (5, 5), 0.3),  # several count blocks and a partial last word
     ((1, 2, 7, 3, 70), (2, 3, 55), 0.6),
+    ((1, 2, 40, 300), (30, 3), 0.3),  # blocks reach further back than a window: the scatter kernels
+    ((1, 2, 16, 64, 64), (7, 7, 7), 0.3),  # the same in 3d
 ]
 
 
@@ -74,6 +76,22 @@ MASK_CASES = [
 def test_mask_bit_identical_to_cpu(shape, block, p, shared):
     for seed in (0, 1, -7, 2**62 + 12345):
         assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
+
+
+@requires_cuda
+@pytest.mark.parametrize("kernel", ["window", "scatter"])
+@pytest.mark.parametrize("shape,block,p", MASK_CASES)
+def test_both_mask_kernels_bit_identical_to_cpu(shape, block, p, kernel, monkeypatch):
+    monkeypatch.setenv("DROPBLOCK_CUDA_MASK_KERNEL", kernel)
+    for seed, shared in [(3, False), (-(2**40), True)]:
+        assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
+
+
+@requires_cuda
+def test_unknown_mask_kernel_is_refused(monkeypatch):
+    monkeypatch.setenv("DROPBLOCK_CUDA_MASK_KERNEL", "fast")
+    with pytest.raises(ValueError, match="DROPBLOCK_CUDA_MASK_KERNEL"):
+        cpu_and_cuda_masks((2, 3, 8, 8), (3, 3), 0.1, 0, False)
 
 
 @requires_cuda

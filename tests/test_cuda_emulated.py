@@ -66,8 +66,9 @@ def emulated(tmp_path_factory, ubsan_log):
     lib = ctypes.CDLL(str(lib_path))
     i64, dbl, ptr, i32 = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
     lib.emulated_scratch_elements.argtypes, lib.emulated_scratch_elements.restype = [i64], i64
-    lib.emulated_mask.argtypes = [ptr, dbl, i32, dbl, i64, i32, ptr, i64, i64, i64, dbl, ptr, ptr]
+    lib.emulated_mask.argtypes = [ptr, dbl, i32, dbl, i64, i32, ptr, i64, i64, i64, dbl, ptr, ptr, i32]
     lib.emulated_mask.restype = i32
+    lib.emulated_auto_mask_kernel.argtypes, lib.emulated_auto_mask_kernel.restype = [ptr], i32
     lib.emulated_apply.argtypes = [i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32]
     lib.emulated_apply.restype = None
     return lib
@@ -100,17 +101,29 @@ def _geometry(shape, block, shared):
     return planes, size, clamped, factor
 
 
-def emulated_mask(lib, shape, block, p, seed, shared, p_in_memory=False, seed_in_memory=False):
+# dropblock::cuda::MaskKernel
+MASK_KERNELS = {"auto": 0, "scatter": 1, "window": 2}
+
+
+def emulated_mask(lib, shape, block, p, seed, shared, p_in_memory=False, seed_in_memory=False, kernel="auto"):
     planes, size, clamped, factor = _geometry(shape, block, shared)
     words = (planes * math.prod(size) + 63) // 64
-    mask = torch.empty(words, dtype=torch.int64)
+    # Garbage where the kernels must write everything (the window path never fills the mask first).
+    mask = torch.full((words,), 0x5A5A5A5A5A5A5A5A, dtype=torch.int64)
     scale = torch.empty((), dtype=torch.float64)
-    scratch = torch.empty(lib.emulated_scratch_elements(words), dtype=torch.int64)
+    scratch = torch.full((lib.emulated_scratch_elements(words),), -3, dtype=torch.int64)
     geometry = (ctypes.c_int64 * 7)(planes, *size, *clamped)
     rc = lib.emulated_mask(geometry, p, int(p_in_memory), factor, seed, int(seed_in_memory), mask.data_ptr(), words,
-                           shape[1] if shared else 1, math.prod(shape), EPS, scale.data_ptr(), scratch.data_ptr())
+                           shape[1] if shared else 1, math.prod(shape), EPS, scale.data_ptr(), scratch.data_ptr(),
+                           MASK_KERNELS[kernel])
     assert rc == 0
     return mask.view(torch.uint8), scale
+
+
+def auto_mask_kernel(lib, shape, block, shared=False):
+    planes, size, clamped, _ = _geometry(shape, block, shared)
+    chosen = lib.emulated_auto_mask_kernel((ctypes.c_int64 * 7)(planes, *size, *clamped))
+    return {value: name for name, value in MASK_KERNELS.items()}[chosen]
 
 
 def emulated_apply(lib, x, mask, scale, shared, out=None):
@@ -137,29 +150,48 @@ MASK_CASES = [
     ((2, 3, 3001), (60,), 0.3),  # blocks wider than 48
     ((2, 2, 5, 300), (3, 100), 0.5),
     ((2, 3, 9, 10, 11), (3, 3, 3), 0.2),
-    ((3, 7, 129, 131), (5, 5), 0.3),  # three count blocks, a partial last word
+    ((3, 7, 129, 131), (5, 5), 0.3),  # three count blocks, 43 windows taken in turns, a partial last word
+    ((2, 8, 56, 56), (7, 7), 0.1),  # blocks across window edges, windows that start mid-plane
+    ((1, 2, 40, 300), (30, 3), 0.3),  # blocks reach back 8702 indices: further than a window
+    ((1, 1, 8, 8, 300), (4, 4, 3), 0.5),  # 3d, reach 2702
 ]
 
 
+@pytest.mark.parametrize("kernel", ["scatter", "window"])
 @pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
 @pytest.mark.parametrize("shape,block,p", MASK_CASES, ids=[str(case[0]) for case in MASK_CASES])
-def test_emulated_mask_kernels_give_the_cpu_mask(emulated, shape, block, p, shared):
+def test_emulated_mask_kernels_give_the_cpu_mask(emulated, shape, block, p, shared, kernel):
     for seed, in_memory in [(0, False), (-7, True), (2**62 + 12345, False)]:
-        mask, scale = emulated_mask(emulated, shape, block, p, seed, shared, in_memory, in_memory)
+        mask, scale = emulated_mask(emulated, shape, block, p, seed, shared, in_memory, in_memory, kernel=kernel)
         expected_mask, expected_scale = cpu_mask(shape, block, p, seed, shared)
         assert torch.equal(mask, expected_mask)
         assert scale.item() == expected_scale.item()
 
 
-def test_emulated_count_over_many_blocks_and_p_zero(emulated):
-    shape = (4, 64, 40, 40)  # 1600 words: 4 count blocks, a last block that adds them up
-    mask, scale = emulated_mask(emulated, shape, (7, 7), 0.2, 11, False)
+def test_emulated_auto_mask_kernel_is_the_window_unless_blocks_reach_further_back(emulated):
+    # block_reach = ((bd - 1) * H + bh - 1) * W + bw - 1 against a window of 128 * 64 = 8192 indices.
+    assert auto_mask_kernel(emulated, (128, 256, 56, 56), (7, 7)) == "window"  # reach 342
+    assert auto_mask_kernel(emulated, (2, 3, 3001), (60,)) == "window"
+    assert auto_mask_kernel(emulated, (1, 1, 8193), (8193,)) == "window"  # reach 8192: the limit
+    assert auto_mask_kernel(emulated, (1, 1, 8194), (8194,)) == "scatter"
+    assert auto_mask_kernel(emulated, (1, 2, 40, 300), (30, 3)) == "scatter"
+    assert auto_mask_kernel(emulated, (1, 1, 16, 32, 32), (7, 7, 7), shared=True) == "window"  # reach 6342
+    assert auto_mask_kernel(emulated, (1, 1, 16, 64, 64), (7, 7, 7)) == "scatter"  # reach 24966
+    mask, scale = emulated_mask(emulated, (2, 2, 9000), (8194,), 0.01, 5, False)  # auto, scatter
+    expected_mask, expected_scale = cpu_mask((2, 2, 9000), (8194,), 0.01, 5, False)
+    assert torch.equal(mask, expected_mask) and scale.item() == expected_scale.item()
+
+
+@pytest.mark.parametrize("kernel", ["scatter", "window"])
+def test_emulated_count_over_many_blocks_and_p_zero(emulated, kernel):
+    shape = (4, 64, 40, 40)  # 1600 words: 4 count blocks or 13 windows, a last block that adds them up
+    mask, scale = emulated_mask(emulated, shape, (7, 7), 0.2, 11, False, kernel=kernel)
     expected_mask, expected_scale = cpu_mask(shape, (7, 7), 0.2, 11, False)
     assert torch.equal(mask, expected_mask) and scale.item() == expected_scale.item()
-    # p = 0, or a NaN read from memory (a device p is not range-checked): the seed kernel returns
-    # at once (after zeroing the count) and nothing is dropped.
+    # p = 0, or a NaN read from memory (a device p is not range-checked): no block draws a seed
+    # and nothing is dropped (the count still runs: its counter must be zeroed all the same).
     for p, in_memory in [(0.0, False), (float("nan"), True)]:
-        mask, scale = emulated_mask(emulated, shape, (7, 7), p, 11, False, p_in_memory=in_memory)
+        mask, scale = emulated_mask(emulated, shape, (7, 7), p, 11, False, p_in_memory=in_memory, kernel=kernel)
         assert bool((mask.view(torch.int64) == -1).all())
         assert scale.item() == math.prod(shape) / (EPS + math.prod(shape))
 

@@ -1,15 +1,21 @@
 // CUDA kernels of the DropBlock ops. No ATen here (compile time, and the minimal toolkits that
 // lack cuBLAS headers): the glue in dropblock_cuda.cpp passes raw pointers and plain sizes.
 //
-// Mask (the same bits as the CPU kernel, by the law in mask_logic.h):
-//   1. the packed mask is set to all ones (cudaMemsetAsync);
-//   2. seed kernel: one thread per Philox group of 16 logical indices (grid-stride past 2^28
-//      groups) draws the group's seed bits (seed_bits_of_group), keeps the seeds where a block
-//      fits (seeds_where_blocks_fit) and clears their blocks with 64-bit atomicAnd
-//      (clear_blocks): the very functions the CPU kernel runs, from mask_logic.h. Seeds are rare (gamma ~ p / b^d), so nearly all the work
-//      is one Philox call per 16 elements: the minimum the law allows;
-//   3. count kernel: popcount of every word (and zeroing of the bits past the last element),
-//      one partial sum per block; the last block to finish sums them and writes the scale.
+// Mask (the same bits as the CPU kernel, by the law in mask_logic.h), by one of two paths:
+//   window (the usual one, when a block reaches back at most kWindowBits logical indices): one
+//     kernel. A CUDA block owns a window of kWindowWords mask words in shared memory: it draws the
+//     seed bits of the window and of the `block_reach` indices before it (whose blocks may reach
+//     into it), clears their blocks inside the window, writes the words once and counts them. The
+//     mask is written once, with no global atomics and no fill; only the count's finished-block
+//     counter is zeroed first (cudaMemsetAsync of 8 bytes);
+//   scatter (blocks that reach further back, e.g. large 3d volumes, where the halo would dwarf the
+//     window): 1. the packed mask is set to all ones (cudaMemsetAsync); 2. seed kernel: one thread
+//     per Philox group of 16 logical indices clears the blocks of its seeds with 64-bit atomicAnd;
+//     3. count kernel: popcount of every word.
+//   Both use the very functions the CPU kernel runs (seed_bits_of_group, seeds_where_blocks_fit,
+//   clear_blocks) and end the same way: one partial sum per block; the last block to finish sums
+//   them and writes the scale. Seeds are rare (gamma ~ p / b^d), so nearly all the work is one
+//   Philox call per 16 elements: the minimum the law allows.
 // Nothing is read back to the host: a key or p on the device is read by the kernels and the
 // scale is written by them, so the ops are safe to capture in a CUDA graph. A key or p that
 // lives on the host is passed by value instead (no copy, no extra kernel).
@@ -41,13 +47,29 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 constexpr int64_t kCountBlocks = 1024;
 
-int64_t ceil_div(int64_t a, int64_t b) {
+// The window mask kernel: mask words per window (8192 logical indices: a block of threads draws
+// 2 Philox groups per thread and window, plus the halo), and its grid (about two waves of
+// resident blocks on an H100; more windows are taken in turns). The emulation build in tests
+// lowers the grid so that a few windows already need turns.
+constexpr int kWindowWords = 128;
+constexpr int64_t kWindowBits = int64_t(kWindowWords) * 64;
+#ifndef DROPBLOCK_WINDOW_BLOCKS
+#define DROPBLOCK_WINDOW_BLOCKS 2048
+#endif
+constexpr int64_t kWindowBlocks = DROPBLOCK_WINDOW_BLOCKS;
+
+C10_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
 int count_blocks(int64_t mask_words) {
   const int64_t blocks = ceil_div(mask_words, kThreads * 8);
   return static_cast<int>(blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks));
+}
+
+int window_blocks(int64_t mask_words) {
+  const int64_t blocks = ceil_div(mask_words, kWindowWords);
+  return static_cast<int>(blocks < 1 ? 1 : (blocks > kWindowBlocks ? kWindowBlocks : blocks));
 }
 
 // kernel<<<grid, threads, 0, stream>>>(args...), or its host emulation in tests
@@ -76,6 +98,7 @@ __device__ __forceinline__ T read(ScalarArg<T> arg) {
   return arg.device != nullptr ? *arg.device : arg.value;
 }
 
+// Scatter path, step 2 (after the fill): the blocks of every seed, cleared with global atomics.
 __global__ void __launch_bounds__(kThreads) seed_kernel(SeedGrid grid, double gamma_factor, ScalarArg<int64_t> seed,
                                                         ScalarArg<double> drop_probability,
                                                         uint64_t* __restrict__ mask,
@@ -119,23 +142,12 @@ __device__ __forceinline__ int64_t block_sum(int64_t value) {
   return value;  // valid in thread 0
 }
 
-// Popcount of the mask (clearing the bits past the last element), one partial sum per block in
-// scratch[1 ..]; the last block to finish (counted in scratch[0], zeroed by the seed kernel) adds
-// the partials and writes the scale (keep_scale).
-__global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ mask, int64_t words,
-                                                         int64_t total_bits, int64_t* scratch,
-                                                         int64_t multiplier, int64_t numel, double eps,
-                                                         double* __restrict__ scale) {
-  int64_t sum = 0;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < words; w += stride) {
-    uint64_t v = mask[w];
-    if (w == words - 1 && (total_bits & 63) != 0) {
-      v &= low_bits(total_bits & 63);
-      mask[w] = v;
-    }
-    sum += __popcll(v);
-  }
+// The end of both mask paths: `sum` is this thread's count of kept bits. One partial sum per
+// block goes to scratch[1 ..]; the last block to finish (counted in scratch[0], zeroed before the
+// kernel) adds the partials and writes the scale (keep_scale). Every thread of the block calls it,
+// last in the kernel.
+__device__ __forceinline__ void publish_count(int64_t sum, int64_t* scratch, int64_t multiplier, int64_t numel,
+                                              double eps, double* __restrict__ scale) {
   sum = block_sum(sum);
   volatile int64_t* partials = scratch + 1;
   __shared__ bool last_block;
@@ -160,6 +172,90 @@ __global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ 
   if (threadIdx.x == 0) {
     *scale = keep_scale(numel, kept * multiplier, eps);
   }
+}
+
+// Scatter path, step 3: popcount of the mask (clearing the bits past the last element).
+__global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ mask, int64_t words,
+                                                         int64_t total_bits, int64_t* scratch,
+                                                         int64_t multiplier, int64_t numel, double eps,
+                                                         double* __restrict__ scale) {
+  int64_t sum = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < words; w += stride) {
+    uint64_t v = mask[w];
+    if (w == words - 1 && (total_bits & 63) != 0) {
+      v &= low_bits(total_bits & 63);
+      mask[w] = v;
+    }
+    sum += __popcll(v);
+  }
+  publish_count(sum, scratch, multiplier, numel, eps, scale);
+}
+
+// Clears bits of one window of the mask held in shared memory; bits outside it belong to other
+// windows (their blocks draw the same seeds and clear them there).
+struct WindowClear {
+  uint64_t* window;
+  int64_t first_word;
+  __device__ void operator()(int64_t w, uint64_t bits) const {
+    const int64_t i = w - first_word;
+    if (bits != 0 && i >= 0 && i < kWindowWords) {
+      atomic_and_word(window + i, ~bits);  // blocks of two seeds may overlap: a shared-memory atomic
+    }
+  }
+};
+
+// Window path: the whole mask and its count in one kernel (see the top of this file).
+__global__ void __launch_bounds__(kThreads) window_mask_kernel(SeedGrid grid, double gamma_factor,
+                                                               ScalarArg<int64_t> seed,
+                                                               ScalarArg<double> drop_probability,
+                                                               uint64_t* __restrict__ mask, int64_t words,
+                                                               int64_t* scratch, int64_t multiplier, int64_t numel,
+                                                               double eps, double* __restrict__ scale) {
+  __shared__ uint64_t window[kWindowWords];
+  const SeedThreshold threshold = make_seed_threshold(read(drop_probability), gamma_factor);
+  const bool seeds = !never_seeds(threshold);
+  const PhiloxKey key = make_key(static_cast<uint64_t>(read(seed)));
+  const int64_t reach = block_reach(grid);
+  const int64_t windows = ceil_div(words, kWindowWords);
+  int64_t sum = 0;
+  for (int64_t win = blockIdx.x; win < windows; win += gridDim.x) {
+    const int64_t first_word = win * kWindowWords;
+    for (int i = threadIdx.x; i < kWindowWords; i += blockDim.x) {
+      window[i] = ~uint64_t(0);
+    }
+    __syncthreads();
+    if (seeds) {
+      // Seeds from `reach` indices before the window to its end; groups of 16 that straddle
+      // either edge are drawn whole (clear_blocks writes nothing outside the window).
+      const int64_t first_bit = first_word * 64;
+      const int64_t end_bit = first_bit + kWindowBits < grid.total ? first_bit + kWindowBits : grid.total;
+      const int64_t first_group = (first_bit > reach ? first_bit - reach : 0) / 16;
+      const int64_t end_group = ceil_div(end_bit, 16);
+      const WindowClear clear{window, first_word};
+      for (int64_t k = first_group + threadIdx.x; k < end_group; k += blockDim.x) {
+        const uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, threshold);
+        if (bits != 0) {
+          clear_blocks(grid, static_cast<uint64_t>(k), seeds_where_blocks_fit(grid, static_cast<uint64_t>(k), bits),
+                       clear);
+        }
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < kWindowWords; i += blockDim.x) {
+      const int64_t w = first_word + i;
+      if (w < words) {
+        uint64_t v = window[i];
+        if (w == words - 1 && (grid.total & 63) != 0) {
+          v &= low_bits(grid.total & 63);
+        }
+        mask[w] = v;
+        sum += __popcll(v);
+      }
+    }
+    __syncthreads();  // every word is read before the next window overwrites them
+  }
+  publish_count(sum, scratch, multiplier, numel, eps, scale);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -388,13 +484,32 @@ void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64
 }  // namespace
 
 int64_t mask_count_scratch_elements(int64_t mask_words) {
-  return count_blocks(mask_words) + 1;
+  const int blocks = count_blocks(mask_words) > window_blocks(mask_words) ? count_blocks(mask_words)
+                                                                          : window_blocks(mask_words);
+  return blocks + 1;
+}
+
+MaskKernel choose_mask_kernel(const MaskGeometry& g, MaskKernel requested) {
+  if (requested != MaskKernel::kAuto) {
+    return requested;
+  }
+  return block_reach(make_seed_grid(g)) <= kWindowBits ? MaskKernel::kWindow : MaskKernel::kScatter;
 }
 
 cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probability, double gamma_factor,
                         ScalarArg<int64_t> seed, uint64_t* mask, int64_t mask_words, int64_t count_multiplier,
-                        int64_t numel, double eps, double* scale, int64_t* scratch, cudaStream_t stream) {
+                        int64_t numel, double eps, double* scale, int64_t* scratch, MaskKernel kernel,
+                        cudaStream_t stream) {
   const SeedGrid grid = make_seed_grid(g);
+  if (choose_mask_kernel(g, kernel) == MaskKernel::kWindow) {
+    const cudaError_t zero = cudaMemsetAsync(scratch, 0, sizeof(int64_t), stream);  // the finished-block counter
+    if (zero != cudaSuccess) {
+      return zero;
+    }
+    launch(window_mask_kernel, dim3(window_blocks(mask_words)), kThreads, stream, grid, gamma_factor, seed,
+           drop_probability, mask, mask_words, scratch, count_multiplier, numel, eps, scale);
+    return cudaSuccess;
+  }
   const cudaError_t fill = cudaMemsetAsync(mask, 0xFF, static_cast<size_t>(mask_words) * sizeof(uint64_t), stream);
   if (fill != cudaSuccess) {
     return fill;

@@ -2,6 +2,8 @@
 // (cuda_emulation.h), behind a C interface that tests/test_cuda_emulated.py calls through ctypes
 // with CPU tensors' memory. No GPU and no CUDA runtime library are involved.
 #define DROPBLOCK_CUDA_EMULATION
+// Few window blocks, so that small masks already take windows in turns.
+#define DROPBLOCK_WINDOW_BLOCKS 3
 #include "cuda_emulation.h"
 
 #include "cuda/dropblock_kernels.cu"
@@ -20,7 +22,7 @@ int64_t emulated_scratch_elements(int64_t mask_words) {
 // of by value.
 int emulated_mask(const int64_t* geometry, double p, int p_on_device, double gamma_factor, int64_t seed,
                   int seed_on_device, uint64_t* mask, int64_t mask_words, int64_t count_multiplier, int64_t numel,
-                  double eps, double* scale, int64_t* scratch) {
+                  double eps, double* scale, int64_t* scratch, int kernel) {
   MaskGeometry g{};
   g.planes = geometry[0];
   for (int d = 0; d < 3; ++d) {
@@ -30,7 +32,19 @@ int emulated_mask(const int64_t* geometry, double p, int p_on_device, double gam
   const ScalarArg<double> p_arg = p_on_device ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
   const ScalarArg<int64_t> seed_arg = seed_on_device ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
   return static_cast<int>(dropblock::cuda::launch_mask(g, p_arg, gamma_factor, seed_arg, mask, mask_words,
-                                                       count_multiplier, numel, eps, scale, scratch, nullptr));
+                                                       count_multiplier, numel, eps, scale, scratch,
+                                                       static_cast<dropblock::cuda::MaskKernel>(kernel), nullptr));
+}
+
+// The path kAuto takes (dropblock::cuda::MaskKernel) for this geometry.
+int emulated_auto_mask_kernel(const int64_t* geometry) {
+  MaskGeometry g{};
+  g.planes = geometry[0];
+  for (int d = 0; d < 3; ++d) {
+    g.size[d] = geometry[1 + d];
+    g.block[d] = geometry[4 + d];
+  }
+  return static_cast<int>(dropblock::cuda::choose_mask_kernel(g, dropblock::cuda::MaskKernel::kAuto));
 }
 
 // kind: 0 float, 1 double, 2 half, 3 bfloat16 (dropblock::cuda::ScalarKind).

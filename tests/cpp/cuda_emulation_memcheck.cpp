@@ -4,6 +4,7 @@
 // tests/test_cuda_emulated.py; this only exercises every launch path. Built and run by that test;
 // prints "ok" and exits 0 when nothing is reported.
 #define DROPBLOCK_CUDA_EMULATION
+#define DROPBLOCK_WINDOW_BLOCKS 3  // windows taken in turns from a few on
 #include "cuda_emulation.h"
 
 #include <cstdio>
@@ -39,11 +40,14 @@ void run_mask(const Sizes& sizes, int64_t block, bool shared) {
   std::vector<int64_t> scratch(dropblock::cuda::mask_count_scratch_elements(words));
   double scale = 0.0, p = 0.3;
   int64_t seed = 12345;
-  for (bool in_memory : {false, true}) {
-    const ScalarArg<double> p_arg = in_memory ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
-    const ScalarArg<int64_t> seed_arg = in_memory ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
-    dropblock::cuda::launch_mask(g, p_arg, 0.05, seed_arg, mask.data(), words, shared ? sizes[1] : 1, product(sizes),
-                                 1e-6, &scale, scratch.data(), nullptr);
+  for (auto kernel : {dropblock::cuda::MaskKernel::kScatter, dropblock::cuda::MaskKernel::kWindow}) {
+    for (bool in_memory : {false, true}) {
+      const ScalarArg<double> p_arg = in_memory ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
+      const ScalarArg<int64_t> seed_arg =
+          in_memory ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
+      dropblock::cuda::launch_mask(g, p_arg, 0.05, seed_arg, mask.data(), words, shared ? sizes[1] : 1,
+                                   product(sizes), 1e-6, &scale, scratch.data(), kernel, nullptr);
+    }
   }
 }
 
