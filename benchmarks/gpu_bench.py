@@ -129,16 +129,12 @@ def saved_bytes_per_element(fn, x):
 
 @contextlib.contextmanager
 def mask_kernel(name):
-    """Forces the CUDA mask path (DROPBLOCK_CUDA_MASK_KERNEL, read by the extension on every call)."""
-    previous = os.environ.get("DROPBLOCK_CUDA_MASK_KERNEL")
-    os.environ["DROPBLOCK_CUDA_MASK_KERNEL"] = name
+    """Forces one CUDA mask path ("window", "scatter"; "auto": the geometry decides) inside the block."""
+    previous = torch.ops.dropblock_cuda._set_cuda_mask_kernel(name)
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["DROPBLOCK_CUDA_MASK_KERNEL"]
-        else:
-            os.environ["DROPBLOCK_CUDA_MASK_KERNEL"] = previous
+        torch.ops.dropblock_cuda._set_cuda_mask_kernel(previous)
 
 
 def compiled_reference(mode):
@@ -294,7 +290,7 @@ def markdown(results, device_name):
         f"p={P}, block {BLOCK}, per-channel masks; times are medians in ms; ratios are over a device-to-device copy.",
         "fwd graph: the forward replayed from a CUDA graph (GPU time without host launch overhead);"
         " mask scatter / fwd scatter: the mask and the eager forward with the scatter mask kernels forced"
-        " (DROPBLOCK_CUDA_MASK_KERNEL=scatter; these shapes take the window kernel by default);"
+        " (these shapes take the window kernel by default);"
         " cl bwd: drop_block_apply on channels_last memory, over a copy of that memory;"
         " x tv / x compiled: how many times faster our forward+backward is than torchvision's and than"
         " torch.compile of the corrected article reference.",

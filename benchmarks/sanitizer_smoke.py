@@ -9,7 +9,6 @@ Exits non-zero when a result differs from the CPU kernels. `--device cpu` runs t
 CPU kernels (a dry run of the script itself, done by tests/test_benchmark.py).
 """
 
-import os
 import sys
 
 import torch
@@ -45,11 +44,10 @@ def main(device="cuda"):
                 m_cpu, s_cpu = ops.drop_block_mask(x_cpu, torch.tensor(seed), torch.tensor(0.3, dtype=torch.float64, device=x_cpu.device), list(block), 1e-6, shared)
                 seed_gpu = torch.tensor(seed, device=device)
                 p_gpu = torch.tensor(0.3, dtype=torch.float64, device=device)
-                for kernel in ("scatter", "window"):  # both mask paths (the last one's mask is used below)
-                    os.environ["DROPBLOCK_CUDA_MASK_KERNEL"] = kernel
+                for kernel in ("scatter", "window", "auto"):  # both mask paths; the default's mask is used below
+                    ops._set_cuda_mask_kernel(kernel)
                     m, s = ops.drop_block_mask(x.detach(), seed_gpu, p_gpu, list(block), 1e-6, shared)
                     failures += not torch.equal(m.cpu(), m_cpu)
-                del os.environ["DROPBLOCK_CUDA_MASK_KERNEL"]
                 expected = ops.drop_block_apply(x_cpu, m_cpu, s_cpu, shared)
                 views = [x.detach(), x.detach().transpose(-1, 0).contiguous().transpose(-1, 0)]
                 views.append(channels_last[len(shape)](x.detach()))

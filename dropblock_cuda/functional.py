@@ -11,6 +11,8 @@ BlockSize = Union[int, Sequence[int]]
 
 
 def _check_p(p, name: str = "p") -> float:
+    if type(p) is float and 0.0 <= p <= 1.0:  # the usual case, without the ABC checks below
+        return p
     # torch.compile passes a p that changes between calls as a SymFloat: keep it symbolic, so
     # that a scheduled p does not recompile the graph.
     if isinstance(p, bool) or not isinstance(p, (numbers.Real, torch.SymFloat)):
@@ -32,6 +34,8 @@ def _check_eps(eps) -> float:
 
 
 def _check_block_size(block_size, spatial_dims: int) -> Tuple[int, ...]:
+    if type(block_size) is int and block_size >= 1:  # the usual case, without the ABC checks below
+        return (block_size,) * spatial_dims
     sizes = (block_size,) * spatial_dims if isinstance(block_size, numbers.Integral) else block_size
     if isinstance(block_size, bool) or not isinstance(sizes, (tuple, list)):
         raise TypeError(f"block_size: expected an int or a tuple of {spatial_dims} ints, got {block_size!r}")

@@ -78,20 +78,20 @@ def test_mask_bit_identical_to_cpu(shape, block, p, shared):
         assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
 
 
+@pytest.fixture
+def mask_kernel():
+    """Sets the CUDA mask path for one test: mask_kernel("scatter"); the default comes back after."""
+    yield ops._set_cuda_mask_kernel
+    ops._set_cuda_mask_kernel("auto")
+
+
 @requires_cuda
 @pytest.mark.parametrize("kernel", ["window", "scatter"])
 @pytest.mark.parametrize("shape,block,p", MASK_CASES)
-def test_both_mask_kernels_bit_identical_to_cpu(shape, block, p, kernel, monkeypatch):
-    monkeypatch.setenv("DROPBLOCK_CUDA_MASK_KERNEL", kernel)
+def test_both_mask_kernels_bit_identical_to_cpu(shape, block, p, kernel, mask_kernel):
+    mask_kernel(kernel)
     for seed, shared in [(3, False), (-(2**40), True)]:
         assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
-
-
-@requires_cuda
-def test_unknown_mask_kernel_is_refused(monkeypatch):
-    monkeypatch.setenv("DROPBLOCK_CUDA_MASK_KERNEL", "fast")
-    with pytest.raises(ValueError, match="DROPBLOCK_CUDA_MASK_KERNEL"):
-        cpu_and_cuda_masks((2, 3, 8, 8), (3, 3), 0.1, 0, False)
 
 
 @requires_cuda

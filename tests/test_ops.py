@@ -1,5 +1,9 @@
 """The public API's contract: semantics, dtypes, layouts, autograd, saved state, op checks, errors."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -359,6 +363,34 @@ def test_cuda_version_is_none_or_the_cuda_of_torch():
         assert version is None  # setup.py falls back to the CPU ops
     else:  # None when no nvcc was found; else the toolkit torch was built with, up to the minor version
         assert version is None or (isinstance(version, int) and version // 1000 == int(torch.version.cuda.split(".")[0]))
+
+
+def test_cuda_mask_kernel_setting_is_checked_and_returns_the_previous_one():
+    # The private switch between the two CUDA mask paths is registered by every build (the CUDA
+    # tests check that both paths give the CPU mask).
+    assert ops._set_cuda_mask_kernel("scatter") == "auto"
+    try:
+        assert ops._set_cuda_mask_kernel("window") == "scatter"
+        with pytest.raises(ValueError, match="_set_cuda_mask_kernel: kernel: expected 'auto', 'window' or "
+                                             "'scatter', got 'fast'"):
+            ops._set_cuda_mask_kernel("fast")
+        assert ops._set_cuda_mask_kernel("window") == "window"  # a refused setting changes nothing
+    finally:
+        ops._set_cuda_mask_kernel("auto")
+
+
+@pytest.mark.parametrize("value,expected", [("scatter", "scatter"), ("", "auto"), ("fast", "ValueError")])
+def test_cuda_mask_kernel_environment_variable_is_read_once_and_checked(value, expected):
+    code = ("import torch, dropblock_cuda\n"
+            "try:\n"
+            "    print(torch.ops.dropblock_cuda._set_cuda_mask_kernel('auto'))\n"
+            "except ValueError as exc:\n"
+            "    print('ValueError', exc)\n")
+    env = dict(os.environ, DROPBLOCK_CUDA_MASK_KERNEL=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0].startswith(expected)
+    if expected == "ValueError":
+        assert "DROPBLOCK_CUDA_MASK_KERNEL: expected 'auto', 'window' or 'scatter', got 'fast'" in out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)

@@ -2,9 +2,6 @@
 // dropblock_kernels.cu. Nothing here waits for the device: a seed or p on the device is read by
 // the kernels (one on the host is passed by value) and the scale is written by them, so the ops
 // can be captured in a CUDA graph.
-#include <cstdlib>
-#include <cstring>
-
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -21,28 +18,11 @@
 namespace dropblock {
 namespace {
 
-// DROPBLOCK_CUDA_MASK_KERNEL=window|scatter forces one of the two mask paths (they give the same
-// mask; benchmarks compare their speed); unset or empty, the geometry decides. Read on every call,
-// so that one process can time both.
-cuda::MaskKernel requested_mask_kernel() {
-  const char* name = std::getenv("DROPBLOCK_CUDA_MASK_KERNEL");
-  if (name == nullptr || *name == '\0') {
-    return cuda::MaskKernel::kAuto;
-  }
-  if (std::strcmp(name, "window") == 0) {
-    return cuda::MaskKernel::kWindow;
-  }
-  if (std::strcmp(name, "scatter") == 0) {
-    return cuda::MaskKernel::kScatter;
-  }
-  TORCH_CHECK_VALUE(false, "DROPBLOCK_CUDA_MASK_KERNEL: expected 'window', 'scatter' or unset, got '", name, "'");
-}
-
 std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
                                                         c10::IntArrayRef block_size, double eps,
                                                         bool shared_channels) {
   const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
-  const cuda::MaskKernel kernel = requested_mask_kernel();
+  const CudaMaskKernel kernel = requested_cuda_mask_kernel();
   // A p on the device stays there (no sync, no range check): the kernel turns it into the seed
   // threshold; p < 0 or NaN seeds nowhere, and gamma = min(p * gamma_factor, 1) caps the rest. A
   // seed or p on the host is read here and passed by value.

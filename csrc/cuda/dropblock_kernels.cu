@@ -2,7 +2,7 @@
 // lack cuBLAS headers): the glue in dropblock_cuda.cpp passes raw pointers and plain sizes.
 //
 // Mask (the same bits as the CPU kernel, by the law in mask_logic.h), by one of two paths:
-//   window (the usual one, when a block reaches back at most kWindowBits logical indices): one
+//   window (the usual one, when a block reaches back at most kWindowMaxReach logical indices): one
 //     kernel. A CUDA block owns a window of kWindowWords mask words in shared memory: it draws the
 //     seed bits of the window and of the `block_reach` indices before it (whose blocks may reach
 //     into it), clears their blocks inside the window, writes the words once and counts them. The
@@ -26,6 +26,8 @@
 // channels or more; else one thread per element in the output's memory order.
 #include "dropblock_kernels.h"
 
+#include <atomic>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -47,16 +49,20 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 constexpr int64_t kCountBlocks = 1024;
 
-// The window mask kernel: mask words per window (8192 logical indices: a block of threads draws
-// 2 Philox groups per thread and window, plus the halo), and its grid (about two waves of
-// resident blocks on an H100; more windows are taken in turns). The emulation build in tests
-// lowers the grid so that a few windows already need turns.
+// The window mask kernel: mask words per window (8192 logical indices: 2 Philox groups per
+// thread and window, plus the halo). Its grid is the number of its blocks resident at once on the
+// device (each takes windows in turn), at most kWindowBlocks, which the emulation build in tests
+// lowers so that a few windows already need turns.
 constexpr int kWindowWords = 128;
 constexpr int64_t kWindowBits = int64_t(kWindowWords) * 64;
 #ifndef DROPBLOCK_WINDOW_BLOCKS
-#define DROPBLOCK_WINDOW_BLOCKS 2048
+#define DROPBLOCK_WINDOW_BLOCKS 4096
 #endif
 constexpr int64_t kWindowBlocks = DROPBLOCK_WINDOW_BLOCKS;
+static_assert(kWindowBlocks >= 1, "the window kernel needs a block");
+// kAuto takes the window kernel while the halo (blocks reaching back into a window) adds at most
+// a quarter to its Philox work: about what the scatter path's fill and count passes cost instead.
+constexpr int64_t kWindowMaxReach = kWindowBits / 4;
 
 C10_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
@@ -67,7 +73,8 @@ int count_blocks(int64_t mask_words) {
   return static_cast<int>(blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks));
 }
 
-int window_blocks(int64_t mask_words) {
+// The most blocks the window kernel may launch for this mask (its scratch is sized for them).
+int window_blocks_at_most(int64_t mask_words) {
   const int64_t blocks = ceil_div(mask_words, kWindowWords);
   return static_cast<int>(blocks < 1 ? 1 : (blocks > kWindowBlocks ? kWindowBlocks : blocks));
 }
@@ -192,15 +199,23 @@ __global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ 
   publish_count(sum, scratch, multiplier, numel, eps, scale);
 }
 
-// Clears bits of one window of the mask held in shared memory; bits outside it belong to other
-// windows (their blocks draw the same seeds and clear them there).
+// Clears bits of one window of the mask, held in shared memory as 32-bit halves of its words
+// (a 32-bit atomicAnd is a native shared-memory operation; a 64-bit one is a compare-and-swap
+// loop). Bits outside the window belong to other windows, whose blocks draw the same seeds.
 struct WindowClear {
-  uint64_t* window;
+  uint32_t* halves;  // 2 * kWindowWords: low half of word i at 2i, high half at 2i + 1
   int64_t first_word;
   __device__ void operator()(int64_t w, uint64_t bits) const {
     const int64_t i = w - first_word;
-    if (bits != 0 && i >= 0 && i < kWindowWords) {
-      atomic_and_word(window + i, ~bits);  // blocks of two seeds may overlap: a shared-memory atomic
+    if (i < 0 || i >= kWindowWords) {
+      return;
+    }
+    // Blocks of two seeds may overlap: atomics.
+    if (static_cast<uint32_t>(bits) != 0) {
+      atomicAnd(halves + 2 * i, ~static_cast<uint32_t>(bits));
+    }
+    if (static_cast<uint32_t>(bits >> 32) != 0) {
+      atomicAnd(halves + 2 * i + 1, ~static_cast<uint32_t>(bits >> 32));
     }
   }
 };
@@ -212,7 +227,7 @@ __global__ void __launch_bounds__(kThreads) window_mask_kernel(SeedGrid grid, do
                                                                uint64_t* __restrict__ mask, int64_t words,
                                                                int64_t* scratch, int64_t multiplier, int64_t numel,
                                                                double eps, double* __restrict__ scale) {
-  __shared__ uint64_t window[kWindowWords];
+  __shared__ uint32_t window[2 * kWindowWords];
   const SeedThreshold threshold = make_seed_threshold(read(drop_probability), gamma_factor);
   const bool seeds = !never_seeds(threshold);
   const PhiloxKey key = make_key(static_cast<uint64_t>(read(seed)));
@@ -221,13 +236,13 @@ __global__ void __launch_bounds__(kThreads) window_mask_kernel(SeedGrid grid, do
   int64_t sum = 0;
   for (int64_t win = blockIdx.x; win < windows; win += gridDim.x) {
     const int64_t first_word = win * kWindowWords;
-    for (int i = threadIdx.x; i < kWindowWords; i += blockDim.x) {
-      window[i] = ~uint64_t(0);
+    for (int i = threadIdx.x; i < 2 * kWindowWords; i += blockDim.x) {
+      window[i] = ~0u;
     }
     __syncthreads();
     if (seeds) {
       // Seeds from `reach` indices before the window to its end; groups of 16 that straddle
-      // either edge are drawn whole (clear_blocks writes nothing outside the window).
+      // either edge are drawn whole (WindowClear writes nothing outside the window).
       const int64_t first_bit = first_word * 64;
       const int64_t end_bit = first_bit + kWindowBits < grid.total ? first_bit + kWindowBits : grid.total;
       const int64_t first_group = (first_bit > reach ? first_bit - reach : 0) / 16;
@@ -245,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) window_mask_kernel(SeedGrid grid, do
     for (int i = threadIdx.x; i < kWindowWords; i += blockDim.x) {
       const int64_t w = first_word + i;
       if (w < words) {
-        uint64_t v = window[i];
+        uint64_t v = (static_cast<uint64_t>(window[2 * i + 1]) << 32) | window[2 * i];
         if (w == words - 1 && (grid.total & 63) != 0) {
           v &= low_bits(grid.total & 63);
         }
@@ -256,6 +271,36 @@ __global__ void __launch_bounds__(kThreads) window_mask_kernel(SeedGrid grid, do
     __syncthreads();  // every word is read before the next window overwrites them
   }
   publish_count(sum, scratch, multiplier, numel, eps, scale);
+}
+
+// The window kernel's grid: as many blocks as the device holds at once (so that every block takes
+// the same number of windows, give or take one), asked once per device; at most kWindowBlocks.
+int resident_window_blocks() {
+#ifdef DROPBLOCK_CUDA_EMULATION
+  return static_cast<int>(kWindowBlocks);
+#else
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices];  // 0: not asked yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+    (void)cudaGetLastError();  // leave no error for the launch check to report
+    return static_cast<int>(kWindowBlocks);
+  }
+  int blocks = cached[device].load(std::memory_order_relaxed);
+  if (blocks == 0) {
+    int sms = 0, per_sm = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, window_mask_kernel, kThreads, 0) == cudaSuccess &&
+        sms > 0 && per_sm > 0) {
+      blocks = sms * per_sm < kWindowBlocks ? sms * per_sm : static_cast<int>(kWindowBlocks);
+    } else {
+      (void)cudaGetLastError();
+      blocks = static_cast<int>(kWindowBlocks);
+    }
+    cached[device].store(blocks, std::memory_order_relaxed);
+  }
+  return blocks;
+#endif
 }
 
 // ------------------------------------------------------------------------------------------
@@ -484,29 +529,30 @@ void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64
 }  // namespace
 
 int64_t mask_count_scratch_elements(int64_t mask_words) {
-  const int blocks = count_blocks(mask_words) > window_blocks(mask_words) ? count_blocks(mask_words)
-                                                                          : window_blocks(mask_words);
+  const int blocks = count_blocks(mask_words) > window_blocks_at_most(mask_words) ? count_blocks(mask_words)
+                                                                                  : window_blocks_at_most(mask_words);
   return blocks + 1;
 }
 
-MaskKernel choose_mask_kernel(const MaskGeometry& g, MaskKernel requested) {
-  if (requested != MaskKernel::kAuto) {
+CudaMaskKernel choose_mask_kernel(const MaskGeometry& g, CudaMaskKernel requested) {
+  if (requested != CudaMaskKernel::kAuto) {
     return requested;
   }
-  return block_reach(make_seed_grid(g)) <= kWindowBits ? MaskKernel::kWindow : MaskKernel::kScatter;
+  return block_reach(make_seed_grid(g)) <= kWindowMaxReach ? CudaMaskKernel::kWindow : CudaMaskKernel::kScatter;
 }
 
 cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probability, double gamma_factor,
                         ScalarArg<int64_t> seed, uint64_t* mask, int64_t mask_words, int64_t count_multiplier,
-                        int64_t numel, double eps, double* scale, int64_t* scratch, MaskKernel kernel,
+                        int64_t numel, double eps, double* scale, int64_t* scratch, CudaMaskKernel kernel,
                         cudaStream_t stream) {
   const SeedGrid grid = make_seed_grid(g);
-  if (choose_mask_kernel(g, kernel) == MaskKernel::kWindow) {
+  if (choose_mask_kernel(g, kernel) == CudaMaskKernel::kWindow) {
     const cudaError_t zero = cudaMemsetAsync(scratch, 0, sizeof(int64_t), stream);  // the finished-block counter
     if (zero != cudaSuccess) {
       return zero;
     }
-    launch(window_mask_kernel, dim3(window_blocks(mask_words)), kThreads, stream, grid, gamma_factor, seed,
+    const int most = window_blocks_at_most(mask_words), resident = resident_window_blocks();
+    launch(window_mask_kernel, dim3(most < resident ? most : resident), kThreads, stream, grid, gamma_factor, seed,
            drop_probability, mask, mask_words, scratch, count_multiplier, numel, eps, scale);
     return cudaSuccess;
   }

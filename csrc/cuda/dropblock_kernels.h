@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include "../cuda_mask_kernel.h"
 #include "../mask_logic.h"
 #include "apply_indexing.h"
 
@@ -26,13 +27,9 @@ struct ScalarArg {
 // int64: the caller provides it.
 int64_t mask_count_scratch_elements(int64_t mask_words);
 
-// The two ways to the same mask (see dropblock_kernels.cu): one windowed kernel, or fill + scatter
-// of the blocks + count for blocks that reach too far back for a window. kAuto picks from the
-// geometry; the others force a path (tests and benchmarks compare them).
-enum class MaskKernel : int { kAuto = 0, kScatter = 1, kWindow = 2 };
-
-// The path kAuto takes for this geometry (any other request is returned as is).
-MaskKernel choose_mask_kernel(const MaskGeometry& geometry, MaskKernel requested);
+// The path that runs for this geometry: `requested`, or for kAuto the window kernel unless blocks
+// reach back too far for a window (see ../cuda_mask_kernel.h).
+CudaMaskKernel choose_mask_kernel(const MaskGeometry& geometry, CudaMaskKernel requested);
 
 // Fills the packed KEEP mask (`mask_words` 64-bit words, bit-identical to the CPU kernel) for the
 // key `seed` and drop probability `p`, then writes the float64 scale
@@ -41,7 +38,7 @@ MaskKernel choose_mask_kernel(const MaskGeometry& geometry, MaskKernel requested
 // Returns the error of the launch set-up (the kernels' own errors surface at the next check).
 cudaError_t launch_mask(const MaskGeometry& geometry, ScalarArg<double> p, double gamma_factor, ScalarArg<int64_t> seed,
                         uint64_t* mask, int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps,
-                        double* scale, int64_t* scratch, MaskKernel kernel, cudaStream_t stream);
+                        double* scale, int64_t* scratch, CudaMaskKernel kernel, cudaStream_t stream);
 
 enum class ScalarKind : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
 

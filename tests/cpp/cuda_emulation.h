@@ -60,6 +60,10 @@ inline int __popcll(unsigned long long x) {
   return __builtin_popcountll(x);
 }
 
+inline unsigned int atomicAnd(unsigned int* address, unsigned int value) {
+  return std::atomic_ref<unsigned int>(*address).fetch_and(value);
+}
+
 inline unsigned long long atomicAnd(unsigned long long* address, unsigned long long value) {
   return std::atomic_ref<unsigned long long>(*address).fetch_and(value);
 }

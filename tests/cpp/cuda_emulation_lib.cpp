@@ -33,10 +33,10 @@ int emulated_mask(const int64_t* geometry, double p, int p_on_device, double gam
   const ScalarArg<int64_t> seed_arg = seed_on_device ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
   return static_cast<int>(dropblock::cuda::launch_mask(g, p_arg, gamma_factor, seed_arg, mask, mask_words,
                                                        count_multiplier, numel, eps, scale, scratch,
-                                                       static_cast<dropblock::cuda::MaskKernel>(kernel), nullptr));
+                                                       static_cast<dropblock::CudaMaskKernel>(kernel), nullptr));
 }
 
-// The path kAuto takes (dropblock::cuda::MaskKernel) for this geometry.
+// The path kAuto takes (dropblock::CudaMaskKernel) for this geometry.
 int emulated_auto_mask_kernel(const int64_t* geometry) {
   MaskGeometry g{};
   g.planes = geometry[0];
@@ -44,7 +44,7 @@ int emulated_auto_mask_kernel(const int64_t* geometry) {
     g.size[d] = geometry[1 + d];
     g.block[d] = geometry[4 + d];
   }
-  return static_cast<int>(dropblock::cuda::choose_mask_kernel(g, dropblock::cuda::MaskKernel::kAuto));
+  return static_cast<int>(dropblock::cuda::choose_mask_kernel(g, dropblock::CudaMaskKernel::kAuto));
 }
 
 // kind: 0 float, 1 double, 2 half, 3 bfloat16 (dropblock::cuda::ScalarKind).

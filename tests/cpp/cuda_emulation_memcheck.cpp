@@ -40,7 +40,7 @@ void run_mask(const Sizes& sizes, int64_t block, bool shared) {
   std::vector<int64_t> scratch(dropblock::cuda::mask_count_scratch_elements(words));
   double scale = 0.0, p = 0.3;
   int64_t seed = 12345;
-  for (auto kernel : {dropblock::cuda::MaskKernel::kScatter, dropblock::cuda::MaskKernel::kWindow}) {
+  for (auto kernel : {dropblock::CudaMaskKernel::kScatter, dropblock::CudaMaskKernel::kWindow}) {
     for (bool in_memory : {false, true}) {
       const ScalarArg<double> p_arg = in_memory ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
       const ScalarArg<int64_t> seed_arg =
