@@ -32,6 +32,17 @@ EPS = 1e-6
 KINDS = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
+def _skip_without_cpp20(compiler, tmp_path):
+    """Skips when `compiler` lacks what the emulation needs (C++20 <barrier> and std::atomic_ref)."""
+    probe = tmp_path / "probe.cpp"
+    probe.write_text("#include <atomic>\n#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait();"
+                     " unsigned v = 1; std::atomic_ref<unsigned>(v).fetch_and(0u); return static_cast<int>(v); }\n")
+    check = subprocess.run([compiler, "-std=c++20", "-pthread", str(probe), "-o", str(tmp_path / "probe")],
+                           capture_output=True, text=True)
+    if check.returncode != 0:
+        pytest.skip(f"{compiler} lacks C++20 <barrier> / std::atomic_ref: {check.stderr[-300:]}")
+
+
 def _cuda_include():
     for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
         if home and (Path(home) / "include" / "cuda_fp16.h").exists():
@@ -50,6 +61,7 @@ def emulated(tmp_path_factory, ubsan_log):
     cuda_include = _cuda_include()
     if compiler is None or cuda_include is None:
         pytest.skip("needs a C++20 compiler and the CUDA headers")
+    _skip_without_cpp20(compiler, tmp_path_factory.mktemp("probe"))
     lib_path = tmp_path_factory.mktemp("emulated") / "libdropblock_emulated.so"
     command = [compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
                f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests' / 'cpp'}", *[f"-I{path}" for path in include_paths()],
@@ -246,6 +258,7 @@ def test_emulated_kernels_stay_inside_their_buffers(tmp_path):
     cuda_include = _cuda_include()
     if compiler is None or cuda_include is None:
         pytest.skip("needs a C++20 compiler and the CUDA headers")
+    _skip_without_cpp20(compiler, tmp_path)
     exe = tmp_path / "cuda_emulation_memcheck"
     command = [compiler, "-std=c++20", "-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
                "-fsanitize=address,undefined", "-fno-sanitize-recover=all", f"-I{ROOT / 'csrc'}",

@@ -380,14 +380,17 @@ def test_cuda_mask_kernel_setting_is_checked_and_returns_the_previous_one():
 
 
 @pytest.mark.parametrize("value,expected", [("scatter", "scatter"), ("", "auto"), ("fast", "ValueError")])
-def test_cuda_mask_kernel_environment_variable_is_read_once_and_checked(value, expected):
+def test_cuda_mask_kernel_environment_variable_is_read_once_and_checked(value, expected, tmp_path):
     code = ("import torch, dropblock_cuda\n"
             "try:\n"
             "    print(torch.ops.dropblock_cuda._set_cuda_mask_kernel('auto'))\n"
             "except ValueError as exc:\n"
             "    print('ValueError', exc)\n")
     env = dict(os.environ, DROPBLOCK_CUDA_MASK_KERNEL=value)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    # Run outside the source tree, so that the interpreter imports the installed package.
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
     assert out.splitlines()[0].startswith(expected)
     if expected == "ValueError":
         assert "DROPBLOCK_CUDA_MASK_KERNEL: expected 'auto', 'window' or 'scatter', got 'fast'" in out
