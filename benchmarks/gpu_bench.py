@@ -153,15 +153,15 @@ def compiled_reference(mode):
     return torch.compile(drop_block2d_reference, dynamic=False if mode == "static" else None)
 
 
-def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled=None):
+def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled=None, device="cuda"):
     numel = math.prod(shape)
     bytes_per_tensor = numel * torch.tensor([], dtype=dtype).element_size()
     # Enough distinct inputs that one pass over them exceeds the L2 cache three times over.
     buffers = max(2, math.ceil(3 * l2_bytes / bytes_per_tensor))
     buffers = min(buffers, 8)
-    xs = [torch.randn(shape, device="cuda", dtype=dtype) for _ in range(buffers)]
+    xs = [torch.randn(shape, device=device, dtype=dtype) for _ in range(buffers)]
     outs = [torch.empty_like(x) for x in xs]
-    seed = torch.tensor(12345, device="cuda")
+    seed = torch.tensor(12345, device=device)
     p = torch.tensor(P, dtype=torch.float64)  # on the host, as drop_block2d passes it eagerly
     masks = [ops.drop_block_mask(x, seed, p, [BLOCK, BLOCK], EPS, False) for x in xs]
     timing = dict(repeats=args.repeats, calls=args.calls, warmup=args.warmup)

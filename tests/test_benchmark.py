@@ -6,6 +6,7 @@ No timing assertions: these only check that the machinery runs and writes valid 
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,45 @@ def test_sanitizer_smoke_script_runs_on_the_cpu_kernels(capsys):
     assert sanitizer_smoke.main("cpu") == 0
     assert "sanitizer_smoke: OK" in capsys.readouterr().out
     assert torch.ops.dropblock_cuda._set_cuda_mask_kernel("auto") == "auto"  # the script restores the default
+
+
+class _HostEvent:
+    """torch.cuda.Event's timing interface on the host clock."""
+
+    def __init__(self, enable_timing=False):
+        self.time = None
+
+    def record(self):
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return (end.time - self.time) * 1e3
+
+
+def test_gpu_bench_case_runs_on_the_cpu_kernels(monkeypatch, fresh_dynamo):
+    # A dry run of the GPU benchmark's Python on CPU tensors, with host-clock events: every
+    # measurement of a case (both mask paths, channels_last, torchvision, the compiled reference)
+    # runs and lands in the table. The CUDA graph replay needs a GPU: its error is recorded instead.
+    from benchmarks import gpu_bench
+    from torchvision.ops import drop_block2d as tv_drop_block2d
+
+    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    args = gpu_bench.parse_args(["--repeats", "2", "--calls", "1", "--warmup", "1"])
+    result = gpu_bench.bench_case((2, 16, 14, 14), torch.float32, args, torch.ops.dropblock_cuda,
+                                  dropblock_cuda.drop_block2d, tv_drop_block2d, l2_bytes=2**20,
+                                  compiled=gpu_bench.compiled_reference("default"), device="cpu")
+    assert "forward_graph_error" in result and "compiled_error" not in result
+    for key in ("copy_ms", "forward_ms", "mask_ms", "mask_scatter_ms", "forward_scatter_ms", "backward_ms",
+                "channels_last_backward_over_copy", "fwd_bwd_ms", "torchvision_fwd_bwd_ms", "compiled_fwd_bwd_ms",
+                "torchvision_fwd_bwd_speedup", "compiled_fwd_bwd_speedup", "compiled_first_call_s"):
+        assert result[key] > 0, key
+    assert result["saved_bytes_per_element"] == pytest.approx(1 / 8 + 8 / result["numel"])
+    assert torch.ops.dropblock_cuda._set_cuda_mask_kernel("auto") == "auto"  # the scatter timing restored it
+    table = gpu_bench.markdown([result], "CPU dry run")
+    row = next(line for line in table.splitlines() if line.startswith("| 2x16x14x14"))
+    assert row.count(" - ") == 2  # only the graph replay's two cells are empty
