@@ -3,18 +3,20 @@
     python -m benchmarks.gpu_bench [--out DIR] [--batch 128] [--quick] [--compile {default,static,off}]
 
 ResNet-50 stage shapes (256x56x56, 512x28x28, 1024x14x14, 2048x7x7) at batch 128, float32 and
-bfloat16, p=0.1, block 7, one mask per channel. For each: forward (drop_block2d: seed draw + mask
-+ apply), eagerly and replayed from a CUDA graph, the mask alone, the mask and the forward with
-the other mask path forced (scatter), backward (= drop_block_apply on
-a gradient, also on channels_last memory), forward+backward through autograd, a device-to-device
-copy of the input, and torchvision.ops.drop_block2d when it is importable; the ratios to the
-copy; forward+backward of torch.compile of the corrected article reference
-(benchmarks/reference_dropblock.py), compiled outside the timing; the bytes autograd saves per
-input element; the issue's performance targets, each marked met or not; and the host time of an
-eager call. CUDA
-events around batches of calls, median over repeats after warm-up, inputs rotated so that the
-working set exceeds the L2 cache. Writes gpu_bench.json and gpu_bench.md into --out; prints a
-summary last.
+bfloat16, p=0.1, block 7, one mask per channel. For each case:
+  * forward (drop_block2d: key draw + mask + apply), eagerly and replayed from a CUDA graph; the
+    mask alone; the mask and the forward with the other mask path (scatter) forced;
+  * backward (= drop_block_apply on a gradient, also on channels_last memory) and
+    forward+backward through autograd;
+  * the device time of each kernel of a forward and of a forward+backward (profiler);
+  * a device-to-device copy of the input (the floor), and the ratios to it;
+  * torchvision.ops.drop_block2d when it is importable, and forward+backward of torch.compile of
+    the corrected article reference (benchmarks/reference_dropblock.py), compiled outside timing;
+  * the bytes autograd saves per input element;
+then the issue's performance targets, each marked met or not, and the host time of an eager call.
+CUDA events around batches of calls, median over repeats after warm-up, inputs rotated so that
+the working set exceeds the L2 cache. Writes gpu_bench.json and gpu_bench.md into --out (after
+every case); prints a summary last.
 """
 
 import argparse
@@ -110,6 +112,50 @@ def host_microseconds_per_call(fn, calls=50, repeats=7):
         samples.append((time.perf_counter() - start) / calls * 1e6)
         torch.cuda.synchronize()
     return statistics.median(samples)
+
+
+def short_kernel_name(name):
+    """A profiler kernel name without namespaces, template or function arguments:
+    'void dropblock::cuda::(anonymous namespace)::apply_contiguous_kernel<float, 4, false>(...)' ->
+    'apply_contiguous_kernel'; 'Memcpy DtoD (Device -> Device)' -> 'Memcpy DtoD'."""
+    kept, depth = [], 0
+    for ch in name.replace("(anonymous namespace)", ""):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            kept.append(ch)
+    head = "".join(kept).split("(")[0].strip()
+    if "::" in head:
+        head = head.split("::")[-1]
+    elif head.startswith("void "):
+        head = head[len("void "):]
+    return head.strip() or name
+
+
+def kernel_microseconds(fn, buffers, calls=5):
+    """Device microseconds per call of fn(i), per kernel (memsets and copies included), from the
+    profiler: where a forward's time goes (the key draw, the mask, the apply pass)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for i in range(buffers):
+        fn(i)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(calls):
+            fn(i % buffers)
+        torch.cuda.synchronize()
+    times = {}
+    for event in prof.key_averages():
+        total = getattr(event, "self_device_time_total", None)
+        if total is None:  # older torch
+            total = getattr(event, "self_cuda_time_total", 0)
+        if event.device_type == DeviceType.CUDA and total > 0:
+            name = short_kernel_name(event.key)
+            times[name] = times.get(name, 0.0) + total / calls
+    return dict(sorted(times.items(), key=lambda item: -item[1]))
 
 
 def saved_bytes_per_element(fn, x):
@@ -223,6 +269,12 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
             result["compiled_fwd_bwd_ms"] = time_op(compiled_fwd_bwd, buffers, **timing)
         except Exception as exc:  # report, and keep the other numbers
             result["compiled_error"] = repr(exc)[:300]
+    # Where the time goes, per kernel.
+    for name, fn in (("forward", lambda i: drop_block2d(xs[i], P, BLOCK)), ("fwd_bwd", ours_fwd_bwd)):
+        try:
+            result[f"{name}_kernels_us"] = kernel_microseconds(fn, buffers)
+        except Exception as exc:  # report, and keep the other numbers
+            result[f"{name}_kernels_error"] = repr(exc)[:300]
     copy = result["copy_ms"]
     for key in ("forward", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward", "torchvision_fwd_bwd",
                 "compiled_fwd_bwd"):
@@ -301,6 +353,14 @@ def markdown(results, device_name):
     for r in results:
         cells = [fmt.format(r[key]) if key in r else "-" for _, key, fmt in COLUMNS]
         lines.append("| {} | {} | {} |".format("x".join(map(str, r["shape"])), r["dtype"], " | ".join(cells)))
+    lines += ["", "Device time per call by kernel (us, from the profiler):", "", "| shape | dtype | pass | kernels |",
+              "|---|---|---|---|"]
+    for r in results:
+        for name in ("forward", "fwd_bwd"):
+            kernels = r.get(f"{name}_kernels_us")
+            if kernels:
+                cells = ", ".join(f"{kernel} {us:.1f}" for kernel, us in kernels.items())
+                lines.append("| {} | {} | {} | {} |".format("x".join(map(str, r["shape"])), r["dtype"], name, cells))
     lines += ["", "| target | met | failed cases |", "|---|---|---|"]
     for v in target_verdicts(results):
         met = f"{v['met']} of {v['measured']}" if v["measured"] else "not measured"

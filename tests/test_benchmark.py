@@ -289,3 +289,23 @@ def test_gpu_bench_case_runs_on_the_cpu_kernels(monkeypatch, fresh_dynamo):
     table = gpu_bench.markdown([result], "CPU dry run")
     row = next(line for line in table.splitlines() if line.startswith("| 2x16x14x14"))
     assert row.count(" - ") == 2  # only the graph replay's two cells are empty
+
+
+def test_gpu_bench_kernel_names_and_breakdown_table():
+    from benchmarks import gpu_bench
+
+    name = gpu_bench.short_kernel_name
+    assert name("void dropblock::cuda::(anonymous namespace)::apply_contiguous_kernel<float, 4, false>"
+                "(float const*, float*, long, unsigned long const*, double const*, "
+                "dropblock::cuda::SharedMaskBits)") == "apply_contiguous_kernel"
+    assert name("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<long>, "
+                "std::array<char*, 1ul> >(int, at::native::FillFunctor<long>, std::array<char*, 1ul>)") == \
+        "vectorized_elementwise_kernel"
+    assert name("Memset (Device)") == "Memset"
+    assert name("Memcpy DtoD (Device -> Device)") == "Memcpy DtoD"
+    assert name("void plain_kernel<8>(int)") == "plain_kernel"
+    result = {"shape": [128, 2048, 7, 7], "dtype": "bfloat16", "numel": 128 * 2048 * 49,
+              "forward_kernels_us": {"apply_contiguous_kernel": 17.25, "window_mask_kernel": 4.5, "Memset": 1.0}}
+    table = gpu_bench.markdown([result], "GPU")
+    assert "| 128x2048x7x7 | bfloat16 | forward | apply_contiguous_kernel 17.2, window_mask_kernel 4.5, Memset 1.0 |" \
+        in table
