@@ -309,3 +309,30 @@ def test_gpu_bench_kernel_names_and_breakdown_table():
     table = gpu_bench.markdown([result], "GPU")
     assert "| 128x2048x7x7 | bfloat16 | forward | apply_contiguous_kernel 17.2, window_mask_kernel 4.5, Memset 1.0 |" \
         in table
+
+
+def test_gpu_bench_main_writes_its_files(monkeypatch, tmp_path, capsys):
+    # The script's driver (cases, JSON and markdown after every case, the printed table) on CPU
+    # tensors: the GPU-only parts (device properties, host overhead) are stood in for.
+    import functools
+    import types
+
+    from benchmarks import gpu_bench
+
+    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: types.SimpleNamespace(name="CPU dry run", L2_cache_size=2**16))
+    monkeypatch.setattr(gpu_bench, "host_overhead", lambda fn: {"forward_us": 1.0})
+    monkeypatch.setattr(gpu_bench, "SHAPES", [(16, 9, 9), (8, 7, 7)])
+    monkeypatch.setattr(gpu_bench, "bench_case", functools.partial(gpu_bench.bench_case, device="cpu"))
+    assert gpu_bench.main(["--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--calls", "1",
+                           "--compile", "off", "--no-torchvision"]) == 0
+    data = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert [r["shape"] for r in data["results"]] == [[2, 16, 9, 9], [2, 8, 7, 7]] * 2
+    assert data["meta"]["device"] == "CPU dry run" and len(data["meta"]["targets"]) == 5
+    table = (tmp_path / "gpu_bench.md").read_text()
+    assert table.count("| 2x8x7x7 | bfloat16 |") == 1 and "forward_us 1.0" in table
+    assert table in capsys.readouterr().out
