@@ -5,6 +5,9 @@ The test marked `huge` allocates about 9 GiB of GPU memory (an input of more tha
 """
 
 import random
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -302,6 +305,32 @@ def test_cuda_graph_capture_and_replay():
     torch.cuda.manual_seed(2024)
     graph.replay()
     assert torch.equal(z, first)
+
+
+@requires_cuda
+def test_capture_as_the_first_use_in_a_process(tmp_path):
+    # The first mask of a process sizes the window kernel's grid from the device's occupancy; a
+    # capture must not be the place where that is asked (capture's strictest, "global", mode).
+    code = textwrap.dedent("""
+        import torch, dropblock_cuda
+        ops = torch.ops.dropblock_cuda
+        x = torch.randn(4, 16, 14, 14, device="cuda")
+        p = torch.full((), 0.3, dtype=torch.float64, device="cuda")
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="global"):
+            seed = torch.empty((), dtype=torch.int64, device="cuda").random_()
+            mask, scale = ops.drop_block_mask(x, seed, p, [3, 3], 1e-6, False)
+        for _ in range(2):
+            graph.replay()
+            expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), seed.cpu(), p.cpu(), [3, 3], 1e-6, False)
+            assert torch.equal(mask.cpu(), expected_mask) and scale.item() == expected_scale.item()
+        # Outside the capture the grid is asked for and cached: the same mask.
+        again, _ = ops.drop_block_mask(x, seed, p, [3, 3], 1e-6, False)
+        assert torch.equal(again, mask)
+        print("ok")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
 @requires_cuda

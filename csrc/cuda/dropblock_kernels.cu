@@ -275,8 +275,11 @@ __global__ void __launch_bounds__(kThreads) window_mask_kernel(SeedGrid grid, do
 
 // The window kernel's grid: as many blocks as the device holds at once (so that every block takes
 // the same number of windows, give or take one), asked once per device; at most kWindowBlocks.
-int resident_window_blocks() {
+// Not asked while `stream` is being captured into a CUDA graph (the first query of a kernel may
+// load its module, which a capture must not see): kWindowBlocks then, a grid as correct.
+int resident_window_blocks(cudaStream_t stream) {
 #ifdef DROPBLOCK_CUDA_EMULATION
+  (void)stream;
   return static_cast<int>(kWindowBlocks);
 #else
   constexpr int kMaxDevices = 64;
@@ -288,6 +291,11 @@ int resident_window_blocks() {
   }
   int blocks = cached[device].load(std::memory_order_relaxed);
   if (blocks == 0) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+      (void)cudaGetLastError();
+      return static_cast<int>(kWindowBlocks);  // not cached: asked again outside the capture
+    }
     int sms = 0, per_sm = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, window_mask_kernel, kThreads, 0) == cudaSuccess &&
@@ -551,7 +559,7 @@ cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probabilit
     if (zero != cudaSuccess) {
       return zero;
     }
-    const int most = window_blocks_at_most(mask_words), resident = resident_window_blocks();
+    const int most = window_blocks_at_most(mask_words), resident = resident_window_blocks(stream);
     launch(window_mask_kernel, dim3(most < resident ? most : resident), kThreads, stream, grid, gamma_factor, seed,
            drop_probability, mask, mask_words, scratch, count_multiplier, numel, eps, scale);
     return cudaSuccess;
