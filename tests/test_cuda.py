@@ -141,6 +141,9 @@ APPLY_SHAPES = [
     ((2, 3, 17, 19), (5, 3)),
     ((3, 4, 16, 16), (7, 7)),
     ((2, 3, 5, 7, 9), (3, 3, 3)),
+    # Planes that are no multiple of the vector width (a shared mask's vectors wrap), or narrower.
+    ((4, 5, 7, 7), (7, 7)),
+    ((2, 3, 2, 3), (2, 2)),
     # Enough channels for the channels-last tiles (csrc/cuda/apply_indexing.h): several tiles of
     # positions, more channels than one tile holds, a single sample.
     ((2, 40, 70), (7,)),

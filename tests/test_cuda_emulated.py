@@ -232,6 +232,8 @@ APPLY_SHAPES = [
     ((2, 20, 9, 11), (3, 3)),  # 20 channels: the channels-last tiles
     ((1, 300, 3, 5), (3, 3)),  # more channels than one tile holds
     ((2, 16, 3, 4, 5), (3, 3, 3)),
+    ((4, 5, 7, 7), (7, 7)),  # a shared mask's vectors wrap around planes of 49
+    ((2, 3, 2, 3), (2, 2)),  # planes narrower than a 16-byte vector of 16-bit elements
 ]
 LAYOUTS = ["contiguous", "channels_last", "transposed", "strided", "misaligned"]
 

@@ -41,13 +41,46 @@ inline SharedMaskBits make_shared_mask_bits(int64_t S, int64_t CS, int64_t numel
   return b;
 }
 
-C10_HOST_DEVICE inline int64_t shared_mask_bit(const SharedMaskBits& b, int64_t e) {
+// Where element e lies: its sample, its offset in the sample (< CS) and in its plane (< S).
+struct SharedPosition {
+  int64_t sample;
+  int64_t in_sample;
+  int64_t in_plane;
+};
+
+C10_HOST_DEVICE inline SharedPosition shared_position(const SharedMaskBits& b, int64_t e) {
+  SharedPosition p{};
   if (!b.small) {
-    return shared_mask_bit(e, b.S, b.CS);
+    p.sample = e / b.CS;
+    p.in_sample = e - p.sample * b.CS;
+    p.in_plane = p.in_sample % b.S;
+    return p;
   }
-  const int64_t sample = static_cast<int64_t>(divide(b.by_sample, static_cast<uint64_t>(e)));
-  const int64_t r = e - sample * b.CS;
-  return sample * b.S + r - static_cast<int64_t>(divide(b.by_plane, static_cast<uint64_t>(r))) * b.S;
+  p.sample = static_cast<int64_t>(divide(b.by_sample, static_cast<uint64_t>(e)));
+  p.in_sample = e - p.sample * b.CS;
+  p.in_plane = p.in_sample - static_cast<int64_t>(divide(b.by_plane, static_cast<uint64_t>(p.in_sample))) * b.S;
+  return p;
+}
+
+C10_HOST_DEVICE inline int64_t shared_mask_bit(const SharedMaskBits& b, int64_t e) {
+  const SharedPosition p = shared_position(b, e);
+  return p.sample * b.S + p.in_plane;
+}
+
+// Keep bits of the n elements e .. e + n - 1 (1 <= n <= min(S, 32)) as bits 0 .. n - 1. They
+// run on from e's bit, except where e's plane ends among them: the next plane is the next channel
+// of the same sample (its bits start again at sample * S) or the first of the next sample (its
+// bits run on). So a vector of any width up to S needs at most two reads, whatever S % n.
+C10_HOST_DEVICE inline uint32_t shared_keep_bits(const uint64_t* mask, const SharedMaskBits& b, int64_t e, int n) {
+  const SharedPosition p = shared_position(b, e);
+  const int64_t bit = p.sample * b.S + p.in_plane;
+  const int64_t run = b.S - p.in_plane < n ? b.S - p.in_plane : n;
+  uint64_t bits = keep_bits(mask, bit, run);
+  if (run < n) {
+    const int64_t next = p.in_sample + run == b.CS ? bit + run : p.sample * b.S;
+    bits |= keep_bits(mask, next, n - run) << run;
+  }
+  return static_cast<uint32_t>(bits);
 }
 
 // Any strides: one thread per element, visiting the dims in `order` (outermost first, the

@@ -21,7 +21,8 @@
 // lives on the host is passed by value instead (no copy, no extra kernel).
 //
 // Apply: out = keep ? in * scale : 0 in the op math type: vector loads of up to 16 bytes when input
-// and output are both contiguous (narrower where alignment, or S % V for a shared mask, forbids);
+// and output are both contiguous (narrower where alignment, or planes smaller than a vector for a
+// shared mask, forbid);
 // tiles through shared memory when both are dense with the channels innermost and there are 16
 // channels or more; else one thread per element in the output's memory order.
 #include "dropblock_kernels.h"
@@ -356,8 +357,8 @@ struct alignas(sizeof(T) * V) Pack {
 constexpr int kUnroll = 4;
 
 // Elements [0, n) of contiguous input and output, V per vector, kUnroll vectors per thread.
-// Mask bit of element e: e, or (e / (C * S)) * S + e % S when the channels share the mask
-// (then S % V == 0, so a vector's bits never straddle a plane or a word).
+// Mask bit of element e: e, or (e / (C * S)) * S + e % S when the channels share the mask (then
+// V <= S, and a vector's bits come in at most two runs: shared_keep_bits).
 template <typename T, int V, bool kShared>
 __global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const T* in, T* out, int64_t n,
                                                                     const uint64_t* __restrict__ mask,
@@ -374,8 +375,9 @@ __global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const T* in,
     const int64_t i = base + u * kThreads;
     if (i < vectors) {
       data[u] = reinterpret_cast<const Pack<T, V>*>(in)[i];
-      const int64_t bit = kShared ? shared_mask_bit(shared_bits, i * V) : i * V;
-      keep[u] = static_cast<uint32_t>(mask[bit >> 6] >> (bit & 63));
+      // Per channel, a vector's V bits lie in one word (V divides 64 and the vector's index).
+      keep[u] = kShared ? shared_keep_bits(mask, shared_bits, i * V, V)
+                        : static_cast<uint32_t>(mask[(i * V) >> 6] >> ((i * V) & 63));
     }
   }
 #pragma unroll
@@ -429,7 +431,7 @@ void launch_contiguous_widest(const T* in, T* out, int64_t numel, const uint64_t
   constexpr int kWidest = 16 / sizeof(T);
   const uintptr_t addresses = reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out);
   auto fits = [&](int v) {
-    return addresses % (v * sizeof(T)) == 0 && (!kShared || S % v == 0);
+    return addresses % (v * sizeof(T)) == 0 && (!kShared || v <= S);
   };
   if (kWidest >= 8 && fits(8)) {
     launch_contiguous<T, (kWidest >= 8 ? 8 : 1), kShared>(in, out, numel, mask, scale, S, CS, stream);

@@ -1,7 +1,8 @@
 // The CUDA apply kernels' index arithmetic (csrc/cuda/apply_indexing.h), run on the host: every
 // element is visited exactly once, at the input offset, output offset and mask bit that plain
-// stride arithmetic gives, in the output's memory order (strided kernel, shared-mask bits of the
-// contiguous kernel, the channels-last kernel's tiles and their shared-memory keep rows). Built and run by
+// stride arithmetic gives, in the output's memory order (strided kernel, shared-mask bits and
+// vectors of keep bits of the contiguous kernel, the channels-last kernel's tiles and their
+// shared-memory keep rows). Built and run by
 // tests/test_cuda_indexing.py; prints "ok" and exits 0 when every case passes.
 #include <algorithm>
 #include <cstdio>
@@ -27,6 +28,7 @@ using dropblock::cuda::make_shared_mask_bits;
 using dropblock::cuda::SharedMaskBits;
 using dropblock::cuda::use_channels_last_tiles;
 using dropblock::cuda::make_strided_params;
+using dropblock::cuda::shared_keep_bits;
 using dropblock::cuda::shared_mask_bit;
 using dropblock::cuda::strided_fits_32bit;
 using dropblock::cuda::strided_offsets;
@@ -128,6 +130,25 @@ void check_contiguous_shared(const Sizes& sizes) {
       return;
     }
   }
+  // A vector's keep bits (any width up to S, any start): bit j is element e + j's bit.
+  std::vector<uint64_t> mask((sizes[0] * S + 63) / 64 + 1);
+  for (size_t w = 0; w < mask.size(); ++w) {
+    mask[w] = 0x9E3779B97F4A7C15ull * (2 * w + 1) ^ (0xD1B54A32D192ED03ull >> (w % 61));
+  }
+  for (int n = 1; n <= 8 && n <= S; ++n) {
+    for (int64_t e = 0; e + n <= numel; ++e) {
+      uint32_t expected_bits = 0;
+      for (int j = 0; j < n; ++j) {
+        const int64_t bit = std::get<2>(expected[e + j]);
+        expected_bits |= static_cast<uint32_t>((mask[bit >> 6] >> (bit & 63)) & 1u) << j;
+      }
+      if (shared_keep_bits(mask.data(), small, e, n) != expected_bits ||
+          shared_keep_bits(mask.data(), large, e, n) != expected_bits) {
+        fail("shared_keep_bits of " + std::to_string(n) + " at element " + std::to_string(e));
+        return;
+      }
+    }
+  }
 }
 
 // The channels-last kernel's tiles over an (N, S, C) memory layout: every element once, with its
@@ -177,7 +198,8 @@ void check_channels_last_tiles(int64_t N, int64_t C, int64_t S) {
 
 int main() {
   const std::vector<Sizes> shapes = {{2, 3, 7},    {2, 3, 4, 5},    {3, 1, 6, 7},   {1, 4, 3, 1},
-                                     {2, 3, 2, 3, 4}, {1, 2, 5, 1, 3}, {3, 5, 1, 1}, {2, 7, 130}};
+                                     {2, 3, 2, 3, 4}, {1, 2, 5, 1, 3}, {3, 5, 1, 1}, {2, 7, 130},
+                                     {3, 4, 7, 7},    {2, 3, 3, 3},    {2, 5, 1, 9}};
   for (const Sizes& sizes : shapes) {
     const size_t dim = sizes.size();
     std::vector<int> order = identity(dim);

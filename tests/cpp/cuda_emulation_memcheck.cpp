@@ -102,7 +102,8 @@ void run_layouts(ScalarKind kind, const Sizes& sizes) {
 }  // namespace
 
 int main() {
-  const std::vector<Sizes> shapes = {{2, 3, 50}, {2, 3, 17, 19}, {2, 20, 9, 11}, {1, 300, 3, 5}, {2, 16, 3, 4, 5}};
+  const std::vector<Sizes> shapes = {{2, 3, 50}, {2, 3, 17, 19}, {2, 20, 9, 11}, {1, 300, 3, 5}, {2, 16, 3, 4, 5},
+                                     {4, 5, 7, 7}, {2, 3, 2, 3}};
   for (const Sizes& sizes : shapes) {
     for (bool shared : {false, true}) {
       run_mask(sizes, 3, shared);
