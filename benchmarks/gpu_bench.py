@@ -5,7 +5,8 @@
 ResNet-50 stage shapes (256x56x56, 512x28x28, 1024x14x14, 2048x7x7) at batch 128, float32 and
 bfloat16, p=0.1, block 7, one mask per channel. For each case:
   * forward (drop_block2d: key draw + mask + apply), eagerly and replayed from a CUDA graph; the
-    mask alone; the mask and the forward with the other mask path (scatter) forced;
+    mask alone; the forward with a mask shared by the channels; the mask and the forward with
+    the other mask path (scatter) forced;
   * backward (= drop_block_apply on a gradient, also on channels_last memory) and
     forward+backward through autograd;
   * the device time of each kernel of a forward and of a forward+backward (profiler);
@@ -217,6 +218,9 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
     result["forward_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, **timing)
     result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, p, [BLOCK, BLOCK], EPS, False), buffers,
                                 **timing)
+    # One mask per sample, shared by the channels (timm's default): a smaller mask, the same pass.
+    result["forward_shared_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK, shared_channels=True), buffers,
+                                          **timing)
     # The other mask path (the shapes here take the window kernel): the same mask, its cost.
     with mask_kernel("scatter"):
         result["mask_scatter_ms"] = time_op(
@@ -276,7 +280,7 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
         except Exception as exc:  # report, and keep the other numbers
             result[f"{name}_kernels_error"] = repr(exc)[:300]
     copy = result["copy_ms"]
-    for key in ("forward", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward", "torchvision_fwd_bwd",
+    for key in ("forward", "forward_shared", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward", "torchvision_fwd_bwd",
                 "compiled_fwd_bwd"):
         if f"{key}_ms" in result:
             result[f"{key}_over_copy"] = result[f"{key}_ms"] / copy
@@ -298,6 +302,7 @@ COLUMNS = [
     ("fwd graph", "forward_graph_ms", "{:.3f}"),
     ("graph/copy", "forward_graph_over_copy", "{:.2f}"),
     ("mask", "mask_ms", "{:.3f}"),
+    ("shared fwd/copy", "forward_shared_over_copy", "{:.2f}"),
     ("mask scatter", "mask_scatter_ms", "{:.3f}"),
     ("fwd scatter", "forward_scatter_ms", "{:.3f}"),
     ("bwd", "backward_ms", "{:.3f}"),
@@ -341,6 +346,7 @@ def markdown(results, device_name):
         "",
         f"p={P}, block {BLOCK}, per-channel masks; times are medians in ms; ratios are over a device-to-device copy.",
         "fwd graph: the forward replayed from a CUDA graph (GPU time without host launch overhead);"
+        " shared fwd: the forward with one mask per sample (shared_channels=True);"
         " mask scatter / fwd scatter: the mask and the eager forward with the scatter mask kernels forced"
         " (these shapes take the window kernel by default);"
         " cl bwd: drop_block_apply on channels_last memory, over a copy of that memory;"

@@ -280,7 +280,7 @@ def test_gpu_bench_case_runs_on_the_cpu_kernels(monkeypatch, fresh_dynamo):
                                   dropblock_cuda.drop_block2d, tv_drop_block2d, l2_bytes=2**20,
                                   compiled=gpu_bench.compiled_reference("default"), device="cpu")
     assert "forward_graph_error" in result and "compiled_error" not in result
-    for key in ("copy_ms", "forward_ms", "mask_ms", "mask_scatter_ms", "forward_scatter_ms", "backward_ms",
+    for key in ("copy_ms", "forward_ms", "forward_shared_over_copy", "mask_ms", "mask_scatter_ms", "forward_scatter_ms", "backward_ms",
                 "channels_last_backward_over_copy", "fwd_bwd_ms", "torchvision_fwd_bwd_ms", "compiled_fwd_bwd_ms",
                 "torchvision_fwd_bwd_speedup", "compiled_fwd_bwd_speedup", "compiled_first_call_s"):
         assert result[key] > 0, key
