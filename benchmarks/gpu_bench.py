@@ -45,6 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="batch 8 and fewer repeats (smoke test)")
     parser.add_argument("--no-torchvision", action="store_true")
+    parser.add_argument("--compiled-only", action="store_true",
+                        help="only the copy, our forward+backward and the compiled reference's (a step of its own "
+                             "in gpu_check.sh, where compiling takes most of the time)")
     parser.add_argument("--compile", choices=("default", "static", "off"), default="default",
                         help="torch.compile of the reference: torch.compile's defaults (dynamic shapes from the "
                              "second shape on: least compile time), static shapes (one compile per case), or off")
@@ -215,6 +218,65 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
     result = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "numel": numel, "buffers": buffers}
 
     result["copy_ms"] = time_op(lambda i: outs[i].copy_(xs[i]), buffers, **timing)
+    if not args.compiled_only:
+        measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d)
+    grads = [torch.randn_like(x) for x in xs[:2]]
+    leaves = [x.detach().requires_grad_() for x in xs]
+
+    def ours_fwd_bwd(i):
+        y = drop_block2d(leaves[i], P, BLOCK)
+        torch.autograd.grad(y, leaves[i], grads[i % 2])
+
+    result["fwd_bwd_ms"] = time_op(ours_fwd_bwd, buffers, **timing)
+    result["saved_bytes_per_element"] = saved_bytes_per_element(lambda x: drop_block2d(x, P, BLOCK), xs[0])
+    if tv_drop_block2d is not None and not args.compiled_only:
+        result["torchvision_forward_ms"] = time_op(lambda i: tv_drop_block2d(xs[i], P, BLOCK), buffers, **timing)
+
+        def tv_fwd_bwd(i):
+            y = tv_drop_block2d(leaves[i], P, BLOCK)
+            torch.autograd.grad(y, leaves[i], grads[i % 2])
+
+        result["torchvision_fwd_bwd_ms"] = time_op(tv_fwd_bwd, buffers, **timing)
+        result["torchvision_saved_bytes_per_element"] = saved_bytes_per_element(
+            lambda x: tv_drop_block2d(x, P, BLOCK), xs[0]
+        )
+    if compiled is not None:
+        def compiled_fwd_bwd(i):
+            y = compiled(leaves[i], P, BLOCK, EPS)
+            torch.autograd.grad(y, leaves[i], grads[i % 2])
+
+        try:
+            started = time.perf_counter()
+            compiled_fwd_bwd(0)  # compiles forward and backward (or reuses a dynamic-shape compile)
+            torch.cuda.synchronize()
+            result["compiled_first_call_s"] = time.perf_counter() - started
+            result["compiled_fwd_bwd_ms"] = time_op(compiled_fwd_bwd, buffers, **timing)
+        except Exception as exc:  # report, and keep the other numbers
+            result["compiled_error"] = repr(exc)[:300]
+    if not args.compiled_only:
+        # Where the time goes, per kernel.
+        for name, fn in (("forward", lambda i: drop_block2d(xs[i], P, BLOCK)), ("fwd_bwd", ours_fwd_bwd)):
+            try:
+                result[f"{name}_kernels_us"] = kernel_microseconds(fn, buffers)
+            except Exception as exc:  # report, and keep the other numbers
+                result[f"{name}_kernels_error"] = repr(exc)[:300]
+    copy = result["copy_ms"]
+    for key in ("forward", "forward_shared", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward",
+                "torchvision_fwd_bwd", "compiled_fwd_bwd"):
+        if f"{key}_ms" in result:
+            result[f"{key}_over_copy"] = result[f"{key}_ms"] / copy
+    for peer in ("torchvision_fwd_bwd", "compiled_fwd_bwd"):
+        if f"{peer}_ms" in result:
+            result[f"{peer}_speedup"] = result[f"{peer}_ms"] / result["fwd_bwd_ms"]
+    # Effective bandwidth of the copy: read + write.
+    result["copy_gbps"] = 2 * bytes_per_tensor / (copy * 1e-3) / 1e9
+    del xs, outs, masks, leaves, grads
+    torch.cuda.empty_cache()
+    return result
+
+
+def measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d):
+    """Our forward (eager, shared mask, scatter mask path, graph replay), mask and backward passes."""
     result["forward_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, **timing)
     result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, p, [BLOCK, BLOCK], EPS, False), buffers,
                                 **timing)
@@ -239,59 +301,6 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
                                                   **timing)
     result["channels_last_backward_over_copy"] = result["channels_last_backward_ms"] / result["channels_last_copy_ms"]
     del xs_cl, outs_cl
-
-    grads = [torch.randn_like(x) for x in xs[:2]]
-    leaves = [x.detach().requires_grad_() for x in xs]
-
-    def ours_fwd_bwd(i):
-        y = drop_block2d(leaves[i], P, BLOCK)
-        torch.autograd.grad(y, leaves[i], grads[i % 2])
-
-    result["fwd_bwd_ms"] = time_op(ours_fwd_bwd, buffers, **timing)
-    result["saved_bytes_per_element"] = saved_bytes_per_element(lambda x: drop_block2d(x, P, BLOCK), xs[0])
-    if tv_drop_block2d is not None:
-        result["torchvision_forward_ms"] = time_op(lambda i: tv_drop_block2d(xs[i], P, BLOCK), buffers, **timing)
-
-        def tv_fwd_bwd(i):
-            y = tv_drop_block2d(leaves[i], P, BLOCK)
-            torch.autograd.grad(y, leaves[i], grads[i % 2])
-
-        result["torchvision_fwd_bwd_ms"] = time_op(tv_fwd_bwd, buffers, **timing)
-        result["torchvision_saved_bytes_per_element"] = saved_bytes_per_element(
-            lambda x: tv_drop_block2d(x, P, BLOCK), xs[0]
-        )
-    if compiled is not None:
-        def compiled_fwd_bwd(i):
-            y = compiled(leaves[i], P, BLOCK, EPS)
-            torch.autograd.grad(y, leaves[i], grads[i % 2])
-
-        try:
-            started = time.perf_counter()
-            compiled_fwd_bwd(0)  # compiles forward and backward (or reuses a dynamic-shape compile)
-            torch.cuda.synchronize()
-            result["compiled_first_call_s"] = time.perf_counter() - started
-            result["compiled_fwd_bwd_ms"] = time_op(compiled_fwd_bwd, buffers, **timing)
-        except Exception as exc:  # report, and keep the other numbers
-            result["compiled_error"] = repr(exc)[:300]
-    # Where the time goes, per kernel.
-    for name, fn in (("forward", lambda i: drop_block2d(xs[i], P, BLOCK)), ("fwd_bwd", ours_fwd_bwd)):
-        try:
-            result[f"{name}_kernels_us"] = kernel_microseconds(fn, buffers)
-        except Exception as exc:  # report, and keep the other numbers
-            result[f"{name}_kernels_error"] = repr(exc)[:300]
-    copy = result["copy_ms"]
-    for key in ("forward", "forward_shared", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward", "torchvision_fwd_bwd",
-                "compiled_fwd_bwd"):
-        if f"{key}_ms" in result:
-            result[f"{key}_over_copy"] = result[f"{key}_ms"] / copy
-    for peer in ("torchvision_fwd_bwd", "compiled_fwd_bwd"):
-        if f"{peer}_ms" in result:
-            result[f"{peer}_speedup"] = result[f"{peer}_ms"] / result["fwd_bwd_ms"]
-    # Effective bandwidth of the copy: read + write.
-    result["copy_gbps"] = 2 * bytes_per_tensor / (copy * 1e-3) / 1e9
-    del xs, outs, masks, leaves, grads
-    torch.cuda.empty_cache()
-    return result
 
 
 # (header, result key, format) of the table's columns.
@@ -399,11 +408,19 @@ def host_overhead(drop_block2d):
     }
 
 
+def cuda_available():
+    return torch.cuda.is_available()
+
+
+def device_properties():
+    return torch.cuda.get_device_properties(0)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.quick:
         args.batch, args.repeats, args.calls, args.warmup = 8, 3, 2, 1
-    if not torch.cuda.is_available():
+    if not cuda_available():
         print("gpu_bench: no CUDA device", file=sys.stderr)
         return 2
     import dropblock_cuda
@@ -417,7 +434,7 @@ def main(argv=None):
         except Exception as exc:  # torchvision missing or built for another torch
             print(f"gpu_bench: torchvision.ops.drop_block2d unavailable ({exc})", file=sys.stderr)
     compiled = compiled_reference(args.compile)
-    props = torch.cuda.get_device_properties(0)
+    props = device_properties()
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
@@ -443,12 +460,12 @@ def main(argv=None):
             shape = (args.batch, *chw)
             r = bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled)
             results.append(r)
+            nan = float("nan")
             print(f"gpu_bench: {shape} {dtype_name}: copy {r['copy_ms']:.3f} ms, "
-                  f"forward {r['forward_ms']:.3f} ms ({r['forward_over_copy']:.2f}x; "
-                  f"graph {r.get('forward_graph_over_copy', float('nan')):.2f}x), "
-                  f"backward {r['backward_ms']:.3f} ms ({r['backward_over_copy']:.2f}x), "
-                  f"fwd+bwd {r['fwd_bwd_ms']:.3f} ms (x{r.get('compiled_fwd_bwd_speedup', float('nan')):.2f} "
-                  f"over compiled)", flush=True)
+                  f"forward {r.get('forward_over_copy', nan):.2f}x (graph {r.get('forward_graph_over_copy', nan):.2f}x), "
+                  f"backward {r.get('backward_over_copy', nan):.2f}x, fwd+bwd {r['fwd_bwd_ms']:.3f} ms "
+                  f"(x{r.get('torchvision_fwd_bwd_speedup', nan):.1f} over torchvision, "
+                  f"x{r.get('compiled_fwd_bwd_speedup', nan):.2f} over compiled)", flush=True)
             # Written after every case, so that a run cut short by its time limit still leaves its numbers.
             meta["seconds"] = time.time() - started
             table = write_results(args.out, meta, results, props.name)

@@ -3,11 +3,14 @@
 #
 #     bash benchmarks/gpu_check.sh [OUTDIR]
 #
-# builds the extension in place from source, then runs: the CUDA tests, the benchmark, the
-# huge-tensor test, compute-sanitizer memcheck and racecheck on a small forward + backward, the
-# comparative benchmark against the peers (quick), and the rest of the test suite. Every step logs into OUTDIR (default benchmarks/results/<gpu>-<time>); a
-# failing step does not stop the later ones; the exit status is the number of failed steps.
-# Each step is time-boxed, and the whole run stays under TOTAL_BUDGET_S (default 345 s).
+# builds the extension in place from source, then runs, most important first: the CUDA tests,
+# the GPU benchmark, the huge-tensor test, compute-sanitizer memcheck and racecheck on a small
+# forward + backward, torch.compile of the reference at batch 128, the ecosystem tests on CUDA,
+# the comparative benchmark against the peers (quick), and the rest of the test suite. Every step
+# logs into OUTDIR (default: $OUT/gpu_check when $OUT is set, as on the device machines, else
+# benchmarks/results/<gpu>-<time>); a failing step does not stop the later ones; the exit status
+# is the number of failed or skipped steps. Each step is time-boxed, and the whole run stays
+# under TOTAL_BUDGET_S (default 345 s: leave the command's own limit some seconds more).
 set -u
 
 cd "$(dirname "$0")/.."
@@ -16,7 +19,9 @@ TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-345}
 PYTHON=${PYTHON:-python}
 
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -c 'A-Za-z0-9\n' '_' | tr -d '\n')
-OUTDIR=${1:-benchmarks/results/${gpu_name:-gpu}-$(date +%Y%m%d-%H%M%S)}
+default_outdir=benchmarks/results/${gpu_name:-gpu}-$(date +%Y%m%d-%H%M%S)
+[[ -n ${OUT:-} ]] && default_outdir=$OUT/gpu_check
+OUTDIR=${1:-$default_outdir}
 mkdir -p "$OUTDIR"
 SUMMARY="$OUTDIR/summary.txt"
 : >"$SUMMARY"
@@ -73,31 +78,38 @@ run import 30 $PYTHON -c "import dropblock_cuda, torch; v = dropblock_cuda.cuda_
 
 # 2. The CUDA tests first (the point of this machine), then the benchmark, so that both get
 #    their time even if a later step runs long. No -x: one failure must not hide the others.
-run tests_cuda 90 $PYTHON -m pytest tests/test_cuda.py tests/test_ecosystem.py -q -m "not huge" -p no:cacheprovider -rs
+run tests_cuda 90 $PYTHON -m pytest tests/test_cuda.py -q -m "not huge" -p no:cacheprovider -rs
 
-# 3. Benchmark (JSON + markdown into OUTDIR, rewritten after every case), with torch.compile of the
-#    reference at batch 128 (compiled outside the timing, within this step's limit).
-run bench 150 $PYTHON -m benchmarks.gpu_bench --out "$OUTDIR"
+# 3. Benchmark (JSON + markdown into OUTDIR, rewritten after every case). The profiler runs once
+#    per case: keep CUPTI up between its sessions (pytorch#112507).
+export TEARDOWN_CUPTI=0
+run bench 90 $PYTHON -m benchmarks.gpu_bench --compile off --out "$OUTDIR"
 
 run tests_huge 60 $PYTHON -m pytest tests -q -m huge -p no:cacheprovider -rs
 
 # 4. compute-sanitizer on a small forward + backward; no caching allocator, so that memcheck
-#    sees every allocation's real bounds.
+#    sees every allocation's real bounds. Racecheck watches shared memory only: float32 is enough.
 SANITIZER=$(command -v compute-sanitizer || true)
 [[ -z $SANITIZER && -x /usr/local/cuda/bin/compute-sanitizer ]] && SANITIZER=/usr/local/cuda/bin/compute-sanitizer
 if [[ -n $SANITIZER ]]; then
   run memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --error-exitcode 3 \
     $PYTHON benchmarks/sanitizer_smoke.py
-  run racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 3 $PYTHON benchmarks/sanitizer_smoke.py
+  run racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 3 $PYTHON benchmarks/sanitizer_smoke.py --quick
 else
   echo "SKIP     memcheck/racecheck (compute-sanitizer not found)" | tee -a "$SUMMARY"
 fi
 
-# 5. The comparative benchmark (python -m benchmarks) on this GPU, quick form: the peers' table
-#    (the compiled reference was timed at batch 128 by step 3).
-run bench_peers 60 $PYTHON -m benchmarks --device cuda --quick --no-compile --out "$OUTDIR/peers"
+# 5. torch.compile of the reference against our forward+backward at batch 128: a step of its own,
+#    since compiling (a few graphs: per dtype, then dynamic shapes) takes most of its time.
+run bench_compiled 90 $PYTHON -m benchmarks.gpu_bench --compiled-only --out "$OUTDIR/compiled"
 
-# 6. The rest of the suite (CPU tests CI already runs, torch.compile on this image's torch), less
+# 6. The ecosystem tests on CUDA (torch.compile, AMP, DDP ... on this image's torch).
+run tests_ecosystem 60 $PYTHON -m pytest tests/test_ecosystem.py -q -p no:cacheprovider -rs
+
+# 7. The comparative benchmark (python -m benchmarks) on this GPU, quick form: the peers' table.
+run bench_peers 45 $PYTHON -m benchmarks --device cuda --quick --no-compile --out "$OUTDIR/peers"
+
+# 8. The rest of the suite (CPU tests CI already runs, torch.compile on this image's torch), less
 #    the host emulation of the kernels (compiler-bound, and independent of the GPU and of torch).
 run tests_rest 120 $PYTHON -m pytest tests -q -m "not huge" -p no:cacheprovider --ignore=tests/test_cuda.py \
   --ignore=tests/test_ecosystem.py --ignore=tests/test_cuda_emulated.py
@@ -105,8 +117,10 @@ run tests_rest 120 $PYTHON -m pytest tests -q -m "not huge" -p no:cacheprovider 
 echo
 echo "gpu_check: $failures failed step(s) in $(($(date +%s) - START))s; logs in $OUTDIR"
 cat "$SUMMARY"
-if [[ -f $OUTDIR/gpu_bench.md ]]; then
-  echo
-  cat "$OUTDIR/gpu_bench.md"
-fi
+for table in "$OUTDIR/gpu_bench.md" "$OUTDIR/compiled/gpu_bench.md"; do
+  if [[ -f $table ]]; then
+    echo
+    cat "$table"
+  fi
+done
 exit $((failures > 125 ? 125 : failures))

@@ -6,15 +6,17 @@ Covers the mask kernels (both paths, window and scatter; 1d/2d/3d, per-channel a
 blocks, ragged word tails, a count over several blocks, keys on the device and on the host) and the apply kernels (every
 dtype, contiguous with each vector width, channels_last tiles, strided, in place).
 Exits non-zero when a result differs from the CPU kernels. `--device cpu` runs the same on the
-CPU kernels (a dry run of the script itself, done by tests/test_benchmark.py).
+CPU kernels (a dry run of the script itself, done by tests/test_benchmark.py); `--quick` keeps
+float32 only (enough for racecheck).
 """
 
+import argparse
 import sys
 
 import torch
 
 
-def main(device="cuda"):
+def main(device="cuda", quick=False):
     if device == "cuda" and not torch.cuda.is_available():
         print("sanitizer_smoke: no CUDA device", file=sys.stderr)
         return 2
@@ -32,7 +34,9 @@ def main(device="cuda"):
                      5: lambda t: t.contiguous(memory_format=torch.channels_last_3d)}
     failures = 0
     for shape, block in cases:
-        for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        # quick (for racecheck, which only watches shared memory: the mask kernels, the block sums
+        # and the channels-last tiles): one element type.
+        for dtype in (torch.float32,) if quick else (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             for shared in (False, True):
                 x_cpu = torch.randn(shape, dtype=torch.float64).to(dtype)
                 x = x_cpu.to(device).requires_grad_()
@@ -70,5 +74,8 @@ def main(device="cuda"):
 
 
 if __name__ == "__main__":
-    # --device cpu: the same script on the CPU kernels (a dry run of its Python, for CI).
-    sys.exit(main(sys.argv[2] if sys.argv[1:2] == ["--device"] else "cuda"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cpu: the same script on the CPU kernels (a dry run, for CI)")
+    parser.add_argument("--quick", action="store_true", help="float32 only (racecheck: shared memory is dtype-blind)")
+    args = parser.parse_args()
+    sys.exit(main(args.device, args.quick))

@@ -322,9 +322,9 @@ def test_gpu_bench_main_writes_its_files(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda index: types.SimpleNamespace(name="CPU dry run", L2_cache_size=2**16))
+    monkeypatch.setattr(gpu_bench, "cuda_available", lambda: True)
+    monkeypatch.setattr(gpu_bench, "device_properties",
+                        lambda: types.SimpleNamespace(name="CPU dry run", L2_cache_size=2**16))
     monkeypatch.setattr(gpu_bench, "host_overhead", lambda fn: {"forward_us": 1.0})
     monkeypatch.setattr(gpu_bench, "SHAPES", [(16, 9, 9), (8, 7, 7)])
     monkeypatch.setattr(gpu_bench, "bench_case", functools.partial(gpu_bench.bench_case, device="cpu"))
@@ -336,3 +336,30 @@ def test_gpu_bench_main_writes_its_files(monkeypatch, tmp_path, capsys):
     table = (tmp_path / "gpu_bench.md").read_text()
     assert table.count("| 2x8x7x7 | bfloat16 |") == 1 and "forward_us 1.0" in table
     assert table in capsys.readouterr().out
+
+
+def test_gpu_bench_compiled_only_over_two_shapes(monkeypatch, tmp_path, fresh_dynamo):
+    # gpu_check.sh's compiled step: the copy, our forward+backward and the compiled reference's,
+    # over two shapes (the second one recompiles with dynamic shapes), nothing else.
+    import functools
+    import types
+
+    from benchmarks import gpu_bench
+
+    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(gpu_bench, "cuda_available", lambda: True)
+    monkeypatch.setattr(gpu_bench, "device_properties",
+                        lambda: types.SimpleNamespace(name="CPU dry run", L2_cache_size=2**16))
+    monkeypatch.setattr(gpu_bench, "host_overhead", lambda fn: {"forward_us": 1.0})
+    monkeypatch.setattr(gpu_bench, "SHAPES", [(16, 9, 9), (8, 7, 7)])
+    monkeypatch.setattr(gpu_bench, "DTYPES", {"float32": torch.float32})
+    monkeypatch.setattr(gpu_bench, "bench_case", functools.partial(gpu_bench.bench_case, device="cpu"))
+    assert gpu_bench.main(["--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--calls", "1",
+                           "--compiled-only"]) == 0
+    results = json.loads((tmp_path / "gpu_bench.json").read_text())["results"]
+    assert len(results) == 2
+    for r in results:
+        assert "compiled_error" not in r and r["compiled_fwd_bwd_speedup"] > 0
+        assert "forward_ms" not in r and "torchvision_fwd_bwd_ms" not in r and "forward_kernels_us" not in r

@@ -4,6 +4,7 @@ Every test here needs a CUDA device and skips without one; nothing touches the G
 The test marked `huge` allocates about 9 GiB of GPU memory (an input of more than 2**31 elements).
 """
 
+import os
 import random
 import subprocess
 import sys
@@ -332,7 +333,10 @@ def test_capture_as_the_first_use_in_a_process(tmp_path):
         assert torch.equal(again, mask)
         print("ok")
     """)
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    package_parent = os.path.dirname(os.path.dirname(dropblock_cuda.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 

@@ -386,8 +386,11 @@ def test_cuda_mask_kernel_environment_variable_is_read_once_and_checked(value, e
             "    print(torch.ops.dropblock_cuda._set_cuda_mask_kernel('auto'))\n"
             "except ValueError as exc:\n"
             "    print('ValueError', exc)\n")
-    env = dict(os.environ, DROPBLOCK_CUDA_MASK_KERNEL=value)
-    # Run outside the source tree, so that the interpreter imports the installed package.
+    # The package this test imports (installed, or built in place), found from any directory.
+    package_parent = os.path.dirname(os.path.dirname(dropblock_cuda.__file__))
+    env = dict(os.environ, DROPBLOCK_CUDA_MASK_KERNEL=value,
+               PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+    # Run outside the source tree, so that a source checkout without a build is not imported.
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout

@@ -293,8 +293,11 @@ int resident_window_blocks(cudaStream_t stream) {
   int blocks = cached[device].load(std::memory_order_relaxed);
   if (blocks == 0) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
       (void)cudaGetLastError();
+      return static_cast<int>(kWindowBlocks);
+    }
+    if (capture != cudaStreamCaptureStatusNone) {
       return static_cast<int>(kWindowBlocks);  // not cached: asked again outside the capture
     }
     int sms = 0, per_sm = 0;
@@ -375,7 +378,8 @@ __global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const T* in,
     const int64_t i = base + u * kThreads;
     if (i < vectors) {
       data[u] = reinterpret_cast<const Pack<T, V>*>(in)[i];
-      // Per channel, a vector's V bits lie in one word (V divides 64 and the vector's index).
+      // Per channel, a vector's V bits lie in one word (V divides 64 and the vector's first bit);
+      // a shared mask's may straddle a plane and a word.
       keep[u] = kShared ? shared_keep_bits(mask, shared_bits, i * V, V)
                         : static_cast<uint32_t>(mask[(i * V) >> 6] >> ((i * V) & 63));
     }
