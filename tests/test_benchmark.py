@@ -311,9 +311,10 @@ def test_gpu_bench_kernel_names_and_breakdown_table():
         in table
 
 
-def test_gpu_bench_main_writes_its_files(monkeypatch, tmp_path, capsys):
-    # The script's driver (cases, JSON and markdown after every case, the printed table) on CPU
-    # tensors: the GPU-only parts (device properties, host overhead) are stood in for.
+@pytest.fixture
+def gpu_bench_on_cpu(monkeypatch):
+    """benchmarks.gpu_bench with its GPU-only parts stood in for: CPU tensors, host-clock events,
+    made-up device properties and host overhead, two small shapes."""
     import functools
     import types
 
@@ -328,6 +329,12 @@ def test_gpu_bench_main_writes_its_files(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(gpu_bench, "host_overhead", lambda fn: {"forward_us": 1.0})
     monkeypatch.setattr(gpu_bench, "SHAPES", [(16, 9, 9), (8, 7, 7)])
     monkeypatch.setattr(gpu_bench, "bench_case", functools.partial(gpu_bench.bench_case, device="cpu"))
+    return gpu_bench
+
+
+def test_gpu_bench_main_writes_its_files(gpu_bench_on_cpu, tmp_path, capsys):
+    # The script's driver (cases, JSON and markdown after every case, the printed table).
+    gpu_bench = gpu_bench_on_cpu
     assert gpu_bench.main(["--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--calls", "1",
                            "--compile", "off", "--no-torchvision"]) == 0
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
@@ -338,24 +345,11 @@ def test_gpu_bench_main_writes_its_files(monkeypatch, tmp_path, capsys):
     assert table in capsys.readouterr().out
 
 
-def test_gpu_bench_compiled_only_over_two_shapes(monkeypatch, tmp_path, fresh_dynamo):
+def test_gpu_bench_compiled_only_over_two_shapes(gpu_bench_on_cpu, monkeypatch, tmp_path, fresh_dynamo):
     # gpu_check.sh's compiled step: the copy, our forward+backward and the compiled reference's,
     # over two shapes (the second one recompiles with dynamic shapes), nothing else.
-    import functools
-    import types
-
-    from benchmarks import gpu_bench
-
-    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(gpu_bench, "cuda_available", lambda: True)
-    monkeypatch.setattr(gpu_bench, "device_properties",
-                        lambda: types.SimpleNamespace(name="CPU dry run", L2_cache_size=2**16))
-    monkeypatch.setattr(gpu_bench, "host_overhead", lambda fn: {"forward_us": 1.0})
-    monkeypatch.setattr(gpu_bench, "SHAPES", [(16, 9, 9), (8, 7, 7)])
+    gpu_bench = gpu_bench_on_cpu
     monkeypatch.setattr(gpu_bench, "DTYPES", {"float32": torch.float32})
-    monkeypatch.setattr(gpu_bench, "bench_case", functools.partial(gpu_bench.bench_case, device="cpu"))
     assert gpu_bench.main(["--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--calls", "1",
                            "--compiled-only"]) == 0
     results = json.loads((tmp_path / "gpu_bench.json").read_text())["results"]
