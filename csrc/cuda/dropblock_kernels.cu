@@ -27,6 +27,7 @@
 // channels or more; else one thread per element in the output's memory order.
 #include "dropblock_kernels.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include <cuda_bf16.h>
@@ -106,6 +107,21 @@ __device__ __forceinline__ T read(ScalarArg<T> arg) {
   return arg.device != nullptr ? *arg.device : arg.value;
 }
 
+// Draws the seed bits of Philox group k and clears the blocks of those where a block fits.
+template <typename Clear>
+__device__ __forceinline__ void clear_blocks_of_group(const SeedGrid& grid, int64_t k, PhiloxKey key,
+                                                      SeedThreshold threshold, const Clear& clear) {
+  const uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, threshold);
+  if (bits != 0) {
+    clear_blocks(grid, static_cast<uint64_t>(k), seeds_where_blocks_fit(grid, static_cast<uint64_t>(k), bits), clear);
+  }
+}
+
+// Word w of `words` as counted: the bits past the last logical element (total_bits) cleared.
+__device__ __forceinline__ uint64_t without_bits_past_end(uint64_t v, int64_t w, int64_t words, int64_t total_bits) {
+  return w == words - 1 && (total_bits & 63) != 0 ? v & low_bits(total_bits & 63) : v;
+}
+
 // Scatter path, step 2 (after the fill): the blocks of every seed, cleared with global atomics.
 __global__ void __launch_bounds__(kThreads) seed_kernel(SeedGrid grid, double gamma_factor, ScalarArg<int64_t> seed,
                                                         ScalarArg<double> drop_probability,
@@ -123,10 +139,7 @@ __global__ void __launch_bounds__(kThreads) seed_kernel(SeedGrid grid, double ga
   const int64_t groups = (grid.total + 15) / 16;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < groups; k += stride) {
-    const uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, threshold);
-    if (bits != 0) {
-      clear_blocks(grid, static_cast<uint64_t>(k), seeds_where_blocks_fit(grid, static_cast<uint64_t>(k), bits), clear);
-    }
+    clear_blocks_of_group(grid, k, key, threshold, clear);
   }
 }
 
@@ -190,9 +203,8 @@ __global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ 
   int64_t sum = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < words; w += stride) {
-    uint64_t v = mask[w];
-    if (w == words - 1 && (total_bits & 63) != 0) {
-      v &= low_bits(total_bits & 63);
+    const uint64_t v = without_bits_past_end(mask[w], w, words, total_bits);
+    if (w == words - 1) {
       mask[w] = v;
     }
     sum += __popcll(v);
@@ -250,21 +262,15 @@ __global__ void __launch_bounds__(kThreads) window_mask_kernel(SeedGrid grid, do
       const int64_t end_group = ceil_div(end_bit, 16);
       const WindowClear clear{window, first_word};
       for (int64_t k = first_group + threadIdx.x; k < end_group; k += blockDim.x) {
-        const uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, threshold);
-        if (bits != 0) {
-          clear_blocks(grid, static_cast<uint64_t>(k), seeds_where_blocks_fit(grid, static_cast<uint64_t>(k), bits),
-                       clear);
-        }
+        clear_blocks_of_group(grid, k, key, threshold, clear);
       }
     }
     __syncthreads();
     for (int i = threadIdx.x; i < kWindowWords; i += blockDim.x) {
       const int64_t w = first_word + i;
       if (w < words) {
-        uint64_t v = (static_cast<uint64_t>(window[2 * i + 1]) << 32) | window[2 * i];
-        if (w == words - 1 && (grid.total & 63) != 0) {
-          v &= low_bits(grid.total & 63);
-        }
+        const uint64_t v =
+            without_bits_past_end((static_cast<uint64_t>(window[2 * i + 1]) << 32) | window[2 * i], w, words, grid.total);
         mask[w] = v;
         sum += __popcll(v);
       }
@@ -543,16 +549,22 @@ void apply_typed(const T* in, T* out, int dim, const int64_t* sizes, const int64
 }  // namespace
 
 int64_t mask_count_scratch_elements(int64_t mask_words) {
-  const int blocks = count_blocks(mask_words) > window_blocks_at_most(mask_words) ? count_blocks(mask_words)
-                                                                                  : window_blocks_at_most(mask_words);
-  return blocks + 1;
+  return std::max(count_blocks(mask_words), window_blocks_at_most(mask_words)) + 1;
 }
 
-CudaMaskKernel choose_mask_kernel(const MaskGeometry& g, CudaMaskKernel requested) {
+namespace {
+
+CudaMaskKernel choose_mask_kernel(const SeedGrid& grid, CudaMaskKernel requested) {
   if (requested != CudaMaskKernel::kAuto) {
     return requested;
   }
-  return block_reach(make_seed_grid(g)) <= kWindowMaxReach ? CudaMaskKernel::kWindow : CudaMaskKernel::kScatter;
+  return block_reach(grid) <= kWindowMaxReach ? CudaMaskKernel::kWindow : CudaMaskKernel::kScatter;
+}
+
+}  // namespace
+
+CudaMaskKernel choose_mask_kernel(const MaskGeometry& g, CudaMaskKernel requested) {
+  return choose_mask_kernel(make_seed_grid(g), requested);
 }
 
 cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probability, double gamma_factor,
@@ -560,7 +572,7 @@ cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probabilit
                         int64_t numel, double eps, double* scale, int64_t* scratch, CudaMaskKernel kernel,
                         cudaStream_t stream) {
   const SeedGrid grid = make_seed_grid(g);
-  if (choose_mask_kernel(g, kernel) == CudaMaskKernel::kWindow) {
+  if (choose_mask_kernel(grid, kernel) == CudaMaskKernel::kWindow) {
     const cudaError_t zero = cudaMemsetAsync(scratch, 0, sizeof(int64_t), stream);  // the finished-block counter
     if (zero != cudaSuccess) {
       return zero;
