@@ -11,24 +11,33 @@
 using dropblock::MaskGeometry;
 using dropblock::cuda::ScalarArg;
 
-extern "C" {
-
-int64_t emulated_scratch_elements(int64_t mask_words) {
-  return dropblock::cuda::mask_count_scratch_elements(mask_words);
-}
+namespace {
 
 // geometry: planes, then size[3], then block[3] (already clamped, as make_mask_geometry does).
-// seed_on_device / p_on_device: pass the value through memory (as a device tensor would) instead
-// of by value.
-int emulated_mask(const int64_t* geometry, double p, int p_on_device, double gamma_factor, int64_t seed,
-                  int seed_on_device, uint64_t* mask, int64_t mask_words, int64_t count_multiplier, int64_t numel,
-                  double eps, double* scale, int64_t* scratch, int kernel) {
+MaskGeometry geometry_from(const int64_t* geometry) {
   MaskGeometry g{};
   g.planes = geometry[0];
   for (int d = 0; d < 3; ++d) {
     g.size[d] = geometry[1 + d];
     g.block[d] = geometry[4 + d];
   }
+  return g;
+}
+
+}  // namespace
+
+extern "C" {
+
+int64_t emulated_scratch_elements(int64_t mask_words) {
+  return dropblock::cuda::mask_count_scratch_elements(mask_words);
+}
+
+// geometry: see geometry_from. seed_on_device / p_on_device: pass the value through memory (as a
+// device tensor would) instead of by value.
+int emulated_mask(const int64_t* geometry, double p, int p_on_device, double gamma_factor, int64_t seed,
+                  int seed_on_device, uint64_t* mask, int64_t mask_words, int64_t count_multiplier, int64_t numel,
+                  double eps, double* scale, int64_t* scratch, int kernel) {
+  const MaskGeometry g = geometry_from(geometry);
   const ScalarArg<double> p_arg = p_on_device ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
   const ScalarArg<int64_t> seed_arg = seed_on_device ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
   return static_cast<int>(dropblock::cuda::launch_mask(g, p_arg, gamma_factor, seed_arg, mask, mask_words,
@@ -38,13 +47,7 @@ int emulated_mask(const int64_t* geometry, double p, int p_on_device, double gam
 
 // The path kAuto takes (dropblock::CudaMaskKernel) for this geometry.
 int emulated_auto_mask_kernel(const int64_t* geometry) {
-  MaskGeometry g{};
-  g.planes = geometry[0];
-  for (int d = 0; d < 3; ++d) {
-    g.size[d] = geometry[1 + d];
-    g.block[d] = geometry[4 + d];
-  }
-  return static_cast<int>(dropblock::cuda::choose_mask_kernel(g, dropblock::CudaMaskKernel::kAuto));
+  return static_cast<int>(dropblock::cuda::choose_mask_kernel(geometry_from(geometry), dropblock::CudaMaskKernel::kAuto));
 }
 
 // kind: 0 float, 1 double, 2 half, 3 bfloat16 (dropblock::cuda::ScalarKind).
