@@ -178,6 +178,15 @@ def _floor_impl(device: torch.device) -> Impl:
     return Impl("floor", "floor: x * s", None, make, "memory-bound lower bound, not DropBlock")
 
 
+def raise_recompile_limit(limit: int) -> None:
+    """Lets dynamo keep at least `limit` compiled variants of one function (the config was
+    renamed from cache_size_limit to recompile_limit)."""
+    import torch._dynamo.config as dynamo_config
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    if hasattr(dynamo_config, name):
+        setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
+
+
 class _CompiledReference:
     """torch.compile of the corrected article reference, compiled in the untimed first calls.
 
@@ -194,10 +203,7 @@ class _CompiledReference:
 
     def make(self, p, block_size, dtype, device):
         if self.fn is None:
-            import torch._dynamo.config as dynamo_config
-            name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-            if hasattr(dynamo_config, name):
-                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+            raise_recompile_limit(256)
             self.fn = torch.compile(drop_block2d_reference, dynamic=False if self.static else None)
         fn = self.fn
         return lambda x: fn(x, p, block_size)

@@ -191,15 +191,12 @@ def compiled_reference(mode):
     """torch.compile of the corrected article reference (None when mode is "off")."""
     if mode == "off":
         return None
-    import torch._dynamo.config as dynamo_config
-
+    from benchmarks.benchmark import raise_recompile_limit
     from benchmarks.reference_dropblock import drop_block2d_reference
 
     # One compiled function for all cases: the default recompiles for a new dtype and then
     # compiles dynamic shapes; "static" compiles every case (more than the default limit of 8).
-    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    if hasattr(dynamo_config, name):
-        setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+    raise_recompile_limit(64)
     return torch.compile(drop_block2d_reference, dynamic=False if mode == "static" else None)
 
 
