@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import torch
 
@@ -6,6 +8,14 @@ from dropblock_cuda.functional import _draw_seed
 from reference import keep_mask, unpack_mask
 
 ops = torch.ops.dropblock_cuda
+
+
+def env_finding_package(**variables):
+    """os.environ plus `variables`, with PYTHONPATH leading to the dropblock_cuda these tests
+    import (installed, or built in place): for subprocesses run outside the source tree."""
+    package_parent = os.path.dirname(os.path.dirname(dropblock_cuda.__file__))
+    path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, **variables)
 
 
 def key_of(generator):

@@ -265,20 +265,17 @@ class _HostEvent:
         return (end.time - self.time) * 1e3
 
 
-def test_gpu_bench_case_runs_on_the_cpu_kernels(monkeypatch, fresh_dynamo):
-    # A dry run of the GPU benchmark's Python on CPU tensors, with host-clock events: every
-    # measurement of a case (both mask paths, channels_last, torchvision, the compiled reference)
-    # runs and lands in the table. The CUDA graph replay needs a GPU: its error is recorded instead.
-    from benchmarks import gpu_bench
+def test_gpu_bench_case_runs_on_the_cpu_kernels(gpu_bench_on_cpu, fresh_dynamo):
+    # A dry run of one case on CPU tensors, with host-clock events: every measurement (both mask
+    # paths, channels_last, torchvision, the compiled reference) runs and lands in the table. The
+    # CUDA graph replay needs a GPU: its error is recorded instead.
     from torchvision.ops import drop_block2d as tv_drop_block2d
 
-    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    gpu_bench = gpu_bench_on_cpu
     args = gpu_bench.parse_args(["--repeats", "2", "--calls", "1", "--warmup", "1"])
     result = gpu_bench.bench_case((2, 16, 14, 14), torch.float32, args, torch.ops.dropblock_cuda,
                                   dropblock_cuda.drop_block2d, tv_drop_block2d, l2_bytes=2**20,
-                                  compiled=gpu_bench.compiled_reference("default"), device="cpu")
+                                  compiled=gpu_bench.compiled_reference("default"))
     assert "forward_graph_error" in result and "compiled_error" not in result
     for key in ("copy_ms", "forward_ms", "forward_shared_over_copy", "mask_ms", "mask_scatter_ms", "forward_scatter_ms", "backward_ms",
                 "channels_last_backward_over_copy", "fwd_bwd_ms", "torchvision_fwd_bwd_ms", "compiled_fwd_bwd_ms",

@@ -4,7 +4,6 @@ Every test here needs a CUDA device and skips without one; nothing touches the G
 The test marked `huge` allocates about 9 GiB of GPU memory (an input of more than 2**31 elements).
 """
 
-import os
 import random
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import torch
 
 import dropblock_cuda
 from dropblock_cuda import drop_block1d, drop_block2d, drop_block3d
+from helpers import env_finding_package
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 requires_two_gpus = pytest.mark.skipif(
@@ -333,10 +333,8 @@ def test_capture_as_the_first_use_in_a_process(tmp_path):
         assert torch.equal(again, mask)
         print("ok")
     """)
-    package_parent = os.path.dirname(os.path.dirname(dropblock_cuda.__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_finding_package(), capture_output=True,
+                         text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 

@@ -1,6 +1,5 @@
 """The public API's contract: semantics, dtypes, layouts, autograd, saved state, op checks, errors."""
 
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from torch import nn
 
 import dropblock_cuda
 from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
-from helpers import key_of, mask_of, ops
+from helpers import env_finding_package, key_of, mask_of, ops
 
 FUNCTIONS = {1: drop_block1d, 2: drop_block2d, 3: drop_block3d}
 MODULES = {1: DropBlock1d, 2: DropBlock2d, 3: DropBlock3d}
@@ -386,10 +385,7 @@ def test_cuda_mask_kernel_environment_variable_is_read_once_and_checked(value, e
             "    print(torch.ops.dropblock_cuda._set_cuda_mask_kernel('auto'))\n"
             "except ValueError as exc:\n"
             "    print('ValueError', exc)\n")
-    # The package this test imports (installed, or built in place), found from any directory.
-    package_parent = os.path.dirname(os.path.dirname(dropblock_cuda.__file__))
-    env = dict(os.environ, DROPBLOCK_CUDA_MASK_KERNEL=value,
-               PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+    env = env_finding_package(DROPBLOCK_CUDA_MASK_KERNEL=value)
     # Run outside the source tree, so that a source checkout without a build is not imported.
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
