@@ -11,12 +11,15 @@
 # benchmarks/results/<gpu>-<time>); a failing step does not stop the later ones; the exit status
 # is the number of failed or skipped steps. Each step is time-boxed, and the whole run stays
 # under TOTAL_BUDGET_S (default 345 s: leave the command's own limit some seconds more).
+#
+# A device machine returns at most 8 files from $OUT, so there the folder is packed at the end
+# into $OUT/gpu_check.tar.gz, beside copies of the summary and the benchmark tables.
 set -u
 
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-345}
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-python3}
 
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -c 'A-Za-z0-9\n' '_' | tr -d '\n')
 default_outdir=benchmarks/results/${gpu_name:-gpu}-$(date +%Y%m%d-%H%M%S)
@@ -123,4 +126,16 @@ for table in "$OUTDIR/gpu_bench.md" "$OUTDIR/compiled/gpu_bench.md"; do
     cat "$table"
   fi
 done
+
+# Pack for the device machine's 8-file limit (only the default folder under $OUT: a folder named
+# on the command line is left as it is).
+if [[ -n ${OUT:-} && $OUTDIR == "$OUT/gpu_check" ]]; then
+  if tar -czf "$OUT/gpu_check.tar.gz" -C "$OUT" gpu_check; then
+    cp "$SUMMARY" "$OUT/summary.txt"
+    [[ -f $OUTDIR/gpu_bench.md ]] && cp "$OUTDIR/gpu_bench.md" "$OUT/gpu_bench.md"
+    [[ -f $OUTDIR/compiled/gpu_bench.md ]] && cp "$OUTDIR/compiled/gpu_bench.md" "$OUT/gpu_bench_compiled.md"
+    rm -rf "$OUTDIR"
+    echo "packed: $OUT/gpu_check.tar.gz"
+  fi
+fi
 exit $((failures > 125 ? 125 : failures))

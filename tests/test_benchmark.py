@@ -5,7 +5,11 @@ No timing assertions: these only check that the machinery runs and writes valid 
 
 import csv
 import json
+import os
+import re
+import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -247,6 +251,42 @@ def test_sanitizer_smoke_script_runs_on_the_cpu_kernels(capsys):
     assert sanitizer_smoke.main("cpu") == 0
     assert "sanitizer_smoke: OK" in capsys.readouterr().out
     assert torch.ops.dropblock_cuda._set_cuda_mask_kernel("auto") == "auto"  # the script restores the default
+
+
+GPU_CHECK_STEPS = ["build", "import", "tests_cuda", "bench", "tests_huge", "bench_compiled", "tests_ecosystem",
+                   "bench_peers", "tests_rest"]
+
+
+def test_gpu_check_script_packs_its_logs_for_the_device_machine(tmp_path):
+    # Every step's command is `true` (PYTHON=true): the script's steps, summary and packing run,
+    # nothing is built. A device machine returns at most 8 files, at most 2 folders down.
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, PYTHON="true", OUT=str(out), TOTAL_BUDGET_S="120")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = sorted(path.relative_to(out).as_posix() for path in out.rglob("*"))
+    assert files == ["gpu_check.tar.gz", "summary.txt"]
+    summary = (out / "summary.txt").read_text()
+    for step in GPU_CHECK_STEPS:
+        assert re.search(rf"^PASS +{step} ", summary, re.M), summary
+    assert re.search(r"^(PASS +memcheck |SKIP +memcheck/racecheck)", summary, re.M), summary
+    with tarfile.open(out / "gpu_check.tar.gz") as tar:
+        packed = set(tar.getnames())
+    assert {"gpu_check/summary.txt", "gpu_check/environment.log"} <= packed
+    assert {f"gpu_check/{step}.log" for step in GPU_CHECK_STEPS} <= packed
+    assert "packed: " in proc.stdout
+
+
+def test_gpu_check_script_leaves_a_named_folder_unpacked(tmp_path):
+    env = dict(os.environ, PYTHON="true", OUT=str(tmp_path / "out"), TOTAL_BUDGET_S="120")
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path / "logs")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not any((tmp_path / "out").iterdir())
+    assert (tmp_path / "logs" / "summary.txt").is_file() and (tmp_path / "logs" / "tests_rest.log").is_file()
 
 
 class _HostEvent:
