@@ -138,28 +138,60 @@ def short_kernel_name(name):
     return head.strip() or name
 
 
-def kernel_microseconds(fn, buffers, calls=5):
+def kernel_microseconds(fn, buffers, calls=5, device="cuda"):
     """Device microseconds per call of fn(i), per kernel (memsets and copies included), from the
-    profiler: where a forward's time goes (the key draw, the mask, the apply pass)."""
+    profiler: where a forward's time goes (the key draw, the mask, the apply pass). With
+    device="cpu" (a dry run), host microseconds per operator."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    on_cuda = device == "cuda"
     for i in range(buffers):
         fn(i)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA if on_cuda else ProfilerActivity.CPU]) as prof:
         for i in range(calls):
             fn(i % buffers)
         torch.cuda.synchronize()
     times = {}
     for event in prof.key_averages():
-        total = getattr(event, "self_device_time_total", None)
-        if total is None:  # older torch
-            total = getattr(event, "self_cuda_time_total", 0)
-        if event.device_type == DeviceType.CUDA and total > 0:
+        if on_cuda:
+            total = getattr(event, "self_device_time_total", None)
+            if total is None:  # older torch
+                total = getattr(event, "self_cuda_time_total", 0)
+        else:
+            total = event.self_cpu_time_total
+        if event.device_type == (DeviceType.CUDA if on_cuda else DeviceType.CPU) and total > 0:
             name = short_kernel_name(event.key)
             times[name] = times.get(name, 0.0) + total / calls
     return dict(sorted(times.items(), key=lambda item: -item[1]))
+
+
+def forward_backward(forward, leaves, grads):
+    """fn(i): forward(leaves[i]) and its gradient, for time_op and the profiler."""
+    def fwd_bwd(i):
+        torch.autograd.grad(forward(leaves[i]), leaves[i], grads[i % 2])
+
+    return fwd_bwd
+
+
+def profile_kernels(result, drop_block2d, device="cuda"):
+    """Where a case's time goes: the device time per kernel of our forward and forward+backward.
+    main runs this after every case is timed, since a profiler session may leave CUPTI attached
+    (TEARDOWN_CUPTI=0) and slow the eager timings that follow it."""
+    shape, dtype = tuple(result["shape"]), getattr(torch, result["dtype"])
+    xs = [torch.randn(shape, device=device, dtype=dtype) for _ in range(result["buffers"])]
+    leaves = [x.detach().requires_grad_() for x in xs]
+    grads = [torch.randn_like(x) for x in xs[:2]]
+    passes = (("forward", lambda i: drop_block2d(xs[i], P, BLOCK)),
+              ("fwd_bwd", forward_backward(lambda x: drop_block2d(x, P, BLOCK), leaves, grads)))
+    for name, fn in passes:
+        try:
+            result[f"{name}_kernels_us"] = kernel_microseconds(fn, len(xs), device=device)
+        except Exception as exc:  # report, and keep the other numbers
+            result[f"{name}_kernels_error"] = repr(exc)[:300]
+    del xs, leaves, grads
+    torch.cuda.empty_cache()
 
 
 def saved_bytes_per_element(fn, x):
@@ -219,29 +251,18 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
         measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d)
     grads = [torch.randn_like(x) for x in xs[:2]]
     leaves = [x.detach().requires_grad_() for x in xs]
-
-    def ours_fwd_bwd(i):
-        y = drop_block2d(leaves[i], P, BLOCK)
-        torch.autograd.grad(y, leaves[i], grads[i % 2])
-
-    result["fwd_bwd_ms"] = time_op(ours_fwd_bwd, buffers, **timing)
+    result["fwd_bwd_ms"] = time_op(forward_backward(lambda x: drop_block2d(x, P, BLOCK), leaves, grads), buffers,
+                                   **timing)
     result["saved_bytes_per_element"] = saved_bytes_per_element(lambda x: drop_block2d(x, P, BLOCK), xs[0])
     if tv_drop_block2d is not None and not args.compiled_only:
         result["torchvision_forward_ms"] = time_op(lambda i: tv_drop_block2d(xs[i], P, BLOCK), buffers, **timing)
-
-        def tv_fwd_bwd(i):
-            y = tv_drop_block2d(leaves[i], P, BLOCK)
-            torch.autograd.grad(y, leaves[i], grads[i % 2])
-
-        result["torchvision_fwd_bwd_ms"] = time_op(tv_fwd_bwd, buffers, **timing)
+        result["torchvision_fwd_bwd_ms"] = time_op(
+            forward_backward(lambda x: tv_drop_block2d(x, P, BLOCK), leaves, grads), buffers, **timing)
         result["torchvision_saved_bytes_per_element"] = saved_bytes_per_element(
             lambda x: tv_drop_block2d(x, P, BLOCK), xs[0]
         )
     if compiled is not None:
-        def compiled_fwd_bwd(i):
-            y = compiled(leaves[i], P, BLOCK, EPS)
-            torch.autograd.grad(y, leaves[i], grads[i % 2])
-
+        compiled_fwd_bwd = forward_backward(lambda x: compiled(x, P, BLOCK, EPS), leaves, grads)
         try:
             started = time.perf_counter()
             compiled_fwd_bwd(0)  # compiles forward and backward (or reuses a dynamic-shape compile)
@@ -250,13 +271,6 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
             result["compiled_fwd_bwd_ms"] = time_op(compiled_fwd_bwd, buffers, **timing)
         except Exception as exc:  # report, and keep the other numbers
             result["compiled_error"] = repr(exc)[:300]
-    if not args.compiled_only:
-        # Where the time goes, per kernel.
-        for name, fn in (("forward", lambda i: drop_block2d(xs[i], P, BLOCK)), ("fwd_bwd", ours_fwd_bwd)):
-            try:
-                result[f"{name}_kernels_us"] = kernel_microseconds(fn, buffers)
-            except Exception as exc:  # report, and keep the other numbers
-                result[f"{name}_kernels_error"] = repr(exc)[:300]
     copy = result["copy_ms"]
     for key in ("forward", "forward_shared", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward",
                 "torchvision_fwd_bwd", "compiled_fwd_bwd"):
@@ -466,6 +480,12 @@ def main(argv=None):
             # Written after every case, so that a run cut short by its time limit still leaves its numbers.
             meta["seconds"] = time.time() - started
             table = write_results(args.out, meta, results, props.name)
+    if not args.compiled_only:
+        for r in results:
+            profile_kernels(r, drop_block2d)
+            meta["seconds"] = time.time() - started
+            table = write_results(args.out, meta, results, props.name)
+        print("gpu_bench: kernel times profiled", flush=True)
     print()
     print(table)
     return 0

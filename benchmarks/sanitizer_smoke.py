@@ -33,6 +33,13 @@ def main(device="cuda", quick=False):
                      4: lambda t: t.contiguous(memory_format=torch.channels_last),
                      5: lambda t: t.contiguous(memory_format=torch.channels_last_3d)}
     failures = 0
+
+    def check(same, what):
+        nonlocal failures
+        if not same:
+            failures += 1
+            print(f"sanitizer_smoke: MISMATCH {what}", flush=True)
+
     for shape, block in cases:
         # quick (for racecheck, which only watches shared memory: the mask kernels, the block sums
         # and the channels-last tiles): one element type.
@@ -51,16 +58,17 @@ def main(device="cuda", quick=False):
                 for kernel in ("scatter", "window", "auto"):  # both mask paths; the default's mask is used below
                     ops._set_cuda_mask_kernel(kernel)
                     m, s = ops.drop_block_mask(x.detach(), seed_gpu, p_gpu, list(block), 1e-6, shared)
-                    failures += not torch.equal(m.cpu(), m_cpu)
+                    check(torch.equal(m.cpu(), m_cpu), f"mask {shape} block {block} {dtype} shared={shared} kernel={kernel}")
                 expected = ops.drop_block_apply(x_cpu, m_cpu, s_cpu, shared)
                 views = [x.detach(), x.detach().transpose(-1, 0).contiguous().transpose(-1, 0)]
                 views.append(channels_last[len(shape)](x.detach()))
                 views.append(torch.empty(x.numel() + 1, dtype=dtype, device=device)[1:].view(shape).copy_(x.detach()))
-                for v in views:
-                    failures += not torch.equal(ops.drop_block_apply(v, m, s, shared).cpu(), expected)
+                for view, v in zip(("contiguous", "transposed", "channels_last", "offset"), views):
+                    case = f"{shape} {dtype} shared={shared} {view}"
+                    check(torch.equal(ops.drop_block_apply(v, m, s, shared).cpu(), expected), f"apply {case}")
                     w = v.clone()
                     ops.drop_block_apply_(w, m, s, shared)
-                    failures += not torch.equal(w.cpu(), expected)
+                    check(torch.equal(w.cpu(), expected), f"apply_ {case}")
     # Zero-size inputs.
     for shape in ((0, 3, 4, 4), (2, 0, 4, 4)):
         for shared in (False, True):

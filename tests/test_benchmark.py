@@ -253,8 +253,8 @@ def test_sanitizer_smoke_script_runs_on_the_cpu_kernels(capsys):
     assert torch.ops.dropblock_cuda._set_cuda_mask_kernel("auto") == "auto"  # the script restores the default
 
 
-GPU_CHECK_STEPS = ["build", "import", "tests_cuda", "bench", "tests_huge", "bench_compiled", "tests_ecosystem",
-                   "bench_peers", "tests_rest"]
+GPU_CHECK_STEPS = ["build", "import", "tests_cuda", "bench", "tests_huge", "tests_ecosystem", "bench_compiled",
+                   "bench_peers"]
 
 
 def test_gpu_check_script_packs_its_logs_for_the_device_machine(tmp_path):
@@ -262,7 +262,7 @@ def test_gpu_check_script_packs_its_logs_for_the_device_machine(tmp_path):
     # nothing is built. A device machine returns at most 8 files, at most 2 folders down.
     out = tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ, PYTHON="true", OUT=str(out), TOTAL_BUDGET_S="120")
+    env = dict(os.environ, PYTHON="true", OUT=str(out), TOTAL_BUDGET_S="120", TMPDIR=str(tmp_path))
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -272,6 +272,7 @@ def test_gpu_check_script_packs_its_logs_for_the_device_machine(tmp_path):
     for step in GPU_CHECK_STEPS:
         assert re.search(rf"^PASS +{step} ", summary, re.M), summary
     assert re.search(r"^(PASS +memcheck |SKIP +memcheck/racecheck)", summary, re.M), summary
+    assert summary.index("tests_cuda") < summary.index("bench ") < summary.index("tests_ecosystem")
     with tarfile.open(out / "gpu_check.tar.gz") as tar:
         packed = set(tar.getnames())
     assert {"gpu_check/summary.txt", "gpu_check/environment.log"} <= packed
@@ -286,7 +287,7 @@ def test_gpu_check_script_leaves_a_named_folder_unpacked(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not any((tmp_path / "out").iterdir())
-    assert (tmp_path / "logs" / "summary.txt").is_file() and (tmp_path / "logs" / "tests_rest.log").is_file()
+    assert (tmp_path / "logs" / "summary.txt").is_file() and (tmp_path / "logs" / "bench_peers.log").is_file()
 
 
 class _HostEvent:
@@ -366,6 +367,7 @@ def gpu_bench_on_cpu(monkeypatch):
     monkeypatch.setattr(gpu_bench, "host_overhead", lambda fn: {"forward_us": 1.0})
     monkeypatch.setattr(gpu_bench, "SHAPES", [(16, 9, 9), (8, 7, 7)])
     monkeypatch.setattr(gpu_bench, "bench_case", functools.partial(gpu_bench.bench_case, device="cpu"))
+    monkeypatch.setattr(gpu_bench, "profile_kernels", functools.partial(gpu_bench.profile_kernels, device="cpu"))
     return gpu_bench
 
 
@@ -378,7 +380,11 @@ def test_gpu_bench_main_writes_its_files(gpu_bench_on_cpu, tmp_path, capsys):
     assert [r["shape"] for r in data["results"]] == [[2, 16, 9, 9], [2, 8, 7, 7]] * 2
     assert data["meta"]["device"] == "CPU dry run" and len(data["meta"]["targets"]) == 5
     table = (tmp_path / "gpu_bench.md").read_text()
-    assert table.count("| 2x8x7x7 | bfloat16 |") == 1 and "forward_us 1.0" in table
+    assert table.count("| 2x8x7x7 | bfloat16 |") == 3 and "forward_us 1.0" in table  # results, 2 breakdown rows
+    # The profiler's pass comes after every case is timed (on the CPU it lists operators).
+    for r in data["results"]:
+        assert "drop_block_apply" in r["forward_kernels_us"] and "drop_block_mask" in r["forward_kernels_us"], r
+        assert "drop_block_apply" in r["fwd_bwd_kernels_us"], r
     assert table in capsys.readouterr().out
 
 

@@ -14,7 +14,7 @@ import torch
 
 import dropblock_cuda
 from dropblock_cuda import drop_block1d, drop_block2d, drop_block3d
-from helpers import env_finding_package
+from helpers import assert_equal, env_finding_package
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 requires_two_gpus = pytest.mark.skipif(
@@ -42,7 +42,7 @@ def assert_same_mask(cpu, gpu):
     (mask_cpu, scale_cpu), (mask_gpu, scale_gpu) = cpu, gpu
     assert mask_gpu.dtype == torch.uint8 and mask_gpu.shape == mask_cpu.shape
     assert scale_gpu.dtype == torch.float64 and scale_gpu.dim() == 0
-    assert torch.equal(mask_gpu.cpu(), mask_cpu)
+    assert_equal(mask_gpu.cpu(), mask_cpu)
     assert scale_gpu.item() == scale_cpu.item()
 
 
@@ -169,11 +169,11 @@ def test_apply_equals_cpu(shape, block, dtype, layout, shared):
     out_gpu = ops.drop_block_apply(x_gpu, mask_gpu, scale_gpu, shared)
     assert out_gpu.device == x_gpu.device and out_gpu.dtype == dtype
     assert out_gpu.stride() == out_cpu.stride()
-    assert torch.equal(out_gpu.cpu(), out_cpu)
+    assert_equal(out_gpu.cpu(), out_cpu)
     # In place, through the same layout.
     inplace = x_gpu.clone() if layout in ("contiguous", "channels_last") else make_input(shape, dtype, layout, "cuda")
     ops.drop_block_apply_(inplace, mask_gpu, scale_gpu, shared)
-    assert torch.equal(inplace.cpu(), out_cpu)
+    assert_equal(inplace.cpu(), out_cpu)
 
 
 @requires_cuda
@@ -187,7 +187,7 @@ def test_apply_vector_tails(dtype, numel_tail):
         x = torch.randn(shape, dtype=torch.float64).to(dtype)
         cpu, gpu = cpu_and_cuda_masks(shape, (5,), 0.5, 3, shared)
         expected = ops.drop_block_apply(x, *cpu, shared)
-        assert torch.equal(ops.drop_block_apply(x.cuda(), *gpu, shared).cpu(), expected)
+        assert_equal(ops.drop_block_apply(x.cuda(), *gpu, shared).cpu(), expected)
 
 
 @requires_cuda
@@ -199,7 +199,7 @@ def test_apply_dropped_elements_are_zero_whatever_the_input():
     bits = torch.tensor(list(mask.cpu().numpy().tobytes()), dtype=torch.uint8)
     keep = ((bits[:, None] >> torch.arange(8)) & 1).flatten()[: x.numel()].view(x.shape).bool().cuda()
     assert (~keep).any()
-    assert torch.equal(out[~keep], torch.zeros_like(out[~keep]))
+    assert_equal(out[~keep], torch.zeros_like(out[~keep]))
     assert torch.isinf(out[keep & ~torch.isnan(x)]).all()
 
 
@@ -210,7 +210,7 @@ def test_apply_mask_at_odd_byte_offset():
     mask, scale = ops.drop_block_mask(x, torch.tensor(9, device="cuda"), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 3], EPS, False)
     shifted = torch.empty(mask.numel() + 1, dtype=torch.uint8, device="cuda")[1:]
     shifted.copy_(mask)
-    assert torch.equal(ops.drop_block_apply(x, shifted, scale, False), ops.drop_block_apply(x, mask, scale, False))
+    assert_equal(ops.drop_block_apply(x, shifted, scale, False), ops.drop_block_apply(x, mask, scale, False))
 
 
 @requires_cuda
@@ -242,7 +242,7 @@ def test_forward_and_gradient_match_cpu_with_a_cpu_generator(fn, shape, block, s
     assert y_gpu.is_cuda and torch.equal(y_gpu.detach().cpu(), y_cpu.detach())
     y_cpu.backward(grad)
     y_gpu.backward(grad.cuda())
-    assert torch.equal(x_gpu.grad.cpu(), x_cpu.grad)
+    assert_equal(x_gpu.grad.cpu(), x_cpu.grad)
 
 
 @requires_cuda
@@ -261,7 +261,7 @@ def test_default_cuda_generator_follows_manual_seed():
     a = drop_block2d(x, 0.3, 3)
     b = drop_block2d(x, 0.3, 3)
     torch.cuda.manual_seed(3)
-    assert torch.equal(drop_block2d(x, 0.3, 3), a)
+    assert_equal(drop_block2d(x, 0.3, 3), a)
     assert not torch.equal(a, b)
 
 
@@ -292,7 +292,7 @@ def test_cuda_graph_capture_and_replay():
         # The replayed kernels computed the CPU's mask for the seed drawn in this replay.
         expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), seed.cpu(), p.cpu(), [5, 5], EPS, False)
         assert torch.equal(mask.cpu(), expected_mask) and scale.item() == expected_scale.item()
-        assert torch.equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, False))
+        assert_equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, False))
         outputs.append(z.clone())
     assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[1], outputs[2])
 
@@ -301,14 +301,14 @@ def test_cuda_graph_capture_and_replay():
     graph.replay()
     torch.cuda.synchronize()
     expected_mask, _ = ops.drop_block_mask(x.cpu(), seed.cpu(), torch.tensor(0.5, dtype=torch.float64), [5, 5], EPS, False)
-    assert torch.equal(mask.cpu(), expected_mask)
+    assert_equal(mask.cpu(), expected_mask)
 
     torch.cuda.manual_seed(2024)
     graph.replay()
     first = z.clone()
     torch.cuda.manual_seed(2024)
     graph.replay()
-    assert torch.equal(z, first)
+    assert_equal(z, first)
 
 
 @requires_cuda
@@ -330,7 +330,7 @@ def test_capture_as_the_first_use_in_a_process(tmp_path):
             assert torch.equal(mask.cpu(), expected_mask) and scale.item() == expected_scale.item()
         # Outside the capture the grid is asked for and cached: the same mask.
         again, _ = ops.drop_block_mask(x, seed, p, [3, 3], 1e-6, False)
-        assert torch.equal(again, mask)
+        assert_equal(again, mask)
         print("ok")
     """)
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_finding_package(), capture_output=True,
@@ -352,8 +352,8 @@ def test_non_default_stream():
         y = ops.drop_block_apply(x, mask, scale, True)
     stream.synchronize()
     expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), torch.tensor(77), torch.tensor(0.2, dtype=torch.float64, device=x.cpu().device), [7, 7], EPS, True)
-    assert torch.equal(mask.cpu(), expected_mask)
-    assert torch.equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, True))
+    assert_equal(mask.cpu(), expected_mask)
+    assert_equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, True))
 
 
 @requires_cuda
@@ -429,7 +429,7 @@ def test_second_device(dtype):
     assert_same_mask(cpu, gpu)
     out = ops.drop_block_apply(x, *gpu, False)
     assert out.device == x.device
-    assert torch.equal(out.cpu(), ops.drop_block_apply(x_cpu, *cpu, False))
+    assert_equal(out.cpu(), ops.drop_block_apply(x_cpu, *cpu, False))
     assert torch.cuda.current_device() == 0
     y = drop_block2d(x, 0.2, 5)
     assert y.device == x.device
