@@ -15,6 +15,10 @@ from dropblock_cuda import DropBlock2d, LinearScheduler
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
+# Dynamo keeps a float argument symbolic (a graph input) from torch 2.6 on; before, each new value
+# of p specializes and recompiles the graph (up to its cache limit). Eager use is the same.
+p_is_a_graph_input = pytest.mark.skipif(torch.__version__ < "2.6", reason="torch < 2.6 recompiles for each p")
+
 
 class TwoDropBlocks(nn.Module):
     """Two DropBlock layers applied to the same input, in one graph."""
@@ -112,6 +116,7 @@ def test_export_training_model_draws_masks():
     assert (y1 == 0).any() and not torch.equal(y1, y2)
 
 
+@p_is_a_graph_input
 @pytest.mark.parametrize("backend", ["count", "inductor"])
 def test_changing_p_compiles_at_most_twice(backend):
     counter = CompileCounter() if backend == "count" else CompileCounterWithBackend("inductor")
@@ -127,6 +132,7 @@ def test_changing_p_compiles_at_most_twice(backend):
     assert fractions[0.05] < fractions[0.2] < fractions[0.6]
 
 
+@p_is_a_graph_input
 def test_functional_with_changing_p_compiles_at_most_twice():
     counter = CompileCounterWithBackend("inductor")
 
@@ -140,6 +146,7 @@ def test_functional_with_changing_p_compiles_at_most_twice():
     assert counter.frame_count <= 2
 
 
+@p_is_a_graph_input
 @pytest.mark.parametrize("backend", ["count", "inductor"])
 def test_scheduler_ramp_compiles_at_most_twice(backend):
     counter = CompileCounter() if backend == "count" else CompileCounterWithBackend("inductor")
@@ -182,7 +189,8 @@ def test_compiled_autograd_traces_the_backward_in_one_graph():
     grad = torch.randn(2, 3, 16, 16)
     y = dropblock_cuda.drop_block2d(x, 0.3, 3, generator=torch.Generator().manual_seed(3))
     counter = CompileCounterWithBackend("eager")
-    with compiled_autograd._enable(torch.compile(backend=counter, fullgraph=True)):
+    enable = getattr(compiled_autograd, "_enable", None) or compiled_autograd.enable  # torch < 2.6: enable
+    with enable(torch.compile(backend=counter, fullgraph=True)):
         y.backward(grad)
     assert counter.frame_count == 1
     expected = dropblock_cuda.drop_block2d(grad, 0.3, 3, generator=torch.Generator().manual_seed(3))
