@@ -96,7 +96,7 @@ run() {
   $PYTHON -c "import torch, sys; print('python', sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())"
 } >"$OUTDIR/environment.log" 2>&1
 
-PYTEST=($PYTHON -m pytest -q -p no:cacheprovider -rfEs)
+PYTEST=($PYTHON -m pytest -q -p no:cacheprovider -rfEs --durations=10)
 
 # 1. Build in place (the .so lands in dropblock_cuda/, so the tests import this checkout).
 export MAX_JOBS=${MAX_JOBS:-16}
