@@ -183,8 +183,8 @@ def profile_kernels(result, drop_block2d, device="cuda"):
     xs = [torch.randn(shape, device=device, dtype=dtype) for _ in range(result["buffers"])]
     leaves = [x.detach().requires_grad_() for x in xs]
     grads = [torch.randn_like(x) for x in xs[:2]]
-    passes = (("forward", lambda i: drop_block2d(xs[i], P, BLOCK)),
-              ("fwd_bwd", forward_backward(lambda x: drop_block2d(x, P, BLOCK), leaves, grads)))
+    ours = lambda x: drop_block2d(x, P, BLOCK)  # noqa: E731
+    passes = (("forward", lambda i: ours(xs[i])), ("fwd_bwd", forward_backward(ours, leaves, grads)))
     for name, fn in passes:
         try:
             result[f"{name}_kernels_us"] = kernel_microseconds(fn, len(xs), device=device)
@@ -251,16 +251,14 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
         measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d)
     grads = [torch.randn_like(x) for x in xs[:2]]
     leaves = [x.detach().requires_grad_() for x in xs]
-    result["fwd_bwd_ms"] = time_op(forward_backward(lambda x: drop_block2d(x, P, BLOCK), leaves, grads), buffers,
-                                   **timing)
-    result["saved_bytes_per_element"] = saved_bytes_per_element(lambda x: drop_block2d(x, P, BLOCK), xs[0])
+    ours = lambda x: drop_block2d(x, P, BLOCK)  # noqa: E731
+    result["fwd_bwd_ms"] = time_op(forward_backward(ours, leaves, grads), buffers, **timing)
+    result["saved_bytes_per_element"] = saved_bytes_per_element(ours, xs[0])
     if tv_drop_block2d is not None and not args.compiled_only:
-        result["torchvision_forward_ms"] = time_op(lambda i: tv_drop_block2d(xs[i], P, BLOCK), buffers, **timing)
-        result["torchvision_fwd_bwd_ms"] = time_op(
-            forward_backward(lambda x: tv_drop_block2d(x, P, BLOCK), leaves, grads), buffers, **timing)
-        result["torchvision_saved_bytes_per_element"] = saved_bytes_per_element(
-            lambda x: tv_drop_block2d(x, P, BLOCK), xs[0]
-        )
+        torchvision = lambda x: tv_drop_block2d(x, P, BLOCK)  # noqa: E731
+        result["torchvision_forward_ms"] = time_op(lambda i: torchvision(xs[i]), buffers, **timing)
+        result["torchvision_fwd_bwd_ms"] = time_op(forward_backward(torchvision, leaves, grads), buffers, **timing)
+        result["torchvision_saved_bytes_per_element"] = saved_bytes_per_element(torchvision, xs[0])
     if compiled is not None:
         compiled_fwd_bwd = forward_backward(lambda x: compiled(x, P, BLOCK, EPS), leaves, grads)
         try:

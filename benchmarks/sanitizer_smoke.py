@@ -60,10 +60,13 @@ def main(device="cuda", quick=False):
                     m, s = ops.drop_block_mask(x.detach(), seed_gpu, p_gpu, list(block), 1e-6, shared)
                     check(torch.equal(m.cpu(), m_cpu), f"mask {shape} block {block} {dtype} shared={shared} kernel={kernel}")
                 expected = ops.drop_block_apply(x_cpu, m_cpu, s_cpu, shared)
-                views = [x.detach(), x.detach().transpose(-1, 0).contiguous().transpose(-1, 0)]
-                views.append(channels_last[len(shape)](x.detach()))
-                views.append(torch.empty(x.numel() + 1, dtype=dtype, device=device)[1:].view(shape).copy_(x.detach()))
-                for view, v in zip(("contiguous", "transposed", "channels_last", "offset"), views):
+                views = {
+                    "contiguous": x.detach(),
+                    "transposed": x.detach().transpose(-1, 0).contiguous().transpose(-1, 0),
+                    "channels_last": channels_last[len(shape)](x.detach()),
+                    "offset": torch.empty(x.numel() + 1, dtype=dtype, device=device)[1:].view(shape).copy_(x.detach()),
+                }
+                for view, v in views.items():
                     case = f"{shape} {dtype} shared={shared} {view}"
                     check(torch.equal(ops.drop_block_apply(v, m, s, shared).cpu(), expected), f"apply {case}")
                     w = v.clone()

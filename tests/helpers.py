@@ -18,24 +18,18 @@ def env_finding_package(**variables):
     return dict(os.environ, PYTHONPATH=path, **variables)
 
 
-def mismatch(actual, expected):
-    """Why two tensors that should be equal are not, for an assertion's message (computed only when
-    it fails): how many elements differ and where the first one is."""
+def assert_equal(actual, expected):
+    """torch.equal, failing with how many elements differ and where the first one is."""
+    if torch.equal(actual, expected):
+        return
     actual = actual.detach().cpu()
     expected = expected.detach().cpu()
-    if actual.shape != expected.shape or actual.dtype != expected.dtype:
-        return f"shape/dtype {tuple(actual.shape)} {actual.dtype} vs {tuple(expected.shape)} {expected.dtype}"
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, \
+        f"shape/dtype {tuple(actual.shape)} {actual.dtype} vs {tuple(expected.shape)} {expected.dtype}"
     where = (actual != expected).nonzero()  # NaN differs from NaN, as in torch.equal
-    if len(where) == 0:
-        return "equal"
     first = tuple(where[0].tolist())
-    return (f"{len(where)} of {actual.numel()} elements differ; first at {first}: "
-            f"{actual[first].item()!r} vs {expected[first].item()!r}")
-
-
-def assert_equal(actual, expected):
-    """torch.equal, failing with how many elements differ and the first that does."""
-    assert torch.equal(actual, expected), mismatch(actual, expected)
+    raise AssertionError(f"{len(where)} of {actual.numel()} elements differ; first at {first}: "
+                         f"{actual[first].item()!r} vs {expected[first].item()!r}")
 
 
 def key_of(generator):
