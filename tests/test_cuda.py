@@ -311,11 +311,13 @@ def test_cuda_graph_capture_and_replay():
     assert_equal(z, first)
 
 
-@requires_cuda
-def test_capture_as_the_first_use_in_a_process(tmp_path):
+# Code the tests below run in a fresh interpreter, by name. These tests only run on a GPU:
+# tests/test_static_checks.py compiles every entry in CI and checks that each name it uses is
+# bound in it (nothing of this module is there: helpers such as assert_equal are not).
+SUBPROCESS_CODE = {
     # The first mask of a process sizes the window kernel's grid from the device's occupancy; a
     # capture must not be the place where that is asked (capture's strictest, "global", mode).
-    code = textwrap.dedent("""
+    "capture_as_the_first_use": textwrap.dedent("""
         import torch, dropblock_cuda
         ops = torch.ops.dropblock_cuda
         x = torch.randn(4, 16, 14, 14, device="cuda")
@@ -330,11 +332,16 @@ def test_capture_as_the_first_use_in_a_process(tmp_path):
             assert torch.equal(mask.cpu(), expected_mask) and scale.item() == expected_scale.item()
         # Outside the capture the grid is asked for and cached: the same mask.
         again, _ = ops.drop_block_mask(x, seed, p, [3, 3], 1e-6, False)
-        assert_equal(again, mask)
+        assert torch.equal(again, mask)
         print("ok")
-    """)
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_finding_package(), capture_output=True,
-                         text=True, timeout=300)
+    """),
+}
+
+
+@requires_cuda
+def test_capture_as_the_first_use_in_a_process(tmp_path):
+    run = subprocess.run([sys.executable, "-c", SUBPROCESS_CODE["capture_as_the_first_use"]], cwd=tmp_path,
+                         env=env_finding_package(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
