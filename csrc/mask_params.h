@@ -1,6 +1,8 @@
 #pragma once
 // Host-side set-up shared by every backend: argument checks, the mask geometry, the seed
-// probability (eq. 1 of the paper, generalised) and the packed mask's size.
+// probability (eq. 1 of the paper, generalised) and the packed mask's size. The fake kernels of
+// dropblock_cuda/_registrations.py make the same checks with the same messages (tests/test_misuse.py
+// compares them), so that a traced or meta call fails where a real one would.
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
@@ -10,7 +12,7 @@
 
 namespace dropblock {
 
-// Checks the arguments of drop_block_mask and returns the geometry of its mask.
+// Checks drop_block_mask's input and block_size and returns the geometry of its mask.
 MaskGeometry make_mask_geometry(const at::Tensor& input, c10::IntArrayRef block_size, bool shared_channels);
 
 // gamma = min(p * gamma_factor, 1) is eq. 1 of the paper generalised: p * prod(S) / (prod(b) *
@@ -23,13 +25,18 @@ double gamma_factor(const MaskGeometry& geometry);
 std::optional<double> check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
                                       double eps);
 
-// Bytes of the packed keep mask: one bit per (plane, spatial position), whole 64-bit words.
-int64_t packed_mask_bytes(const MaskGeometry& geometry);
-
-// Mask planes implied by an input shape: N * C, or N when the mask is shared by the channels.
-int64_t mask_planes(const at::Tensor& input, bool shared_channels);
+// Bytes of a packed keep mask of `bits` bits: whole 64-bit words (no overflow up to 2^63 - 1 bits).
+int64_t packed_mask_bytes(int64_t bits);
 
 // Checks drop_block_apply's arguments against each other (shape, dtype, device).
 void check_apply_args(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale, bool shared_channels);
+
+// Checks what drop_block_apply_ writes: the input, whose elements must not share memory with each
+// other, with the mask or with the scale (those would be overwritten before they are read).
+void check_inplace_args(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale);
+
+// The mask, or a copy of it when its data does not start on an 8-byte boundary: the kernels read
+// it as 64-bit words, and a view at an odd byte offset passes every other check.
+at::Tensor word_aligned(const at::Tensor& mask);
 
 }  // namespace dropblock

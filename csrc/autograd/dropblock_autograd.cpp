@@ -6,6 +6,10 @@
 //                     kept for backward); calling the op through the dispatcher keeps that
 //                     backward differentiable (double backward) and visible to torch.compile.
 //
+// Only the data input is differentiable. The other tensor arguments (mask, scale, seed, p) get no
+// gradient: one that requires grad is refused with an error naming it, rather than left with a
+// .grad of None that looks like a zero gradient.
+//
 // In C++ rather than torch.library.register_autograd because a training step pays it on every
 // call: a Python autograd node costs several microseconds per op, about what the CUDA kernels
 // of a small feature map take.
@@ -18,6 +22,13 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+// Refuses an argument `name` of `op` that has no gradient formula but would be recorded as one.
+void refuse_grad(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && t.requires_grad()), op, ": ", name,
+              " requires grad, but the op has no gradient for it (only the input has one); pass ", name,
+              ".detach()");
+}
 
 at::Tensor call_apply(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale, bool shared_channels) {
   static const auto op = c10::Dispatcher::singleton()
@@ -56,6 +67,8 @@ class DropBlockApply : public torch::autograd::Function<DropBlockApply> {
 
 at::Tensor drop_block_apply_autograd(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale,
                                      bool shared_channels) {
+  refuse_grad(mask, "drop_block_apply", "mask");
+  refuse_grad(scale, "drop_block_apply", "scale");
   return DropBlockApply::apply(input, mask, scale, shared_channels);
 }
 
@@ -67,6 +80,9 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_autograd(const at::Tensor& in
                              .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                        const at::Tensor&, c10::IntArrayRef,
                                                                        double, bool)>();
+  // The outputs depend on the input's shape only (no gradient for it); p changes them in steps.
+  refuse_grad(seed, "drop_block_mask", "seed");
+  refuse_grad(p, "drop_block_mask", "p");
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   return op.call(input, seed, p, block_size, eps, shared_channels);
 }
@@ -79,6 +95,8 @@ void drop_block_apply_inplace_autograd(at::Tensor& input, const at::Tensor& mask
   TORCH_CHECK(!(at::GradMode::is_enabled() && input.requires_grad()),
               "drop_block_apply_: input requires grad; use drop_block_apply (or drop_block2d(..., inplace=True), "
               "which records the write) instead");
+  refuse_grad(mask, "drop_block_apply_", "mask");
+  refuse_grad(scale, "drop_block_apply_", "scale");
   const at::AutoDispatchBelowAutograd below_autograd;
   inplace_op().call(input, mask, scale, shared_channels);
 }

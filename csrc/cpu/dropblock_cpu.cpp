@@ -4,9 +4,9 @@
 #include <vector>
 
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -19,9 +19,28 @@
 namespace dropblock {
 namespace {
 
-// Logical indices per unit of parallel work (a multiple of 64): small enough to balance two to
-// a few dozen threads, large enough that per-range set-up and edge atomics stay negligible.
+// The CPU kernels go parallel only where torch's element-wise ops do: past at::internal::GRAIN_SIZE
+// elements. Below that a region is not worth its threads, and a child forked after the parent used
+// the OpenMP pool hangs in its first parallel region (libgomp is not fork-safe): a DataLoader worker
+// started with fork then runs small tensors on its own thread, as torch's own ops do.
+constexpr int64_t kGrainElements = at::internal::GRAIN_SIZE;
+
+// at::parallel_for over `units` units of work that hold `elements` elements in all: serial up to
+// kGrainElements elements, else in ranges of about kGrainElements elements or more.
+template <typename F>
+void parallel_over(int64_t units, int64_t elements, const F& f) {
+  if (units <= 0) {
+    return;
+  }
+  const int64_t per_unit = std::max<int64_t>(1, elements / units);
+  const int64_t grain = elements <= kGrainElements ? units : std::max<int64_t>(1, kGrainElements / per_unit);
+  at::parallel_for(0, units, grain, f);
+}
+
+// Logical indices per unit of parallel work in the mask (a multiple of 64): small enough to balance
+// two to a few dozen threads, large enough that per-range set-up and edge atomics stay negligible.
 constexpr int64_t kChunkElements = int64_t(1) << 15;
+static_assert(kChunkElements % 64 == 0, "mask ranges hold whole words");
 
 // Philox groups drawn per batch: independent iterations the compiler can vectorise.
 constexpr int kPhiloxBatch = 128;
@@ -200,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, 
   const PhiloxKey key = make_key(static_cast<uint64_t>(seed.item<int64_t>()));
   const SeedThreshold threshold = make_seed_threshold(drop_probability, gamma_factor(g));
 
-  at::Tensor mask = at::empty({packed_mask_bytes(g)}, input.options().dtype(at::kByte));
+  at::Tensor mask = at::empty({packed_mask_bytes(g.planes * g.plane_numel())}, input.options().dtype(at::kByte));
   uint64_t* words = reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>());
   const int64_t nwords = mask.numel() / 8;
   const SeedGrid grid = make_seed_grid(g);
@@ -210,8 +229,8 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, 
     words[nwords - 1] = low_bits(grid.total % 64);
   }
   if (!never_seeds(threshold) && grid.total > 0) {
-    const int64_t chunks = (grid.total + kChunkElements - 1) / kChunkElements;
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t chunks = grid.total / kChunkElements + (grid.total % kChunkElements != 0 ? 1 : 0);
+    parallel_over(chunks, grid.total, [&](int64_t begin, int64_t end) {
       RangePainter painter(grid, key, threshold, words);
       for (int64_t c = begin; c < end; ++c) {
         painter.paint(c * kChunkElements, std::min((c + 1) * kChunkElements, grid.total));
@@ -219,6 +238,7 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, 
     });
   }
 
+  static_assert((int64_t(1) << 14) * 64 >= kGrainElements, "the count goes parallel later than torch");
   const int64_t kept_bits = at::parallel_reduce(
       0, nwords, 1 << 14, int64_t(0),
       [&](int64_t begin, int64_t end, int64_t acc) {
@@ -399,7 +419,7 @@ void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C
                          bool shared_channels, acc_t scale) {
   const int64_t tiles_per_sample = (S + 63) / 64;
   const int64_t mask_rows = shared_channels ? 1 : C;
-  at::parallel_for(0, N * tiles_per_sample, std::max<int64_t>(1, 16384 / (64 * C)), [&](int64_t begin, int64_t end) {
+  parallel_over(N * tiles_per_sample, N * C * S, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> halves(static_cast<size_t>(2 * mask_rows));  // [k / 32][c]
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t n = tile / tiles_per_sample, s0 = (tile - n * tiles_per_sample) * 64;
@@ -450,7 +470,8 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
   if (input.numel() == 0) {
     return;
   }
-  const uint64_t* bits = reinterpret_cast<const uint64_t*>(mask.const_data_ptr<uint8_t>());
+  const at::Tensor words = word_aligned(mask);
+  const uint64_t* bits = reinterpret_cast<const uint64_t*>(words.const_data_ptr<uint8_t>());
   const double scale = scale_tensor.item<double>();
   const int64_t N = input.size(0), C = input.size(1);
   const int64_t S = input.numel() / (N * C);
@@ -462,7 +483,7 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
     if (!shared_channels && input.is_contiguous() && output.is_contiguous()) {
       // Logical order is memory order: one run over the whole tensor, split at word edges.
       const int64_t numel = input.numel();
-      at::parallel_for(0, (numel + 63) / 64, 256, [&](int64_t begin, int64_t end) {
+      parallel_over(numel / 64 + (numel % 64 != 0 ? 1 : 0), numel, [&](int64_t begin, int64_t end) {
         const int64_t first = begin * 64, last = std::min(end * 64, numel);
         apply_run<scalar_t, acc_t>(in + first, 1, out + first, 1, last - first, bits, first, s);
       });
@@ -480,7 +501,7 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
       size[d] = d < pad ? 1 : input.size(2 + d - pad);
     }
     const bool plane_is_one_run = in_layout.row_major && out_layout.row_major;
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 4096 / S), [&](int64_t begin, int64_t end) {
+    parallel_over(N * C, N * C * S, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t n = plane / C, c = plane % C;
         const scalar_t* in_plane = in + n * input.stride(0) + c * input.stride(1);
@@ -515,7 +536,7 @@ at::Tensor drop_block_apply_cpu(const at::Tensor& input, const at::Tensor& mask,
 void drop_block_apply_inplace_cpu(at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale,
                                   bool shared_channels) {
   check_apply_args(input, mask, scale, shared_channels);
-  at::assert_no_internal_overlap(input);
+  check_inplace_args(input, mask, scale);
   apply_into(input, input, mask, scale, shared_channels);
 }
 

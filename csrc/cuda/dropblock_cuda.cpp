@@ -2,7 +2,6 @@
 // dropblock_kernels.cu. Nothing here waits for the device: a seed or p on the device is read by
 // the kernels (one on the host is passed by value) and the scale is written by them, so the ops
 // can be captured in a CUDA graph.
-#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -38,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
                "drops the same blocks; draw it with the input device's generator for fresh masks per replay");
   }
 
-  const int64_t bytes = packed_mask_bytes(g);
+  const int64_t bytes = packed_mask_bytes(g.planes * g.plane_numel());
   at::Tensor mask = at::empty({bytes}, input.options().dtype(at::kByte));
   at::Tensor scale = at::empty({}, input.options().dtype(at::kDouble));
   if (bytes == 0) {
@@ -77,8 +76,7 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
     return;
   }
   const cuda::ScalarKind kind = scalar_kind(input.scalar_type());
-  // The kernels read the mask as 64-bit words: a view at an odd offset is copied first.
-  const at::Tensor words = reinterpret_cast<uintptr_t>(mask.const_data_ptr()) % 8 == 0 ? mask : mask.clone();
+  const at::Tensor words = word_aligned(mask);
   const int dim = static_cast<int>(input.dim());
   int64_t sizes[cuda::kMaxApplyDims], in_strides[cuda::kMaxApplyDims], out_strides[cuda::kMaxApplyDims];
   for (int d = 0; d < dim; ++d) {
@@ -104,7 +102,7 @@ at::Tensor drop_block_apply_cuda(const at::Tensor& input, const at::Tensor& mask
 void drop_block_apply_inplace_cuda(at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale,
                                    bool shared_channels) {
   check_apply_args(input, mask, scale, shared_channels);
-  at::assert_no_internal_overlap(input);
+  check_inplace_args(input, mask, scale);
   const c10::cuda::CUDAGuard guard(input.device());
   apply_into(input, input, mask, scale, shared_channels);
 }
