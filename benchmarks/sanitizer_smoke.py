@@ -4,7 +4,7 @@
 
 Covers the mask kernels (both paths, window and scatter; 1d/2d/3d, per-channel and shared, wide
 blocks, ragged word tails, a count over several blocks, keys on the device and on the host) and the apply kernels (every
-dtype, contiguous with each vector width, channels_last tiles, strided, in place).
+dtype, contiguous with each vector width (offsets of 1, 2 and 4 elements), channels_last tiles, strided, in place).
 Exits non-zero when a result differs from the CPU kernels. `--device cpu` runs the same on the
 CPU kernels (a dry run of the script itself, done by tests/test_benchmark.py); `--quick` keeps
 float32 only (enough for racecheck).
@@ -64,7 +64,9 @@ def main(device="cuda", quick=False):
                     "contiguous": x.detach(),
                     "transposed": x.detach().transpose(-1, 0).contiguous().transpose(-1, 0),
                     "channels_last": channels_last[len(shape)](x.detach()),
-                    "offset": torch.empty(x.numel() + 1, dtype=dtype, device=device)[1:].view(shape).copy_(x.detach()),
+                    # 1, 2 and 4 elements past an aligned address: every narrower vector width.
+                    **{f"offset{k}": torch.empty(x.numel() + k, dtype=dtype, device=device)[k:].view(shape)
+                       .copy_(x.detach()) for k in (1, 2, 4)},
                 }
                 for view, v in views.items():
                     case = f"{shape} {dtype} shared={shared} {view}"

@@ -32,6 +32,43 @@ def assert_equal(actual, expected):
                          f"{actual[first].item()!r} vs {expected[first].item()!r}")
 
 
+# Memory layouts of the apply tests (make_input). "offsetK" is contiguous memory K elements past an
+# allocation's start (CPU and CUDA allocations are aligned to 64 bytes or more), so that the
+# contiguous kernel takes narrower vectors: see contiguous_vector_width.
+LAYOUTS = ["contiguous", "channels_last", "transposed", "strided", "offset1", "offset2", "offset4"]
+ELEMENT_OFFSETS = {"contiguous": 0, "offset1": 1, "offset2": 2, "offset4": 4}
+
+
+def make_input(shape, dtype, layout, device="cpu"):
+    """A random input of `shape` in one of LAYOUTS; the same values and strides on every device."""
+    g = torch.Generator().manual_seed(sum(shape) * 131 + LAYOUTS.index(layout))
+    base = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+    if layout == "channels_last":  # channels innermost (channels_last, channels_last_3d, and for 1d)
+        return base.movedim(1, -1).contiguous().movedim(-1, 1)
+    if layout == "transposed":
+        return base.transpose(-1, 0).contiguous().transpose(-1, 0)
+    if layout == "strided":
+        big = torch.zeros([s * 2 for s in shape], dtype=dtype, device=device)
+        return big[tuple(slice(1, None, 2) for _ in shape)].copy_(base)
+    if layout in ELEMENT_OFFSETS:
+        k = ELEMENT_OFFSETS[layout]
+        return base if k == 0 else torch.zeros(base.numel() + k, dtype=dtype, device=device)[k:].view(shape).copy_(base)
+    raise ValueError(layout)
+
+
+def contiguous_vector_width(dtype, offset_elements, shared_plane=None):
+    """The vector width (elements) launch_contiguous_widest in csrc/cuda/dropblock_kernels.cu picks
+    for contiguous input and output, the input `offset_elements` past a 64-byte boundary and the
+    output on one: the widest V of 8, 4, 2, 1 with V elements at most 16 bytes, the address a
+    multiple of V elements, and, when the channels share the mask (`shared_plane`: the plane size
+    S, for C > 1), V <= S. The emulation tests check this against the kernel actually launched."""
+    size = torch.empty((), dtype=dtype).element_size()
+    for v in (8, 4, 2, 1):
+        if v * size <= 16 and offset_elements % v == 0 and (shared_plane is None or v <= shared_plane):
+            return v
+    raise AssertionError("unreachable: width 1 always fits")
+
+
 def key_of(generator):
     """The Philox key the public functions draw from `generator` for their next call."""
     return int(_draw_seed(generator.device, generator))

@@ -4,7 +4,9 @@ Every test here needs a CUDA device and skips without one; nothing touches the G
 The test marked `huge` allocates about 9 GiB of GPU memory (an input of more than 2**31 elements).
 """
 
+import math
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,7 +16,8 @@ import torch
 
 import dropblock_cuda
 from dropblock_cuda import drop_block1d, drop_block2d, drop_block3d
-from helpers import assert_equal, env_finding_package
+from helpers import (ELEMENT_OFFSETS, LAYOUTS, assert_equal, contiguous_vector_width, env_finding_package,
+                     make_input)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 requires_two_gpus = pytest.mark.skipif(
@@ -82,13 +85,6 @@ def test_mask_bit_identical_to_cpu(shape, block, p, shared):
         assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
 
 
-@pytest.fixture
-def mask_kernel():
-    """Sets the CUDA mask path for one test: mask_kernel("scatter"); the default comes back after."""
-    yield ops._set_cuda_mask_kernel
-    ops._set_cuda_mask_kernel("auto")
-
-
 @requires_cuda
 @pytest.mark.parametrize("kernel", ["window", "scatter"])
 @pytest.mark.parametrize("shape,block,p", MASK_CASES)
@@ -96,6 +92,67 @@ def test_both_mask_kernels_bit_identical_to_cpu(shape, block, p, kernel, mask_ke
     mask_kernel(kernel)
     for seed, shared in [(3, False), (-(2**40), True)]:
         assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
+
+
+# Masks for the concurrency test: about 10^8 bits (ResNet-50's first stage at batch 128: about
+# 12,500 windows and 400,000 seed threads, so thousands of CTAs of either path at once), and
+# (16, 256, 28, 28), a mask of 401,408 bytes.
+CONCURRENCY_CASES = [((128, 256, 56, 56), (7, 7), 0.1), ((16, 256, 28, 28), (7, 7), 0.2)]
+POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
+
+
+def check_many_keys(shape, block, p, set_mask_kernel, device="cuda", keys=200):
+    """200 keys over `shape` on `device`: the window and scatter paths' masks agree bit for bit,
+    each path's scale is numel / (eps + kept) for the kept bits it wrote, and the masks equal the
+    CPU's (for every key of a small mask, every 20th of one of 10^7 bits or more). All calls are
+    enqueued before one synchronisation. device="cpu" is a dry run of this code (CI)."""
+    rng = random.Random(2026)
+    keys = [rng.randrange(-(2**63), 2**63) for _ in range(keys)]
+    cpu_every = 1 if math.prod(shape) < 10**7 else 20
+    x = torch.empty(shape, dtype=torch.bfloat16, device=device)  # only its shape is read
+    x_cpu = torch.empty((), dtype=torch.bfloat16).expand(shape)
+    keys_on_device = torch.tensor(keys, device=device)
+    popcount = POPCOUNT.to(device)
+    p_args = [torch.tensor(p, dtype=torch.float64, device=where) for where in (device, "cpu")]
+    results = []
+    for i, key in enumerate(keys):
+        # Keys and p alternately on the device (read by the kernels) and on the host (by value).
+        seed = keys_on_device[i] if i % 2 == 0 else torch.tensor(key)
+        p_arg = p_args[i % 4 // 2]
+        shared = i % 3 == 2 and cpu_every == 1  # the small case also with masks shared by the channels
+        paths = {}
+        for kernel in ("window", "scatter"):
+            set_mask_kernel(kernel)
+            mask, scale = ops.drop_block_mask(x, seed, p_arg, list(block), EPS, shared)
+            paths[kernel] = (mask, scale, popcount[mask.long()].sum())
+        (mask, scale, kept), (mask_s, scale_s, kept_s) = paths["window"], paths["scatter"]
+        results.append((key, shared, (mask != mask_s).any(), torch.stack([scale, scale_s]),
+                        torch.stack([kept, kept_s]), mask if i % cpu_every == 0 else None))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    for key, shared, differ, scales, kept, mask in results:
+        multiplier = shape[1] if shared else 1
+        assert not differ.item(), f"key {key}: the window and scatter masks differ"
+        for (scale, count), kernel in zip(zip(scales.tolist(), kept.tolist()), ("window", "scatter")):
+            assert scale == math.prod(shape) / (EPS + count * multiplier), f"key {key}: {kernel} scale {scale}"
+        if mask is not None:
+            assert_same_mask(ops.drop_block_mask(x_cpu, torch.tensor(key), torch.tensor(p, dtype=torch.float64),
+                                                 list(block), EPS, shared), (mask, scales[0]))
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,block,p", CONCURRENCY_CASES, ids=["1e8_bits", "16x256x28x28"])
+def test_many_keys_with_concurrent_ctas_give_the_cpu_mask_on_both_paths(shape, block, p, mask_kernel):
+    # The emulation runs CTAs one after another; here the cross-CTA protocol (one partial per CTA,
+    # __threadfence, the finished-CTA counter, the last CTA's sum), the scatter path's 64-bit
+    # atomicAnd and the device-only __umulhi / __umul64hi run with thousands of CTAs in flight,
+    # for 200 keys enqueued back to back (the caching allocator hands each call's scratch to the
+    # next while kernels run). The large mask is compared with the CPU's for every 20th key
+    # only: the CPU draws 10^8 bits in 90 ms on 2 cores (measured; a few times less on a GPU
+    # machine's 16), so all 200 keys could take 20 s of a GPU check of a few minutes; a wrong bit
+    # that both GPU paths agree on would have to come from the law's shared functions, which the
+    # 10 keys compared and the other tests here check.
+    check_many_keys(shape, block, p, mask_kernel)
 
 
 @requires_cuda
@@ -114,29 +171,6 @@ def test_mask_random_shapes_bit_identical_to_cpu():
         assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
 
 
-def make_input(shape, dtype, layout, device):
-    """A random input of `shape` in one of several memory layouts; the same values and strides on every device."""
-    g = torch.Generator().manual_seed(sum(shape) * 131 + DTYPES.index(dtype) * 7 + LAYOUTS.index(layout))
-    base = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
-    if layout == "contiguous":
-        return base
-    if layout == "channels_last":
-        if len(shape) == 3:
-            return base.transpose(1, 2).contiguous().transpose(1, 2)
-        fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
-        return base.contiguous(memory_format=fmt)
-    if layout == "transposed":
-        return base.transpose(-1, 0).contiguous().transpose(-1, 0)
-    if layout == "strided":
-        big = torch.zeros([s * 2 for s in shape], dtype=dtype, device=device)
-        x = big[tuple(slice(1, None, 2) for _ in shape)]
-        return x.copy_(base)
-    if layout == "misaligned":
-        flat = torch.zeros(base.numel() + 1, dtype=dtype, device=device)
-        return flat[1:].view(shape).copy_(base)
-    raise ValueError(layout)
-
-
 APPLY_SHAPES = [
     ((2, 3, 50), (7,)),
     ((2, 3, 17, 19), (5, 3)),
@@ -152,7 +186,6 @@ APPLY_SHAPES = [
     ((1, 300, 5, 13), (3, 3)),
     ((2, 16, 3, 5, 7), (3, 3, 3)),
 ]
-LAYOUTS = ["contiguous", "channels_last", "transposed", "strided", "misaligned"]
 
 
 @requires_cuda
@@ -161,7 +194,7 @@ LAYOUTS = ["contiguous", "channels_last", "transposed", "strided", "misaligned"]
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("shape,block", APPLY_SHAPES)
 def test_apply_equals_cpu(shape, block, dtype, layout, shared):
-    x_cpu = make_input(shape, dtype, layout, "cpu")
+    x_cpu = make_input(shape, dtype, layout)
     x_gpu = make_input(shape, dtype, layout, "cuda")
     assert x_gpu.stride() == x_cpu.stride() and torch.equal(x_gpu.cpu(), x_cpu)
     (mask_cpu, scale_cpu), (mask_gpu, scale_gpu) = cpu_and_cuda_masks(shape, block, 0.3, 42, shared)
@@ -174,6 +207,33 @@ def test_apply_equals_cpu(shape, block, dtype, layout, shared):
     inplace = x_gpu.clone() if layout in ("contiguous", "channels_last") else make_input(shape, dtype, layout, "cuda")
     ops.drop_block_apply_(inplace, mask_gpu, scale_gpu, shared)
     assert_equal(inplace.cpu(), out_cpu)
+
+
+@requires_cuda
+def test_contiguous_apply_runs_every_vector_width():
+    # The offset layouts of test_apply_equals_cpu launch, per dtype, every vector width of the
+    # contiguous kernel (16-bit 8/4/2/1, float32 4/2/1, float64 2/1), at the width
+    # contiguous_vector_width predicts (the emulation checks the same on the host): read here
+    # from the kernels' names in the profiler, e.g. apply_contiguous_kernel<__half, 4, false>.
+    from torch.profiler import ProfilerActivity, profile
+
+    type_names = {torch.float32: "float", torch.float64: "double", torch.float16: "__half",
+                  torch.bfloat16: "__nv_bfloat16"}
+    shape = (2, 3, 50)
+    (mask_cpu, scale_cpu), (mask, scale) = cpu_and_cuda_masks(shape, (7,), 0.3, 42, False)
+    for dtype in DTYPES:
+        expected_widths = set()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for layout, offset in ELEMENT_OFFSETS.items():
+                x = make_input(shape, dtype, layout, "cuda")
+                out = ops.drop_block_apply(x, mask, scale, False)
+                assert_equal(out.cpu(), ops.drop_block_apply(x.cpu(), mask_cpu, scale_cpu, False))
+                expected_widths.add(contiguous_vector_width(dtype, offset))
+            torch.cuda.synchronize()
+        launched = {int(width) for event in prof.events() for width in
+                    re.findall(rf"apply_contiguous_kernel<{type_names[dtype]}, (\d+), false>", event.name)}
+        element_size = torch.empty((), dtype=dtype).element_size()
+        assert launched == expected_widths == {v for v in (1, 2, 4, 8) if v * element_size <= 16}, dtype
 
 
 @requires_cuda

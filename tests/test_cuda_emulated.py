@@ -25,6 +25,7 @@ import torch
 from torch.utils.cpp_extension import include_paths
 
 import dropblock_cuda  # noqa: F401  (registers the CPU ops compared against)
+from helpers import ELEMENT_OFFSETS, LAYOUTS, contiguous_vector_width, make_input
 
 ROOT = Path(__file__).resolve().parents[1]
 ops = torch.ops.dropblock_cuda
@@ -83,6 +84,7 @@ def emulated(tmp_path_factory, ubsan_log):
     lib.emulated_auto_mask_kernel.argtypes, lib.emulated_auto_mask_kernel.restype = [ptr], i32
     lib.emulated_apply.argtypes = [i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32]
     lib.emulated_apply.restype = None
+    lib.emulated_last_apply_vector_width.argtypes, lib.emulated_last_apply_vector_width.restype = [i32], i32
     return lib
 
 
@@ -210,22 +212,6 @@ def test_emulated_count_over_many_blocks_and_p_zero(emulated, kernel):
         assert scale.item() == math.prod(shape) / (EPS + math.prod(shape))
 
 
-def make_input(shape, dtype, layout):
-    base = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.float64).to(dtype)
-    if layout == "contiguous":
-        return base
-    if layout == "channels_last":  # channels innermost: the tiled kernel from 16 channels
-        return base.movedim(1, -1).contiguous().movedim(-1, 1)
-    if layout == "transposed":
-        return base.transpose(-1, 0).contiguous().transpose(-1, 0)
-    if layout == "strided":
-        big = torch.zeros([s * 2 for s in shape], dtype=dtype)
-        return big[tuple(slice(1, None, 2) for _ in shape)].copy_(base)
-    if layout == "misaligned":  # narrower vectors
-        return torch.zeros(base.numel() + 1, dtype=dtype)[1:].view(shape).copy_(base)
-    raise ValueError(layout)
-
-
 APPLY_SHAPES = [
     ((2, 3, 50), (7,)),
     ((2, 3, 17, 19), (5, 3)),
@@ -235,7 +221,6 @@ APPLY_SHAPES = [
     ((4, 5, 7, 7), (7, 7)),  # a shared mask's vectors wrap around planes of 49
     ((2, 3, 2, 3), (2, 2)),  # planes narrower than a 16-byte vector of 16-bit elements
 ]
-LAYOUTS = ["contiguous", "channels_last", "transposed", "strided", "misaligned"]
 
 
 @pytest.mark.parametrize("dtype", list(KINDS), ids=str)
@@ -248,9 +233,38 @@ def test_emulated_apply_kernels_give_the_cpu_output(emulated, shape, block, dtyp
     expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
     out = emulated_apply(emulated, x, mask, scale, shared)  # into empty_like(x), as the op does
     assert torch.equal(out, expected)
+    if layout in ELEMENT_OFFSETS:  # the contiguous kernel, at the vector width the layout allows
+        assert emulated.emulated_last_apply_vector_width(KINDS[dtype]) == expected_width(x, layout, shared)
     inplace = x.clone() if layout in ("contiguous", "channels_last") else make_input(shape, dtype, layout)
     emulated_apply(emulated, inplace, mask, scale, shared, out=inplace)
     assert torch.equal(inplace, expected)
+
+
+def expected_width(x, layout, shared):
+    plane = math.prod(x.shape[2:]) if shared and x.shape[1] != 1 else None
+    return contiguous_vector_width(x.dtype, ELEMENT_OFFSETS[layout], plane)
+
+
+@pytest.mark.parametrize("dtype", list(KINDS), ids=str)
+def test_emulated_contiguous_apply_runs_every_vector_width(emulated, dtype):
+    # The offset layouts of the test above reach every width the kernel has for this element
+    # size (16-bit: 8, 4, 2, 1; float32: 4, 2, 1; float64: 2, 1), as launched, not as assumed.
+    widths = set()
+    for layout in ELEMENT_OFFSETS:
+        x = make_input((2, 3, 50), dtype, layout)
+        mask, scale = cpu_mask(x.shape, (7,), 0.3, 42, False)
+        assert torch.equal(emulated_apply(emulated, x, mask, scale, False), ops.drop_block_apply(x, mask, scale, False))
+        widths.add(emulated.emulated_last_apply_vector_width(KINDS[dtype]))
+    element_size = torch.empty((), dtype=dtype).element_size()
+    assert widths == {v for v in (1, 2, 4, 8) if v * element_size <= 16}
+
+
+def test_emulated_strided_layouts_do_not_take_the_contiguous_kernel(emulated):
+    # The width hook itself: 0 after a launch of another kernel (here the strided one).
+    x = make_input((2, 3, 17, 19), torch.float16, "transposed")
+    mask, scale = cpu_mask(x.shape, (5, 3), 0.3, 42, False)
+    emulated_apply(emulated, x, mask, scale, False)
+    assert emulated.emulated_last_apply_vector_width(KINDS[torch.float16]) == 0
 
 
 def test_emulated_kernels_stay_inside_their_buffers(tmp_path):

@@ -7,6 +7,7 @@
 * The code that tests/test_cuda.py runs in fresh interpreters (its SUBPROCESS_CODE): it must
   compile, and every name it uses must be bound in it or be a builtin. Those tests skip without a
   GPU, so a NameError there would otherwise wait for the first GPU run to show.
+* The concurrency test of tests/test_cuda.py, run on the CPU kernels (a dry run of its code).
 """
 
 import ast
@@ -199,3 +200,14 @@ def test_subprocess_code_of_the_gpu_tests_compiles_and_binds_every_name():
             assert unbound_names(code, f"{module}: SUBPROCESS_CODE[{name!r}]") == [], name
             checked += 1
     assert checked, "nothing registered: the check would pass vacuously"
+
+
+def test_the_many_keys_gpu_test_runs_on_the_cpu_kernels(mask_kernel):
+    # A dry run of test_cuda.check_many_keys (the concurrency test) on the CPU, on its small case:
+    # its own code runs here (every comparison is then CPU against CPU, the scale against the
+    # kept bits a real check), so a GPU run can only fail on what the GPU does.
+    import test_cuda
+
+    shape, block, p = test_cuda.CONCURRENCY_CASES[1]
+    test_cuda.check_many_keys(shape, block, p, mask_kernel, device="cpu", keys=40)
+    assert mask_kernel("auto") == "scatter"  # the last path the check set; the fixture restores the one found

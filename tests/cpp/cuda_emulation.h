@@ -41,6 +41,10 @@ struct Block {
 
 inline thread_local Block* current_block = nullptr;
 
+// The kernel of the latest emulated launch: tests ask which one a launcher chose (e.g. the vector
+// width of the contiguous apply kernel) instead of inferring it.
+inline std::atomic<const void*> last_kernel{nullptr};
+
 }  // namespace dropblock_emulation
 
 inline thread_local uint3 threadIdx;
@@ -99,6 +103,7 @@ extern "C" inline cudaError_t cudaMemsetAsync(void* address, int value, size_t b
 // belong to one block at a time).
 template <typename... Params, typename... Args>
 void emulate_launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
+  dropblock_emulation::last_kernel.store(reinterpret_cast<const void*>(kernel));
   const unsigned threads = block.x * block.y * block.z;
   dropblock_emulation::Block state(threads);
   std::barrier<> between_blocks(threads);

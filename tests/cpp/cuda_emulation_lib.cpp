@@ -8,6 +8,8 @@
 
 #include "cuda/dropblock_kernels.cu"
 
+#include <type_traits>
+
 using dropblock::MaskGeometry;
 using dropblock::cuda::ScalarArg;
 
@@ -22,6 +24,27 @@ MaskGeometry geometry_from(const int64_t* geometry) {
     g.block[d] = geometry[4 + d];
   }
   return g;
+}
+
+// V when `kernel` is apply_contiguous_kernel<T, V, shared or not>, else 0.
+template <typename T>
+int contiguous_apply_width(const void* kernel) {
+  int width = 0;
+  auto check = [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    if constexpr (V * sizeof(T) <= 16) {  // the widths the launcher can pick: at most 16 bytes
+      using dropblock::cuda::apply_contiguous_kernel;
+      for (const void* candidate : {reinterpret_cast<const void*>(&apply_contiguous_kernel<T, V, false>),
+                                    reinterpret_cast<const void*>(&apply_contiguous_kernel<T, V, true>)}) {
+        width = candidate == kernel ? V : width;
+      }
+    }
+  };
+  check(std::integral_constant<int, 1>{});
+  check(std::integral_constant<int, 2>{});
+  check(std::integral_constant<int, 4>{});
+  check(std::integral_constant<int, 8>{});
+  return width;
 }
 
 }  // namespace
@@ -55,6 +78,23 @@ void emulated_apply(int kind, const void* in, void* out, int dim, const int64_t*
                     const int64_t* out_strides, const uint64_t* mask, const double* scale, int shared_channels) {
   dropblock::cuda::launch_apply(static_cast<dropblock::cuda::ScalarKind>(kind), in, out, dim, sizes, in_strides,
                                 out_strides, mask, scale, shared_channels != 0, nullptr);
+}
+
+// The vector width (elements) of the contiguous apply kernel that the latest emulated launch ran,
+// for elements of `kind`; 0 when that launch was another kernel (tiles, strided, a mask kernel).
+int emulated_last_apply_vector_width(int kind) {
+  const void* kernel = dropblock_emulation::last_kernel.load();
+  switch (static_cast<dropblock::cuda::ScalarKind>(kind)) {
+    case dropblock::cuda::ScalarKind::kFloat:
+      return contiguous_apply_width<float>(kernel);
+    case dropblock::cuda::ScalarKind::kDouble:
+      return contiguous_apply_width<double>(kernel);
+    case dropblock::cuda::ScalarKind::kHalf:
+      return contiguous_apply_width<__half>(kernel);
+    case dropblock::cuda::ScalarKind::kBFloat16:
+      return contiguous_apply_width<__nv_bfloat16>(kernel);
+  }
+  return 0;
 }
 
 }  // extern "C"

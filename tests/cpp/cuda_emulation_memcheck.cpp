@@ -92,7 +92,9 @@ void run_layouts(ScalarKind kind, const Sizes& sizes) {
   const Sizes rev = dense_strides(sizes, reversed, 1);
   for (bool shared : {false, true}) {
     run_apply<T>(kind, sizes, contiguous, contiguous, 0, shared);
-    run_apply<T>(kind, sizes, contiguous, contiguous, 1, shared);  // misaligned: narrower vectors
+    for (int64_t offset : {1, 2, 4}) {  // misaligned by 1, 2, 4 elements: every narrower vector width
+      run_apply<T>(kind, sizes, contiguous, contiguous, offset, shared);
+    }
     run_apply<T>(kind, sizes, cl, cl, 0, shared);
     run_apply<T>(kind, sizes, rev, rev, 0, shared);
     run_apply<T>(kind, sizes, dense_strides(sizes, order, 2), contiguous, 0, shared);
