@@ -3,6 +3,7 @@
 import sys
 from typing import Dict, List, Optional, Tuple
 
+import torch
 from torch import nn
 
 from .modules import DropBlock2d, DropBlock3d
@@ -39,16 +40,14 @@ def _from_timm(module: nn.Module, name: str) -> nn.Module:
     if getattr(module, "with_noise", False):
         raise ValueError(f"with_noise=True: timm's DropBlock2d fills the dropped blocks with noise; dropblock_cuda "
                          f"has no equivalent{where}")
-    gamma_scale = getattr(module, "gamma_scale", 1.0)
-    if gamma_scale != 1.0:
-        raise ValueError(f"gamma_scale={gamma_scale}: timm's DropBlock2d scales the seed rate; dropblock_cuda has no "
-                         f"equivalent (fold it into p instead){where}")
-    if not getattr(module, "scale_by_keep", True):
-        raise ValueError(f"scale_by_keep=False: timm's DropBlock2d leaves the kept elements unscaled; dropblock_cuda "
-                         f"always rescales{where}")
     p = module.drop_prob if module.drop_prob else 0.0  # timm treats a falsy drop_prob as off
-    return DropBlock2d(p, module.block_size, bool(module.inplace),
-                       shared_channels=bool(getattr(module, "couple_channels", True)))
+    try:
+        return DropBlock2d(p, module.block_size, bool(module.inplace),
+                           shared_channels=bool(getattr(module, "couple_channels", True)),
+                           gamma_scale=getattr(module, "gamma_scale", 1.0),
+                           scale_by_keep=bool(getattr(module, "scale_by_keep", True)))
+    except (TypeError, ValueError) as error:  # settings our modules refuse (p * gamma_scale > 1, ...)
+        raise type(error)(f"{error}{where}") from error
 
 
 def _replacement(module: nn.Module, name: str, classes) -> Optional[nn.Module]:
@@ -89,11 +88,13 @@ def convert_dropblock(model: nn.Module) -> nn.Module:
     ``torchvision.ops.DropBlock2d`` / ``DropBlock3d`` become :class:`DropBlock2d` /
     :class:`DropBlock3d` with the same ``p``, ``block_size``, ``inplace`` and ``eps``;
     ``timm.layers.DropBlock2d`` becomes :class:`DropBlock2d` with ``p=drop_prob``, the same
-    ``block_size`` and ``inplace``, ``shared_channels=couple_channels`` and the default ``eps``.
+    ``block_size``, ``inplace``, ``gamma_scale`` and ``scale_by_keep``,
+    ``shared_channels=couple_channels`` and the default ``eps`` (timm's ``drop_block_rate``
+    models, e.g. ``timm.create_model("resnet50", drop_block_rate=0.1)``, convert as they are).
     The training mode is kept; a module shared by several parents gets one shared replacement.
-    timm options without an equivalent (``with_noise=True``, ``gamma_scale != 1``,
-    ``scale_by_keep=False``) raise ValueError rather than change what the model computes;
-    subclasses of those classes are left alone. Neither torchvision nor timm is needed (or
+    timm's ``with_noise=True`` has no equivalent and raises ValueError rather than change what the
+    model computes; subclasses of those classes are left alone; a TorchScript module raises
+    TypeError (convert before scripting). Neither torchvision nor timm is needed (or
     imported) to call this. When an option is refused, the model is left unchanged.
 
     Returns ``model``, or its replacement when ``model`` itself is such a module.
@@ -103,6 +104,10 @@ def convert_dropblock(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        # A scripted or traced model's submodules are compiled code: nothing can be swapped in.
+        raise TypeError("model: a TorchScript module (torch.jit.script or torch.jit.trace) cannot be converted; "
+                        "convert the eager model first, then script it (dropblock_cuda's modules are scriptable)")
     classes = (*_torchvision_classes(), _timm_class())
     new = _replacement(model, "", classes)
     if new is not None:

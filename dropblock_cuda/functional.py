@@ -1,41 +1,69 @@
-"""drop_block1d / 2d / 3d: torchvision's signature, then keyword-only extras."""
+"""drop_block1d / 2d / 3d: torchvision's signature, then keyword-only extras.
 
-import math
+Two layers: the eager entry points check the argument types (Python objects can be anything)
+and hand plain values to `_drop_block_checked`, which TorchScript compiles too: it checks the
+values, draws the key and calls the ops, so eager, compiled and scripted models share one
+statement of the checks and of the calls.
+"""
+
 import numbers
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from . import _functorch
+
+try:
+    from torch.onnx._internal.exporter import _flags as _onnx_flags
+except ImportError:  # torch before 2.6
+    _onnx_flags = None
+
 BlockSize = Union[int, Sequence[int]]
+
+# The ops take block sizes as int64; any size >= 1 is valid and is clamped to the map by the ops
+# (a map side never exceeds this), so clamping here changes nothing and keeps huge ints legal.
+_MAX_BLOCK = 2**63 - 1
+
+
+def _check_real(value, name: str):
+    # torch.compile passes a float that changes between calls (or, with dynamic=True, any float)
+    # as a SymFloat: keep it symbolic, so that a scheduled p does not recompile the graph.
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat)):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    return value if isinstance(value, torch.SymFloat) else float(value)
 
 
 def _check_p(p, name: str = "p") -> float:
-    if type(p) is float and 0.0 <= p <= 1.0:  # the usual case, without the ABC checks below
-        return p
-    # torch.compile passes a p that changes between calls as a SymFloat: keep it symbolic, so
-    # that a scheduled p does not recompile the graph.
-    if isinstance(p, bool) or not isinstance(p, (numbers.Real, torch.SymFloat)):
-        raise TypeError(f"{name}: expected a real number, got {type(p).__name__}")
-    if not isinstance(p, torch.SymFloat):
-        p = float(p)
-    if p != p or p < 0.0 or p > 1.0:  # p != p: NaN
-        raise ValueError(f"{name}: drop probability has to be between 0 and 1, got {p}")
+    """p's type and range: the whole check, for callers that keep a p (modules, the scheduler)."""
+    p = _check_real(p, name)
+    _check_probability(p, name)
     return p
 
 
+def _check_probability(p: float, name: str) -> None:
+    if not 0.0 <= p <= 1.0:  # NaN fails both comparisons
+        raise ValueError(f"{name}: drop probability has to be between 0 and 1, got {p}")
+
+
 def _check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps: expected a real number, got {type(eps).__name__}")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0.0:
-        raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
+    eps = _check_real(eps, "eps")
+    _check_nonnegative_finite(eps, "eps")
     return eps
+
+
+def _check_nonnegative_finite(value: float, name: str) -> None:
+    # Comparisons rather than math.isfinite: they also hold for a SymFloat (dynamic shapes make
+    # module floats symbolic) and TorchScript compiles them. NaN fails both.
+    if not (value >= 0.0 and value < float("inf")):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
 
 
 def _check_block_size(block_size, spatial_dims: int) -> Tuple[int, ...]:
     if type(block_size) is int and block_size >= 1:  # the usual case, without the ABC checks below
-        return (block_size,) * spatial_dims
+        return (min(block_size, _MAX_BLOCK),) * spatial_dims
     sizes = (block_size,) * spatial_dims if isinstance(block_size, numbers.Integral) else block_size
     if isinstance(block_size, bool) or not isinstance(sizes, (tuple, list)):
         raise TypeError(f"block_size: expected an int or a tuple of {spatial_dims} ints, got {block_size!r}")
@@ -46,24 +74,107 @@ def _check_block_size(block_size, spatial_dims: int) -> Tuple[int, ...]:
             raise TypeError(f"block_size: expected ints, got {block_size!r}")
         if size < 1:
             raise ValueError(f"block_size: every size must be >= 1, got {block_size!r}")
-    return tuple(int(size) for size in sizes)
+    return tuple(min(int(size), _MAX_BLOCK) for size in sizes)
 
 
-def _check_input(input, spatial_dims: int) -> None:
-    if not isinstance(input, Tensor):
-        raise TypeError(f"input: expected a Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(f"input: expected a floating point tensor, got {input.dtype}")
+def _check_flag(value, name: str) -> bool:
+    # Read once, here: a custom object's truth value could change between the mask and the apply.
+    if type(value) is bool:
+        return value
+    if isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a bool, got a Tensor")
+    return bool(value)
+
+
+def _check_values(input: Tensor, p: float, eps: float, gamma_scale: float, spatial_dims: int) -> None:
+    """The value checks, for eager and TorchScript alike (types are known here)."""
+    # float8 types are floating point too, but no kernel takes them: refuse before a key is drawn.
+    if not input.is_floating_point() or input.element_size() == 1:
+        raise TypeError(f"input: expected a float32, float64, float16 or bfloat16 tensor, got {input.dtype}")
     if input.dim() != spatial_dims + 2:
-        layout = ("(N, C, L)", "(N, C, H, W)", "(N, C, D, H, W)")[spatial_dims - 1]
+        layout = ["(N, C, L)", "(N, C, H, W)", "(N, C, D, H, W)"][spatial_dims - 1]
         raise ValueError(f"input: expected a {spatial_dims + 2}-d tensor {layout}, got {input.dim()} dimensions")
+    _check_scalars(p, eps, gamma_scale)
+
+
+def _check_scalars(p: float, eps: float, gamma_scale: float) -> None:
+    _check_probability(p, "p")
+    _check_nonnegative_finite(eps, "eps")
+    _check_nonnegative_finite(gamma_scale, "gamma_scale")
+    if gamma_scale != 1.0 and p * gamma_scale > 1.0:
+        raise ValueError(f"gamma_scale: p * gamma_scale is the seed rate's drop probability and must be <= 1, "
+                         f"got p={p}, gamma_scale={gamma_scale}")
+
+
+def _in_onnx_export() -> bool:
+    # Dynamo, which the ONNX exporter traces with (torch.onnx.export(..., dynamo=True), the
+    # default since torch 2.9), folds torch.onnx.is_in_onnx_export() to False; it reads the
+    # exporter's own flag as it is.
+    if _onnx_flags is not None and _onnx_flags._is_onnx_exporting:
+        return True
+    return torch.onnx.is_in_onnx_export()
+
+
+def _drop_block_checked(
+    input: Tensor,
+    p: float,
+    block_size: List[int],
+    inplace: bool,
+    eps: float,
+    training: bool,
+    shared_channels: bool,
+    gamma_scale: float,
+    scale_by_keep: bool,
+    spatial_dims: int,
+    seed: Optional[Tensor] = None,
+) -> Tensor:
+    """DropBlock with arguments of the right types; TorchScript compiles this (a scripted module calls it).
+
+    `seed` is the key drawn eagerly from a user's generator; None draws it from the default
+    generator of the input's device.
+    """
+    _check_values(input, p, eps, gamma_scale, spatial_dims)
+    if not training or p == 0.0:
+        return input
+    if not torch.jit.is_scripting():
+        if _in_onnx_export():
+            raise RuntimeError("DropBlock in training mode cannot be exported to ONNX (it draws a random mask "
+                               "with custom ops); call model.eval() before torch.onnx.export, where DropBlock "
+                               "is the identity")
+    if seed is None:
+        seed = torch.randint(-9223372036854775807 - 1, 9223372036854775807, (), dtype=torch.int64,
+                             device=input.device)
+    seed_p = p if gamma_scale == 1.0 else p * gamma_scale
+    if torch.compiler.is_compiling():
+        # p travels as a tensor on the input's device, so that a scheduled p stays a graph input.
+        # Inductor keeps a changing p symbolic only through tensor arithmetic (its
+        # tensorify_python_scalars pass): `zeros + p` stays symbolic, while torch.full(p)
+        # would specialize p and recompile the graph for every value.
+        drop_probability = torch.zeros((), dtype=torch.float64, device=input.device) + seed_p
+    else:
+        # Eagerly, p stays on the CPU: the CUDA kernels take it by value (no fill kernel, no copy).
+        drop_probability = torch.full((), seed_p, dtype=torch.float64, device="cpu")
+    ops = torch.ops.dropblock_cuda
+    mask, scale = ops.drop_block_mask(input, seed, drop_probability, block_size, eps, shared_channels)
+    if not scale_by_keep:
+        scale = torch.ones((), dtype=torch.float64, device=input.device)
+    if not torch.jit.is_scripting():
+        if _functorch.transforms_active():
+            return _functorch.apply(input, mask, scale, shared_channels, inplace)
+    if not inplace:
+        return ops.drop_block_apply(input, mask, scale, shared_channels)
+    if torch.is_grad_enabled() and input.requires_grad:
+        # Autograd needs the in-place write recorded; copy_ does that (and refuses leaves, as torch does).
+        return input.copy_(ops.drop_block_apply(input, mask, scale, shared_channels))
+    ops.drop_block_apply_(input, mask, scale, shared_channels)
+    return input
 
 
 _KEY_LOW, _KEY_HIGH = -(2**63), 2**63 - 1
 
 
-def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
-    """The Philox key of one call, drawn from `generator` (default: the default generator of `device`).
+def _draw_seed(device: torch.device, generator: torch.Generator) -> Tensor:
+    """The Philox key of one call, drawn from `generator`.
 
     The key is drawn by a native random op on the generator's device, so it follows
     torch.manual_seed, is traceable by torch.compile, is safe under CUDA graph capture (with a
@@ -71,9 +182,9 @@ def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Te
     generator for a CUDA input) gives the very mask that generator gives on its own device. A key
     drawn on the CPU is passed to the CUDA kernels by value (a CUDA graph captured with it replays
     that key, and capturing warns); one drawn on another CUDA device is copied to `device`.
+    Without a generator, `_drop_block_checked` draws from the default generator of the input's
+    device with the same call.
     """
-    if generator is None:
-        return torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=device)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     seed = torch.randint(_KEY_LOW, _KEY_HIGH, (), dtype=torch.int64, device=generator.device, generator=generator)
@@ -81,7 +192,17 @@ def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Te
     return seed if seed.device.type == "cpu" else seed.to(device)
 
 
+def _traced_call(function, input, p, block_size, inplace, eps, training, extras):
+    """One graph node for a call on a torch.fx Proxy (symbolic_trace, torchvision's feature extraction)."""
+    if extras["generator"] is not None:
+        raise TypeError("generator: a torch.Generator cannot be recorded in a torch.fx graph; trace without it")
+    del extras["generator"]
+    return input.tracer.create_proxy("call_function", function, (input, p, block_size, inplace, eps, training),
+                                     extras)
+
+
 def _drop_block(
+    function,
     input: Tensor,
     p: float,
     block_size: BlockSize,
@@ -90,39 +211,33 @@ def _drop_block(
     training: bool,
     shared_channels: bool,
     generator: Optional[torch.Generator],
+    gamma_scale: float,
+    scale_by_keep: bool,
     spatial_dims: int,
 ) -> Tensor:
-    _check_input(input, spatial_dims)
-    p = _check_p(p)
-    eps = _check_eps(eps)
-    sizes = _check_block_size(block_size, spatial_dims)
-    if not training or p == 0.0:
-        return input
-    ops = torch.ops.dropblock_cuda
-    seed = _draw_seed(input.device, generator)
-    if torch.compiler.is_compiling():
-        # p travels as a tensor on the input's device, so that a scheduled p stays a graph input.
-        # Inductor keeps a changing p symbolic only through tensor arithmetic (its
-        # tensorify_python_scalars pass): `zeros + p` stays symbolic, while torch.full(p)
-        # would specialize p and recompile the graph for every value.
-        drop_probability = torch.zeros((), dtype=torch.float64, device=input.device) + p
-    else:
-        # Eagerly, p stays on the CPU: the CUDA kernels take it by value (no fill kernel, no copy).
-        drop_probability = torch.full((), p, dtype=torch.float64, device="cpu")
-    mask, scale = ops.drop_block_mask(input, seed, drop_probability, sizes, eps, bool(shared_channels))
-    if not inplace:
-        return ops.drop_block_apply(input, mask, scale, bool(shared_channels))
-    if torch.is_grad_enabled() and input.requires_grad:
-        # Autograd needs the in-place write recorded; copy_ does that (and refuses leaves, as torch does).
-        return input.copy_(ops.drop_block_apply(input, mask, scale, bool(shared_channels)))
-    ops.drop_block_apply_(input, mask, scale, bool(shared_channels))
-    return input
+    """The eager entry of `function` (drop_block1d/2d/3d): the type checks, then `_drop_block_checked`."""
+    if not isinstance(input, Tensor):
+        if isinstance(input, torch.fx.Proxy):
+            return _traced_call(function, input, p, block_size, inplace, eps, training,
+                                dict(shared_channels=shared_channels, generator=generator, gamma_scale=gamma_scale,
+                                     scale_by_keep=scale_by_keep))
+        raise TypeError(f"input: expected a Tensor, got {type(input).__name__}")
+    p = _check_real(p, "p")
+    eps = _check_real(eps, "eps")
+    gamma_scale = _check_real(gamma_scale, "gamma_scale")
+    sizes = list(_check_block_size(block_size, spatial_dims))
+    seed = None
+    if generator is not None and training and p != 0.0:
+        seed = _draw_seed(input.device, generator)
+    return _drop_block_checked(input, p, sizes, _check_flag(inplace, "inplace"), eps, _check_flag(training, "training"),
+                               _check_flag(shared_channels, "shared_channels"), gamma_scale,
+                               _check_flag(scale_by_keep, "scale_by_keep"), spatial_dims, seed)
 
 
 _DOC = """Randomly zeroes contiguous blocks of a {dims}-d feature map (DropBlock, arXiv 1810.12890).
 
     Args:
-        input: a {layout} floating point tensor.
+        input: a {layout} float32, float64, float16 or bfloat16 tensor.
         p: probability of dropping an element (torchvision's and timm's ``p``, the paper's
             ``1 - keep_prob``).
         block_size: side of the dropped blocks, an int or one int per spatial dimension;
@@ -134,10 +249,14 @@ _DOC = """Randomly zeroes contiguous blocks of a {dims}-d feature map (DropBlock
             ``couple_channels``); default one mask per (sample, channel).
         generator: draw the randomness from this generator instead of the default one of
             ``input``'s device.
+        gamma_scale: a factor on the seed rate gamma (timm's ``gamma_scale``): seeds are drawn
+            as for a drop probability ``p * gamma_scale``, which must be <= 1.
+        scale_by_keep: rescale the kept elements by ``numel / (eps + kept)``; with False they
+            keep their values (timm's ``scale_by_keep=False``).
 
     Returns:
         ``input * keep * numel(input) / (eps + kept elements of input)`` with dropped elements
-        exactly zero.
+        exactly zero (``input * keep`` with ``scale_by_keep=False``).
     """
 
 
@@ -151,8 +270,11 @@ def drop_block1d(
     *,
     shared_channels: bool = False,
     generator: Optional[torch.Generator] = None,
+    gamma_scale: float = 1.0,
+    scale_by_keep: bool = True,
 ) -> Tensor:
-    return _drop_block(input, p, block_size, inplace, eps, training, shared_channels, generator, 1)
+    return _drop_block(drop_block1d, input, p, block_size, inplace, eps, training, shared_channels, generator,
+                       gamma_scale, scale_by_keep, 1)
 
 
 def drop_block2d(
@@ -165,8 +287,11 @@ def drop_block2d(
     *,
     shared_channels: bool = False,
     generator: Optional[torch.Generator] = None,
+    gamma_scale: float = 1.0,
+    scale_by_keep: bool = True,
 ) -> Tensor:
-    return _drop_block(input, p, block_size, inplace, eps, training, shared_channels, generator, 2)
+    return _drop_block(drop_block2d, input, p, block_size, inplace, eps, training, shared_channels, generator,
+                       gamma_scale, scale_by_keep, 2)
 
 
 def drop_block3d(
@@ -179,8 +304,11 @@ def drop_block3d(
     *,
     shared_channels: bool = False,
     generator: Optional[torch.Generator] = None,
+    gamma_scale: float = 1.0,
+    scale_by_keep: bool = True,
 ) -> Tensor:
-    return _drop_block(input, p, block_size, inplace, eps, training, shared_channels, generator, 3)
+    return _drop_block(drop_block3d, input, p, block_size, inplace, eps, training, shared_channels, generator,
+                       gamma_scale, scale_by_keep, 3)
 
 
 drop_block1d.__doc__ = _DOC.format(dims=1, layout="(N, C, L)")

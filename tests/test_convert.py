@@ -134,7 +134,7 @@ def test_timm_top_level_and_same_law():
 
 
 @requires_torchvision
-@pytest.mark.parametrize("option, value", [("with_noise", True), ("gamma_scale", 0.5), ("scale_by_keep", False)])
+@pytest.mark.parametrize("option, value", [("with_noise", True), ("gamma_scale", 20.0)])  # 0.1 * 20 > 1
 def test_timm_unsupported_options_are_refused(option, value):
     layers = timm_layers()
     timm_block = layers.DropBlock2d(drop_prob=0.1, block_size=3, **{option: value})
@@ -146,6 +146,13 @@ def test_timm_unsupported_options_are_refused(option, value):
     assert model[0] is other and model[1][0] is timm_block  # refused: nothing was changed
     with pytest.raises(ValueError, match=option):
         convert_dropblock(timm_block)
+
+
+def test_torchscript_models_are_refused():
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), DropBlock2d(0.1, 3))
+    for compiled in (torch.jit.script(model), torch.jit.trace(model.eval(), torch.ones(1, 2, 4, 4))):
+        with pytest.raises(TypeError, match="TorchScript"):
+            convert_dropblock(compiled)
 
 
 def test_works_without_torchvision_and_timm():
