@@ -1,23 +1,27 @@
 """GPU timing of the DropBlock ops against a device-to-device copy (the bandwidth floor).
 
-    python -m benchmarks.gpu_bench [--out DIR] [--batch 128] [--quick] [--compile {default,static,off}]
+    python -m benchmarks.gpu_bench [--out DIR] [--batch 128] [--blocks 7,3] [--quick] [--compile {default,static,off}]
 
 ResNet-50 stage shapes (256x56x56, 512x28x28, 1024x14x14, 2048x7x7) at batch 128, float32 and
-bfloat16, p=0.1, block 7, one mask per channel. For each case:
+bfloat16, p=0.1, blocks 7 and 3, one mask per channel. For each case:
   * forward (drop_block2d: key draw + mask + apply), eagerly and replayed from a CUDA graph; the
     mask alone; the forward with a mask shared by the channels; the mask and the forward with
     the other mask path (scatter) forced;
+  * the forward on channels_last memory (the tiled apply) and on a transposed view (H and W
+    swapped: the strided apply);
   * backward (= drop_block_apply on a gradient, also on channels_last memory) and
     forward+backward through autograd;
   * the device time of each kernel of a forward and of a forward+backward (profiler);
   * a device-to-device copy of the input (the floor), and the ratios to it;
   * torchvision.ops.drop_block2d when it is importable, and forward+backward of torch.compile of
-    the corrected article reference (benchmarks/reference_dropblock.py), compiled outside timing;
+    it (of the corrected article reference, benchmarks/reference_dropblock.py, without
+    torchvision), compiled outside timing;
   * the bytes autograd saves per input element;
-then the issue's performance targets, each marked met or not, and the host time of an eager call.
-CUDA events around batches of calls, median over repeats after warm-up, inputs rotated so that
-the working set exceeds the L2 cache. Writes gpu_bench.json and gpu_bench.md into --out (after
-every case); prints a summary last.
+then issue 11's performance targets, each marked met or not with its worst measured ratio, and
+the host time of an eager call. CUDA events around batches of calls, median over repeats after
+warm-up, inputs rotated so that the working set exceeds the L2 cache. Writes gpu_bench.json,
+gpu_bench.md and targets.txt (one line per target, for gpu_check.sh's summary) into --out after
+every case; prints the table last.
 """
 
 import argparse
@@ -33,23 +37,26 @@ import torch
 
 SHAPES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-P, BLOCK, EPS = 0.1, 7, 1e-6
+BLOCKS = (7, 3)
+P, EPS = 0.1, 1e-6
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="folder for the JSON / markdown")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--blocks", default=",".join(map(str, BLOCKS)), type=lambda v: [int(b) for b in v.split(",")],
+                        help="block sizes, comma-separated (default 7,3)")
     parser.add_argument("--repeats", type=int, default=9, help="timed batches per measurement (median taken)")
     parser.add_argument("--calls", type=int, default=5, help="calls per timed batch")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="batch 8 and fewer repeats (smoke test)")
     parser.add_argument("--no-torchvision", action="store_true")
     parser.add_argument("--compiled-only", action="store_true",
-                        help="only the copy, our forward+backward and the compiled reference's (a step of its own "
+                        help="only the copy, our forward+backward and the compiled peer's (a step of its own "
                              "in gpu_check.sh, where compiling takes most of the time)")
     parser.add_argument("--compile", choices=("default", "static", "off"), default="default",
-                        help="torch.compile of the reference: torch.compile's defaults (dynamic shapes from the "
+                        help="torch.compile of the peer: torch.compile's defaults (dynamic shapes from the "
                              "second shape on: least compile time), static shapes (one compile per case), or off")
     return parser.parse_args(argv)
 
@@ -179,11 +186,11 @@ def profile_kernels(result, drop_block2d, device="cuda"):
     """Where a case's time goes: the device time per kernel of our forward and forward+backward.
     main runs this after every case is timed, since a profiler session may leave CUPTI attached
     (TEARDOWN_CUPTI=0) and slow the eager timings that follow it."""
-    shape, dtype = tuple(result["shape"]), getattr(torch, result["dtype"])
+    shape, dtype, block = tuple(result["shape"]), getattr(torch, result["dtype"]), result["block"]
     xs = [torch.randn(shape, device=device, dtype=dtype) for _ in range(result["buffers"])]
     leaves = [x.detach().requires_grad_() for x in xs]
     grads = [torch.randn_like(x) for x in xs[:2]]
-    ours = lambda x: drop_block2d(x, P, BLOCK)  # noqa: E731
+    ours = lambda x: drop_block2d(x, P, block)  # noqa: E731
     passes = (("forward", lambda i: ours(xs[i])), ("fwd_bwd", forward_backward(ours, leaves, grads)))
     for name, fn in passes:
         try:
@@ -219,8 +226,9 @@ def mask_kernel(name):
         torch.ops.dropblock_cuda._set_cuda_mask_kernel(previous)
 
 
-def compiled_reference(mode):
-    """torch.compile of the corrected article reference (None when mode is "off")."""
+def compiled_peer(mode, tv_drop_block2d=None):
+    """torch.compile of torchvision.ops.drop_block2d, or of the corrected article reference without
+    torchvision, called as fn(x, p, block_size); None when mode is "off"."""
     if mode == "off":
         return None
     from benchmarks.benchmark import raise_recompile_limit
@@ -229,10 +237,12 @@ def compiled_reference(mode):
     # One compiled function for all cases: the default recompiles for a new dtype and then
     # compiles dynamic shapes; "static" compiles every case (more than the default limit of 8).
     raise_recompile_limit(64)
-    return torch.compile(drop_block2d_reference, dynamic=False if mode == "static" else None)
+    peer = tv_drop_block2d if tv_drop_block2d is not None else drop_block2d_reference
+    return torch.compile(lambda x, p, block: peer(x, p, block, eps=EPS), dynamic=False if mode == "static" else None)
 
 
-def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled=None, device="cuda"):
+def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled=None, device="cuda",
+               block=BLOCKS[0]):
     numel = math.prod(shape)
     bytes_per_tensor = numel * torch.tensor([], dtype=dtype).element_size()
     # Enough distinct inputs that one pass over them exceeds the L2 cache three times over.
@@ -242,25 +252,26 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
     outs = [torch.empty_like(x) for x in xs]
     seed = torch.tensor(12345, device=device)
     p = torch.tensor(P, dtype=torch.float64)  # on the host, as drop_block2d passes it eagerly
-    masks = [ops.drop_block_mask(x, seed, p, [BLOCK, BLOCK], EPS, False) for x in xs]
+    masks = [ops.drop_block_mask(x, seed, p, [block, block], EPS, False) for x in xs]
     timing = dict(repeats=args.repeats, calls=args.calls, warmup=args.warmup)
-    result = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "numel": numel, "buffers": buffers}
+    result = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "block": block, "numel": numel,
+              "buffers": buffers}
 
     result["copy_ms"] = time_op(lambda i: outs[i].copy_(xs[i]), buffers, **timing)
     if not args.compiled_only:
-        measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d)
+        measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d, block)
     grads = [torch.randn_like(x) for x in xs[:2]]
     leaves = [x.detach().requires_grad_() for x in xs]
-    ours = lambda x: drop_block2d(x, P, BLOCK)  # noqa: E731
+    ours = lambda x: drop_block2d(x, P, block)  # noqa: E731
     result["fwd_bwd_ms"] = time_op(forward_backward(ours, leaves, grads), buffers, **timing)
     result["saved_bytes_per_element"] = saved_bytes_per_element(ours, xs[0])
     if tv_drop_block2d is not None and not args.compiled_only:
-        torchvision = lambda x: tv_drop_block2d(x, P, BLOCK)  # noqa: E731
+        torchvision = lambda x: tv_drop_block2d(x, P, block)  # noqa: E731
         result["torchvision_forward_ms"] = time_op(lambda i: torchvision(xs[i]), buffers, **timing)
         result["torchvision_fwd_bwd_ms"] = time_op(forward_backward(torchvision, leaves, grads), buffers, **timing)
         result["torchvision_saved_bytes_per_element"] = saved_bytes_per_element(torchvision, xs[0])
     if compiled is not None:
-        compiled_fwd_bwd = forward_backward(lambda x: compiled(x, P, BLOCK, EPS), leaves, grads)
+        compiled_fwd_bwd = forward_backward(lambda x: compiled(x, P, block), leaves, grads)
         try:
             started = time.perf_counter()
             compiled_fwd_bwd(0)  # compiles forward and backward (or reuses a dynamic-shape compile)
@@ -270,8 +281,8 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
         except Exception as exc:  # report, and keep the other numbers
             result["compiled_error"] = repr(exc)[:300]
     copy = result["copy_ms"]
-    for key in ("forward", "forward_shared", "forward_graph", "backward", "mask", "fwd_bwd", "torchvision_forward",
-                "torchvision_fwd_bwd", "compiled_fwd_bwd"):
+    for key in ("forward", "forward_shared", "forward_graph", "transposed_forward", "backward", "mask", "fwd_bwd",
+                "torchvision_forward", "torchvision_fwd_bwd", "compiled_fwd_bwd"):
         if f"{key}_ms" in result:
             result[f"{key}_over_copy"] = result[f"{key}_ms"] / copy
     for peer in ("torchvision_fwd_bwd", "compiled_fwd_bwd"):
@@ -284,31 +295,38 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
     return result
 
 
-def measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d):
-    """Our forward (eager, shared mask, scatter mask path, graph replay), mask and backward passes."""
-    result["forward_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, **timing)
-    result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, p, [BLOCK, BLOCK], EPS, False), buffers,
+def measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d, block):
+    """Our forward (eager, shared mask, scatter mask path, graph replay, channels_last memory, a
+    transposed view), mask and backward passes."""
+    ours = lambda x: drop_block2d(x, P, block)  # noqa: E731
+    result["forward_ms"] = time_op(lambda i: ours(xs[i]), buffers, **timing)
+    result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, p, [block, block], EPS, False), buffers,
                                 **timing)
     # One mask per sample, shared by the channels (timm's default): a smaller mask, the same pass.
-    result["forward_shared_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK, shared_channels=True), buffers,
+    result["forward_shared_ms"] = time_op(lambda i: drop_block2d(xs[i], P, block, shared_channels=True), buffers,
                                           **timing)
     # The other mask path (the shapes here take the window kernel): the same mask, its cost.
     with mask_kernel("scatter"):
         result["mask_scatter_ms"] = time_op(
-            lambda i: ops.drop_block_mask(xs[i], seed, p, [BLOCK, BLOCK], EPS, False), buffers, **timing)
-        result["forward_scatter_ms"] = time_op(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, **timing)
+            lambda i: ops.drop_block_mask(xs[i], seed, p, [block, block], EPS, False), buffers, **timing)
+        result["forward_scatter_ms"] = time_op(lambda i: ours(xs[i]), buffers, **timing)
     try:
-        result["forward_graph_ms"] = time_graph(lambda i: drop_block2d(xs[i], P, BLOCK), buffers, args.repeats)
+        result["forward_graph_ms"] = time_graph(lambda i: ours(xs[i]), buffers, args.repeats)
     except Exception as exc:  # report, and keep the eager numbers
         result["forward_graph_error"] = repr(exc)
+    # H and W swapped, a view: the strided apply (slices, transposes), against the contiguous copy.
+    result["transposed_forward_ms"] = time_op(lambda i: ours(xs[i].transpose(2, 3)), buffers, **timing)
     result["backward_ms"] = time_op(lambda i: ops.drop_block_apply(xs[i], *masks[i], False), buffers, **timing)
-    # The same pass over channels_last memory (the tiled kernel), against a copy of that memory.
+    # The forward and the backward pass over channels_last memory (the tiled kernel), against a
+    # copy of that memory.
     xs_cl = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     outs_cl = [torch.empty_like(x) for x in xs_cl]
     result["channels_last_copy_ms"] = time_op(lambda i: outs_cl[i].copy_(xs_cl[i]), buffers, **timing)
+    result["channels_last_forward_ms"] = time_op(lambda i: ours(xs_cl[i]), buffers, **timing)
     result["channels_last_backward_ms"] = time_op(lambda i: ops.drop_block_apply(xs_cl[i], *masks[i], False), buffers,
                                                   **timing)
-    result["channels_last_backward_over_copy"] = result["channels_last_backward_ms"] / result["channels_last_copy_ms"]
+    for key in ("channels_last_forward", "channels_last_backward"):
+        result[f"{key}_over_copy"] = result[f"{key}_ms"] / result["channels_last_copy_ms"]
     del xs_cl, outs_cl
 
 
@@ -320,12 +338,15 @@ COLUMNS = [
     ("fwd graph", "forward_graph_ms", "{:.3f}"),
     ("graph/copy", "forward_graph_over_copy", "{:.2f}"),
     ("mask", "mask_ms", "{:.3f}"),
+    ("mask/fp32 copy", "mask_over_fp32_copy", "{:.3f}"),
     ("shared fwd/copy", "forward_shared_over_copy", "{:.2f}"),
     ("mask scatter", "mask_scatter_ms", "{:.3f}"),
     ("fwd scatter", "forward_scatter_ms", "{:.3f}"),
     ("bwd", "backward_ms", "{:.3f}"),
     ("bwd/copy", "backward_over_copy", "{:.2f}"),
+    ("cl fwd/copy", "channels_last_forward_over_copy", "{:.2f}"),
     ("cl bwd/copy", "channels_last_backward_over_copy", "{:.2f}"),
+    ("transposed fwd/copy", "transposed_forward_over_copy", "{:.2f}"),
     ("fwd+bwd", "fwd_bwd_ms", "{:.3f}"),
     ("tv fwd", "torchvision_forward_ms", "{:.3f}"),
     ("tv fwd+bwd", "torchvision_fwd_bwd_ms", "{:.3f}"),
@@ -336,64 +357,108 @@ COLUMNS = [
     ("tv saved B/el", "torchvision_saved_bytes_per_element", "{:.3f}"),
 ]
 
-# The issue's targets: (name, result key, test of the value).
+# Issue 11's targets: (name, result key, comparison, bound, the cases it is for). The ResNet-50
+# stages 1 and 2 are the shapes of 256 and 512 channels.
 TARGETS = [
-    ("forward <= 1.5x copy", "forward_over_copy", lambda v, r: v <= 1.5),
-    ("backward <= 1.25x copy", "backward_over_copy", lambda v, r: v <= 1.25),
-    ("fwd+bwd >= 5x torchvision", "torchvision_fwd_bwd_speedup", lambda v, r: v >= 5.0),
-    ("fwd+bwd faster than compiled reference", "compiled_fwd_bwd_speedup", lambda v, r: v > 1.0),
+    ("forward <= 1.15x copy, stages 1-2", "forward_over_copy", "<=", 1.15, lambda r: r["shape"][1] <= 512),
+    ("forward <= 1.4x copy, stages 3-4", "forward_over_copy", "<=", 1.4, lambda r: r["shape"][1] > 512),
+    ("backward <= 1.1x copy", "backward_over_copy", "<=", 1.1, None),
+    ("mask <= 0.05x the fp32 copy", "mask_over_fp32_copy", "<=", 0.05, None),
+    ("channels_last forward <= 1.3x copy", "channels_last_forward_over_copy", "<=", 1.3, None),
+    ("transposed view forward <= 2x copy", "transposed_forward_over_copy", "<=", 2.0, None),
+    ("fwd+bwd >= 10x torchvision", "torchvision_fwd_bwd_speedup", ">=", 10.0, None),
+    ("fwd+bwd faster than torch.compile of it", "compiled_fwd_bwd_speedup", ">", 1.0, None),
     # One bit per element, plus the 8-byte scale.
-    ("saved <= 1/8 byte per element", "saved_bytes_per_element", lambda v, r: v <= 0.125 + 8.0 / r["numel"] + 1e-12),
+    ("saved <= 1/8 byte per element", "saved_bytes_over_one_bit", "<=", 1.0, None),
 ]
+COMPARE = {"<=": lambda v, bound: v <= bound, ">=": lambda v, bound: v >= bound, ">": lambda v, bound: v > bound}
+
+
+def case_name(r):
+    return "{} {} b{}".format("x".join(map(str, r["shape"])), r["dtype"], r.get("block", "?"))
+
+
+def add_cross_case_ratios(results):
+    """Ratios that need two cases: the mask's time over the float32 copy of the same shape (the
+    mask does not depend on the dtype); and the saved bytes over 1 bit per element plus the 8 of
+    the scale. Added to the results in place (again and again: the same values)."""
+    fp32_copy = {tuple(r["shape"]): r["copy_ms"] for r in results if r["dtype"] == "float32" and "copy_ms" in r}
+    for r in results:
+        if "mask_ms" in r and tuple(r["shape"]) in fp32_copy:
+            r["mask_over_fp32_copy"] = r["mask_ms"] / fp32_copy[tuple(r["shape"])]
+        if "saved_bytes_per_element" in r:
+            r["saved_bytes_over_one_bit"] = r["saved_bytes_per_element"] / (0.125 + 8.0 / r["numel"])
 
 
 def target_verdicts(results):
-    """Per target: how many cases were measured, how many met it, and the worst value."""
+    """Per target: the cases measured, how many met it, the worst value and its case, the failed cases."""
+    add_cross_case_ratios(results)
     verdicts = []
-    for name, key, met in TARGETS:
-        measured = [r for r in results if key in r]
-        failed = [r for r in measured if not met(r[key], r)]
+    for name, key, op, bound, applies in TARGETS:
+        measured = [r for r in results if key in r and (applies is None or applies(r))]
+        failed = [r for r in measured if not COMPARE[op](r[key], bound)]
+        worst = (max if op == "<=" else min)(measured, key=lambda r: r[key]) if measured else None
         verdicts.append({"target": name, "key": key, "measured": len(measured), "met": len(measured) - len(failed),
-                         "failed_cases": ["{} {}".format("x".join(map(str, r["shape"])), r["dtype"]) for r in failed]})
+                         "worst": worst[key] if worst else None, "worst_case": case_name(worst) if worst else None,
+                         "failed_cases": [case_name(r) for r in failed]})
     return verdicts
 
 
+def targets_text(results, device_name):
+    """One line per target for a summary: MET / NOT MET / NOT MEASURED, cases met, the worst ratio."""
+    lines = [f"targets on {device_name} (gpu_bench; ratios over a device-to-device copy of the same tensor):"]
+    for v in target_verdicts(results):
+        if not v["measured"]:
+            lines.append(f"  NOT MEASURED  {v['target']}")
+            continue
+        verdict = "MET" if v["met"] == v["measured"] else "NOT MET"
+        lines.append(f"  {verdict:12s}  {v['target']}: {v['met']} of {v['measured']} cases, worst {v['worst']:.3g}"
+                     f" ({v['worst_case']})")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results, device_name):
+    add_cross_case_ratios(results)
     lines = [
         f"# DropBlock GPU benchmark ({device_name})",
         "",
-        f"p={P}, block {BLOCK}, per-channel masks; times are medians in ms; ratios are over a device-to-device copy.",
+        f"p={P}, per-channel masks; times are medians in ms; ratios are over a device-to-device copy.",
         "fwd graph: the forward replayed from a CUDA graph (GPU time without host launch overhead);"
         " shared fwd: the forward with one mask per sample (shared_channels=True);"
         " mask scatter / fwd scatter: the mask and the eager forward with the scatter mask kernels forced"
         " (these shapes take the window kernel by default);"
-        " cl bwd: drop_block_apply on channels_last memory, over a copy of that memory;"
+        " mask/fp32 copy: the mask over the float32 copy of the same shape;"
+        " cl fwd, cl bwd: the forward and drop_block_apply on channels_last memory, over a copy of that memory;"
+        " transposed fwd: the forward of x.transpose(2, 3) (the strided apply);"
         " x tv / x compiled: how many times faster our forward+backward is than torchvision's and than"
-        " torch.compile of the corrected article reference.",
+        " torch.compile of torchvision's.",
         "",
-        "| shape | dtype | " + " | ".join(header for header, _, _ in COLUMNS) + " |",
-        "|" + "---|" * (len(COLUMNS) + 2),
+        "| shape | dtype | block | " + " | ".join(header for header, _, _ in COLUMNS) + " |",
+        "|" + "---|" * (len(COLUMNS) + 3),
     ]
     for r in results:
         cells = [fmt.format(r[key]) if key in r else "-" for _, key, fmt in COLUMNS]
-        lines.append("| {} | {} | {} |".format("x".join(map(str, r["shape"])), r["dtype"], " | ".join(cells)))
-    lines += ["", "Device time per call by kernel (us, from the profiler):", "", "| shape | dtype | pass | kernels |",
-              "|---|---|---|---|"]
+        lines.append("| {} | {} | {} | {} |".format("x".join(map(str, r["shape"])), r["dtype"], r.get("block", "-"),
+                                                    " | ".join(cells)))
+    lines += ["", "Device time per call by kernel (us, from the profiler):", "",
+              "| shape | dtype | block | pass | kernels |", "|---|---|---|---|---|"]
     for r in results:
         for name in ("forward", "fwd_bwd"):
             kernels = r.get(f"{name}_kernels_us")
             if kernels:
                 cells = ", ".join(f"{kernel} {us:.1f}" for kernel, us in kernels.items())
-                lines.append("| {} | {} | {} | {} |".format("x".join(map(str, r["shape"])), r["dtype"], name, cells))
-    lines += ["", "| target | met | failed cases |", "|---|---|---|"]
+                lines.append("| {} | {} | {} | {} | {} |".format("x".join(map(str, r["shape"])), r["dtype"],
+                                                                 r.get("block", "-"), name, cells))
+    lines += ["", "| target | met | worst | failed cases |", "|---|---|---|---|"]
     for v in target_verdicts(results):
         met = f"{v['met']} of {v['measured']}" if v["measured"] else "not measured"
-        lines.append(f"| {v['target']} | {met} | {', '.join(v['failed_cases']) or '-'} |")
+        worst = f"{v['worst']:.3g} ({v['worst_case']})" if v["measured"] else "-"
+        lines.append(f"| {v['target']} | {met} | {worst} | {', '.join(v['failed_cases']) or '-'} |")
     return "\n".join(lines) + "\n"
 
 
 def write_results(out, meta, results, device_name):
-    """Writes gpu_bench.json and gpu_bench.md into `out`; returns the markdown."""
+    """Writes gpu_bench.json, gpu_bench.md and targets.txt into `out`; returns the markdown."""
     meta = dict(meta, targets=target_verdicts(results))
     with open(os.path.join(out, "gpu_bench.json"), "w") as fh:
         json.dump({"meta": meta, "results": results}, fh, indent=2)
@@ -402,6 +467,8 @@ def write_results(out, meta, results, device_name):
         f"{k} {v:.1f}" for k, v in meta["host_overhead"].items()) + "\n"
     with open(os.path.join(out, "gpu_bench.md"), "w") as fh:
         fh.write(table)
+    with open(os.path.join(out, "targets.txt"), "w") as fh:
+        fh.write(targets_text(results, device_name))
     return table
 
 
@@ -442,7 +509,7 @@ def main(argv=None):
             from torchvision.ops import drop_block2d as tv_drop_block2d
         except Exception as exc:  # torchvision missing or built for another torch
             print(f"gpu_bench: torchvision.ops.drop_block2d unavailable ({exc})", file=sys.stderr)
-    compiled = compiled_reference(args.compile)
+    compiled = compiled_peer(args.compile, tv_drop_block2d)
     props = device_properties()
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
     os.makedirs(args.out, exist_ok=True)
@@ -457,27 +524,28 @@ def main(argv=None):
         "extension_cuda": dropblock_cuda.cuda_version(),
         "l2_bytes": l2_bytes,
         "p": P,
-        "block_size": BLOCK,
+        "block_sizes": args.blocks,
         "shared_channels": False,
         "host_overhead": overhead,
         "compile": args.compile,
         "args": vars(args),
     }
     results = []
-    for dtype_name, dtype in DTYPES.items():
-        for chw in SHAPES:
-            shape = (args.batch, *chw)
-            r = bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled)
-            results.append(r)
-            nan = float("nan")
-            print(f"gpu_bench: {shape} {dtype_name}: copy {r['copy_ms']:.3f} ms, "
-                  f"forward {r.get('forward_over_copy', nan):.2f}x (graph {r.get('forward_graph_over_copy', nan):.2f}x), "
-                  f"backward {r.get('backward_over_copy', nan):.2f}x, fwd+bwd {r['fwd_bwd_ms']:.3f} ms "
-                  f"(x{r.get('torchvision_fwd_bwd_speedup', nan):.1f} over torchvision, "
-                  f"x{r.get('compiled_fwd_bwd_speedup', nan):.2f} over compiled)", flush=True)
-            # Written after every case, so that a run cut short by its time limit still leaves its numbers.
-            meta["seconds"] = time.time() - started
-            table = write_results(args.out, meta, results, props.name)
+    # float32 first: the bfloat16 cases' mask is compared with the float32 copy of their shape.
+    cases = [(dtype, chw, block) for dtype in DTYPES.values() for chw in SHAPES for block in args.blocks]
+    for dtype, chw, block in cases:
+        shape = (args.batch, *chw)
+        r = bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled, block=block)
+        results.append(r)
+        nan = float("nan")
+        print(f"gpu_bench: {case_name(r)}: copy {r['copy_ms']:.3f} ms, "
+              f"forward {r.get('forward_over_copy', nan):.2f}x (graph {r.get('forward_graph_over_copy', nan):.2f}x), "
+              f"backward {r.get('backward_over_copy', nan):.2f}x, fwd+bwd {r['fwd_bwd_ms']:.3f} ms "
+              f"(x{r.get('torchvision_fwd_bwd_speedup', nan):.1f} over torchvision, "
+              f"x{r.get('compiled_fwd_bwd_speedup', nan):.2f} over compiled)", flush=True)
+        # Written after every case, so that a run cut short by its time limit still leaves its numbers.
+        meta["seconds"] = time.time() - started
+        table = write_results(args.out, meta, results, props.name)
     if not args.compiled_only:
         for r in results:
             profile_kernels(r, drop_block2d)

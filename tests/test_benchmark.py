@@ -215,32 +215,49 @@ def test_gpu_bench_table_and_saved_bytes_without_a_gpu():
     rows = [line for line in table.splitlines() if line.startswith("| 128x256x56x56")]
     header = next(line for line in table.splitlines() if line.startswith("| shape"))
     assert len(rows) == 2 and all(row.count("|") == header.count("|") for row in rows)
-    assert "| 0.550 | 1.10 |" in rows[0] and "| - | - |" in rows[1] and "| 1.04 | 1.30 |" in rows[0]
+    # The graph replay's cells, then bwd/copy, cl fwd/copy (not measured), cl bwd/copy.
+    assert "| 0.550 | 1.10 |" in rows[0] and "| - | - |" in rows[1] and "| 1.04 | - | 1.30 |" in rows[0]
+    assert "| 0.100 |" in rows[0]  # mask/fp32 copy: 0.05 ms over the copy's 0.5 ms
 
 
 def test_gpu_bench_target_verdicts():
     from benchmarks import gpu_bench
 
     numel = 128 * 256 * 56 * 56
-    good = {"shape": [128, 256, 56, 56], "dtype": "float32", "numel": numel, "forward_over_copy": 1.5,
-            "backward_over_copy": 1.2, "torchvision_fwd_bwd_speedup": 6.0, "compiled_fwd_bwd_speedup": 1.3,
+    good = {"shape": [128, 256, 56, 56], "dtype": "float32", "block": 7, "numel": numel, "copy_ms": 1.0,
+            "mask_ms": 0.04, "forward_over_copy": 1.1, "backward_over_copy": 1.05,
+            "channels_last_forward_over_copy": 1.2, "transposed_forward_over_copy": 1.9,
+            "torchvision_fwd_bwd_speedup": 12.0, "compiled_fwd_bwd_speedup": 1.3,
             "saved_bytes_per_element": 0.125 + 8 / numel}
-    bad = dict(good, shape=[128, 2048, 7, 7], dtype="bfloat16", forward_over_copy=1.51, compiled_fwd_bwd_speedup=0.9,
-               saved_bytes_per_element=0.126)
+    # bfloat16 at stage 1: its mask over the float32 copy of the same shape (0.06 / 1.0).
+    bad = dict(good, dtype="bfloat16", copy_ms=0.5, mask_ms=0.06, forward_over_copy=1.16,
+               transposed_forward_over_copy=2.5, compiled_fwd_bwd_speedup=0.9, saved_bytes_per_element=0.126)
     del bad["torchvision_fwd_bwd_speedup"]  # torchvision not measured for this case
-    verdicts = {v["key"]: v for v in gpu_bench.target_verdicts([good, bad])}
-    assert len(verdicts) == 5
-    assert verdicts["forward_over_copy"]["met"] == 1 and verdicts["forward_over_copy"]["measured"] == 2
-    assert verdicts["forward_over_copy"]["failed_cases"] == ["128x2048x7x7 bfloat16"]
-    assert verdicts["backward_over_copy"]["met"] == 2
-    assert verdicts["torchvision_fwd_bwd_speedup"]["measured"] == 1 and verdicts["torchvision_fwd_bwd_speedup"]["met"] == 1
-    assert verdicts["compiled_fwd_bwd_speedup"]["met"] == 1
-    assert verdicts["saved_bytes_per_element"]["met"] == 1
-    table = gpu_bench.markdown([good, bad], "Test GPU")
-    assert "| forward <= 1.5x copy | 1 of 2 | 128x2048x7x7 bfloat16 |" in table
-    assert "| backward <= 1.25x copy | 2 of 2 | - |" in table
-    assert "| fwd+bwd >= 5x torchvision | 1 of 1 | - |" in table
+    late = dict(good, shape=[128, 2048, 7, 7], numel=128 * 2048 * 49, forward_over_copy=1.39, block=3,
+                saved_bytes_per_element=0.125 + 8 / (128 * 2048 * 49))
+    verdicts = {v["target"]: v for v in gpu_bench.target_verdicts([good, bad, late])}
+    assert len(verdicts) == len(gpu_bench.TARGETS) == 9
+    early, stages_3_4 = verdicts["forward <= 1.15x copy, stages 1-2"], verdicts["forward <= 1.4x copy, stages 3-4"]
+    assert (early["measured"], early["met"], early["failed_cases"]) == (2, 1, ["128x256x56x56 bfloat16 b7"])
+    assert early["worst"] == 1.16 and early["worst_case"] == "128x256x56x56 bfloat16 b7"
+    assert (stages_3_4["measured"], stages_3_4["met"], stages_3_4["worst"]) == (1, 1, 1.39)
+    mask = verdicts["mask <= 0.05x the fp32 copy"]
+    assert (mask["measured"], mask["met"], mask["worst"]) == (3, 2, pytest.approx(0.06))
+    assert verdicts["transposed view forward <= 2x copy"]["failed_cases"] == ["128x256x56x56 bfloat16 b7"]
+    tv = verdicts["fwd+bwd >= 10x torchvision"]
+    assert (tv["measured"], tv["met"], tv["worst"]) == (2, 2, 12.0)
+    assert verdicts["fwd+bwd faster than torch.compile of it"]["worst"] == 0.9
+    assert verdicts["saved <= 1/8 byte per element"]["met"] == 2
+    table = gpu_bench.markdown([good, bad, late], "Test GPU")
+    assert "| forward <= 1.15x copy, stages 1-2 | 1 of 2 | 1.16 (128x256x56x56 bfloat16 b7) | " \
+           "128x256x56x56 bfloat16 b7 |" in table
+    assert "| backward <= 1.1x copy | 3 of 3 | 1.05 (128x256x56x56 float32 b7) | - |" in table
+    text = gpu_bench.targets_text([good, bad, late], "Test GPU")
+    assert "  NOT MET       forward <= 1.15x copy, stages 1-2: 1 of 2 cases, worst 1.16 (128x256x56x56 bfloat16 b7)" \
+        in text
+    assert "  MET           fwd+bwd >= 10x torchvision: 2 of 2 cases, worst 12 (128x256x56x56 float32 b7)" in text
     assert "not measured" in gpu_bench.markdown([{"shape": [1, 1, 1, 1], "dtype": "float32", "numel": 1}], "GPU")
+    assert "NOT MEASURED  backward" in gpu_bench.targets_text([], "GPU")
 
 
 def test_sanitizer_smoke_script_runs_on_the_cpu_kernels(capsys):
@@ -316,16 +333,17 @@ def test_gpu_bench_case_runs_on_the_cpu_kernels(gpu_bench_on_cpu, fresh_dynamo):
     args = gpu_bench.parse_args(["--repeats", "2", "--calls", "1", "--warmup", "1"])
     result = gpu_bench.bench_case((2, 16, 14, 14), torch.float32, args, torch.ops.dropblock_cuda,
                                   dropblock_cuda.drop_block2d, tv_drop_block2d, l2_bytes=2**20,
-                                  compiled=gpu_bench.compiled_reference("default"))
-    assert "forward_graph_error" in result and "compiled_error" not in result
-    for key in ("copy_ms", "forward_ms", "forward_shared_over_copy", "mask_ms", "mask_scatter_ms", "forward_scatter_ms", "backward_ms",
+                                  compiled=gpu_bench.compiled_peer("default", tv_drop_block2d), block=3)
+    assert "forward_graph_error" in result and "compiled_error" not in result and result["block"] == 3
+    for key in ("copy_ms", "forward_ms", "forward_shared_over_copy", "mask_ms", "mask_scatter_ms", "forward_scatter_ms",
+                "transposed_forward_over_copy", "backward_ms", "channels_last_forward_over_copy",
                 "channels_last_backward_over_copy", "fwd_bwd_ms", "torchvision_fwd_bwd_ms", "compiled_fwd_bwd_ms",
                 "torchvision_fwd_bwd_speedup", "compiled_fwd_bwd_speedup", "compiled_first_call_s"):
         assert result[key] > 0, key
     assert result["saved_bytes_per_element"] == pytest.approx(1 / 8 + 8 / result["numel"])
     assert torch.ops.dropblock_cuda._set_cuda_mask_kernel("auto") == "auto"  # the scatter timing restored it
     table = gpu_bench.markdown([result], "CPU dry run")
-    row = next(line for line in table.splitlines() if line.startswith("| 2x16x14x14"))
+    row = next(line for line in table.splitlines() if line.startswith("| 2x16x14x14 | float32 | 3 |"))
     assert row.count(" - ") == 2  # only the graph replay's two cells are empty
 
 
@@ -342,11 +360,11 @@ def test_gpu_bench_kernel_names_and_breakdown_table():
     assert name("Memset (Device)") == "Memset"
     assert name("Memcpy DtoD (Device -> Device)") == "Memcpy DtoD"
     assert name("void plain_kernel<8>(int)") == "plain_kernel"
-    result = {"shape": [128, 2048, 7, 7], "dtype": "bfloat16", "numel": 128 * 2048 * 49,
+    result = {"shape": [128, 2048, 7, 7], "dtype": "bfloat16", "block": 7, "numel": 128 * 2048 * 49,
               "forward_kernels_us": {"apply_contiguous_kernel": 17.25, "window_mask_kernel": 4.5, "Memset": 1.0}}
     table = gpu_bench.markdown([result], "GPU")
-    assert "| 128x2048x7x7 | bfloat16 | forward | apply_contiguous_kernel 17.2, window_mask_kernel 4.5, Memset 1.0 |" \
-        in table
+    assert "| 128x2048x7x7 | bfloat16 | 7 | forward | apply_contiguous_kernel 17.2, window_mask_kernel 4.5, " \
+           "Memset 1.0 |" in table
 
 
 @pytest.fixture
@@ -377,10 +395,16 @@ def test_gpu_bench_main_writes_its_files(gpu_bench_on_cpu, tmp_path, capsys):
     assert gpu_bench.main(["--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--calls", "1",
                            "--compile", "off", "--no-torchvision"]) == 0
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
-    assert [r["shape"] for r in data["results"]] == [[2, 16, 9, 9], [2, 8, 7, 7]] * 2
-    assert data["meta"]["device"] == "CPU dry run" and len(data["meta"]["targets"]) == 5
+    # float32 first (the bfloat16 masks are compared with its copies), then per shape both blocks.
+    assert [(r["dtype"], r["shape"], r["block"]) for r in data["results"]] == [
+        (dtype, shape, block) for dtype in ("float32", "bfloat16") for shape in ([2, 16, 9, 9], [2, 8, 7, 7])
+        for block in (7, 3)]
+    assert data["meta"]["device"] == "CPU dry run" and len(data["meta"]["targets"]) == len(gpu_bench.TARGETS)
+    assert all(r["mask_over_fp32_copy"] > 0 for r in data["results"])
     table = (tmp_path / "gpu_bench.md").read_text()
-    assert table.count("| 2x8x7x7 | bfloat16 |") == 3 and "forward_us 1.0" in table  # results, 2 breakdown rows
+    assert table.count("| 2x8x7x7 | bfloat16 | 3 |") == 3 and "forward_us 1.0" in table  # results, 2 breakdown rows
+    targets = (tmp_path / "targets.txt").read_text()
+    assert targets.startswith("targets on CPU dry run") and targets.count("\n") == len(gpu_bench.TARGETS) + 1
     # The profiler's pass comes after every case is timed (on the CPU it lists operators).
     for r in data["results"]:
         assert "drop_block_apply" in r["forward_kernels_us"] and "drop_block_mask" in r["forward_kernels_us"], r
@@ -389,12 +413,13 @@ def test_gpu_bench_main_writes_its_files(gpu_bench_on_cpu, tmp_path, capsys):
 
 
 def test_gpu_bench_compiled_only_over_two_shapes(gpu_bench_on_cpu, monkeypatch, tmp_path, fresh_dynamo):
-    # gpu_check.sh's compiled step: the copy, our forward+backward and the compiled reference's,
-    # over two shapes (the second one recompiles with dynamic shapes), nothing else.
+    # gpu_check.sh's compiled step: the copy, our forward+backward and the compiled peer's
+    # (torchvision's drop_block2d), over two shapes (the second one recompiles with dynamic
+    # shapes), nothing else.
     gpu_bench = gpu_bench_on_cpu
     monkeypatch.setattr(gpu_bench, "DTYPES", {"float32": torch.float32})
     assert gpu_bench.main(["--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--calls", "1",
-                           "--compiled-only"]) == 0
+                           "--compiled-only", "--blocks", "7"]) == 0
     results = json.loads((tmp_path / "gpu_bench.json").read_text())["results"]
     assert len(results) == 2
     for r in results:
