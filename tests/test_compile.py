@@ -10,6 +10,7 @@ from torch import nn
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import dropblock_cuda
+from helpers import assert_equal
 from dropblock_cuda import DropBlock2d, LinearScheduler
 
 
@@ -195,3 +196,63 @@ def test_compiled_autograd_traces_the_backward_in_one_graph():
     assert counter.frame_count == 1
     expected = dropblock_cuda.drop_block2d(grad, 0.3, 3, generator=torch.Generator().manual_seed(3))
     assert torch.equal(x.grad, expected)
+
+
+# --- dynamic shapes ----------------------------------------------------------------------------
+
+# Batch, height and width all different from each other and from 0/1 (Dynamo specializes sizes 0
+# and 1, and "duck sizing" ties equal sizes together), so that one graph serves them all.
+DYNAMIC_SHAPES = [(2, 3, 16, 17), (3, 3, 20, 24), (5, 3, 31, 18), (4, 3, 9, 40)]
+
+
+def assert_one_scale(y, x):
+    """y is x * keep * scale for one scale: the mask was drawn and applied whatever the shape."""
+    ratios = (y[y != 0] / x[y != 0]).detach()
+    assert (y == 0).any() and ratios.numel() > 0
+    torch.testing.assert_close(ratios, torch.full_like(ratios, ratios[0].item()))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_dynamic_true_one_graph_for_every_size(backend):
+    model = nn.Sequential(DropBlock2d(0.3, 3), nn.ReLU(), DropBlock2d(0.2, (3, 5), shared_channels=True))
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend=counter)
+    for shape in DYNAMIC_SHAPES:
+        x = (torch.rand(shape) + 0.5).requires_grad_()
+        y = compiled(x)
+        assert y.shape == shape
+        assert_one_scale(y, x)
+        y.sum().backward()
+        assert_equal(x.grad == 0, y == 0)
+        if shape == DYNAMIC_SHAPES[0]:
+            # The first compilation may hand the backend a graph twice (Dynamo restarts its analysis
+            # once to specialize the float settings); what must not happen is a compilation per size.
+            first = counter.frame_count
+            assert first <= 2
+    assert counter.frame_count == first
+
+
+def test_mark_dynamic_one_graph_for_every_size():
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(small_cnn(), fullgraph=True, backend=counter)
+    for shape in DYNAMIC_SHAPES:
+        x = torch.randn(shape)
+        for dim in (0, 2, 3):
+            torch._dynamo.mark_dynamic(x, dim)
+        assert compiled(x).shape == (shape[0], 2, *shape[2:])
+        first = counter.frame_count if shape == DYNAMIC_SHAPES[0] else first
+    assert counter.frame_count == first <= 2
+
+
+def test_export_with_dims_in_training_mode():
+    from torch.export import Dim
+
+    model = nn.Sequential(DropBlock2d(0.3, 3), nn.ReLU())
+    x = torch.rand(2, 3, 16, 17) + 0.5
+    dims = {0: Dim("batch", min=2), 2: Dim("height", min=4), 3: Dim("width", min=4)}
+    run = torch.export.export(model, (x,), dynamic_shapes=({**dims},)).module()
+    for shape in DYNAMIC_SHAPES:
+        x = torch.rand(shape) + 0.5
+        y = run(x)
+        assert y.shape == shape
+        assert_one_scale(y, x)
