@@ -1,29 +1,107 @@
 #!/usr/bin/env bash
-# One command for a GPU machine (torch preinstalled, no network):
+# One command for a GPU machine (torch preinstalled, no network), under 7 minutes:
 #
-#     bash benchmarks/gpu_check.sh [OUTDIR]
+#     bash benchmarks/gpu_check.sh [OUTDIR]      # or: bash benchmarks/gpu_check.sh --plan
 #
-# builds the extension in place from source, then runs, most important first: the CUDA tests,
-# the GPU benchmark, the huge-tensor test, compute-sanitizer memcheck and racecheck on a small
-# forward + backward, the CUDA tests of tests/test_ecosystem.py (graph-captured training,
-# torch.compile), torch.compile of the reference at batch 128, and the comparative benchmark
-# against the peers (quick). The CPU tests are left to CI. Every step logs into OUTDIR (default
-# benchmarks/results/<gpu>-<time>); a failing step does not stop the later ones; the exit status
-# is the number of failed or skipped steps. Each step is time-boxed, and the whole run stays
-# under TOTAL_BUDGET_S (default 345 s: give the command's own limit 30 s more).
+# Steps, in order (cap = the most seconds a step may take; "optional" steps run only when the
+# time left still holds every later required step's cap):
+#   build            the extension in place, for the visible GPU only (TORCH_CUDA_ARCH_LIST), MAX_JOBS =
+#                    cores; then an import check
+#   tests_cuda       tests/test_cuda.py, every test marked `cuda` (bit identity with the CPU, the
+#                    concurrency test, capture, streams, vector widths, the huge-tensor test)
+#   bench            benchmarks/gpu_bench.py: the issue's targets against a device-to-device copy
+#   memcheck         compute-sanitizer memcheck on benchmarks/sanitizer_smoke.py
+#   racecheck        (optional) compute-sanitizer racecheck on its float32 part
+#   tests_ecosystem  the `cuda` tests of tests/test_ecosystem.py (graph-captured training, torch.compile)
+#   bench_peers      the comparative benchmark (python -m benchmarks) on this GPU, quick form
+#   bench_compiled   (optional) gpu_bench --compiled-only: ours against torch.compile of torchvision's
 #
-# On a device machine ($OUT set, no OUTDIR given), which returns at most 8 files from $OUT, the
-# logs are written to a temporary folder and packed after every step into $OUT/gpu_check.tar.gz,
-# with the summary and the benchmark tables beside it: a run killed midway still returns them.
+# The CPU tests are CI's. Each step is time-boxed (SIGINT at its limit, so that pytest still
+# reports; SIGKILL KILL_AFTER_S later); a failing step does not stop the later ones. The exit
+# status is the number of FAILED steps (failed or timed out); a step skipped (out of time, not
+# selected, no build, a tool that refuses this machine) is listed as SKIP with its reason and does
+# not count. The summary (OUTDIR/summary.txt, printed last) gives each step's verdict, time and a
+# one-line result, then each performance target met or not with its worst measured ratio.
+# Caps are checked against TOTAL_BUDGET_S (default 400 s: give the command's own limit 30 s more)
+# by --plan, which CI runs (tests/test_benchmark.py, with PYTHON=true for a dry run of the rest).
+#
+# Environment: TOTAL_BUDGET_S; PYTHON (default python3); CAP_<step>=SECONDS overrides a cap;
+# GPU_CHECK_STEPS="bench memcheck" runs only those steps (a rerun on a machine that built already);
+# SANITIZER (default: compute-sanitizer on PATH or in /usr/local/cuda/bin).
+#
+# Logs go to OUTDIR (default benchmarks/results/<gpu>-<time>). On a device machine ($OUT set, no
+# OUTDIR given), which returns at most 8 files from $OUT, the logs are written to a temporary
+# folder and packed after every step into $OUT/gpu_check.tar.gz, with summary.txt and the
+# benchmark tables beside it (4 files): a run killed midway still returns them.
 set -u
 
 cd "$(dirname "$0")/.."
 START=$(date +%s)
-TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-345}
+TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-400}
 PYTHON=${PYTHON:-python3}
+KILL_AFTER_S=5
+SETUP_S=10          # the environment log, before the first step
+STEP_OVERHEAD_S=6   # per step beyond its cap: the grace after SIGINT, packing the logs
+MIN_STEP_S=${MIN_STEP_S:-20}  # a step given less than this is skipped, not started
 export PYTHONUNBUFFERED=1
 
-gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -c 'A-Za-z0-9\n' '_' | tr -d '\n')
+# name, cap (s), required (1) or optional (0). Required caps plus overheads fit the budget.
+STEPS=(
+  "build 65 1"
+  "tests_cuda 95 1"
+  "bench 60 1"
+  "memcheck 50 1"
+  "racecheck 40 0"
+  "tests_ecosystem 55 1"
+  "bench_peers 25 1"
+  "bench_compiled 75 0"
+)
+
+cap_of() {  # the cap of step $1: CAP_<name> or the table's
+  local entry name cap required override
+  for entry in "${STEPS[@]}"; do
+    read -r name cap required <<<"$entry"
+    if [[ $name == "$1" ]]; then
+      override="CAP_$name"
+      echo "${!override:-$cap}"
+      return
+    fi
+  done
+}
+
+# The seconds that the required steps after step $1 may take at most (caps plus overheads).
+reserve_after() {
+  local entry name cap required after=0 total=0
+  for entry in "${STEPS[@]}"; do
+    read -r name cap required <<<"$entry"
+    if ((after && required)); then
+      total=$((total + $(cap_of "$name") + STEP_OVERHEAD_S))
+    fi
+    [[ $name == "$1" ]] && after=1
+  done
+  echo "$total"
+}
+
+plan() {  # prints the steps and whether the required ones fit the budget; status 0 if they do
+  local entry name cap required need=$SETUP_S
+  printf '%-16s %5s  %s\n' step cap kind
+  for entry in "${STEPS[@]}"; do
+    read -r name cap required <<<"$entry"
+    cap=$(cap_of "$name")
+    printf '%-16s %5s  %s\n' "$name" "$cap" "$( ((required)) && echo required || echo optional)"
+    ((required)) && need=$((need + cap + STEP_OVERHEAD_S))
+  done
+  echo "required: ${need} s (caps + ${STEP_OVERHEAD_S} s per step + ${SETUP_S} s set-up) of a ${TOTAL_BUDGET_S} s budget"
+  ((need <= TOTAL_BUDGET_S))
+}
+
+if [[ ${1:-} == --plan ]]; then
+  plan
+  exit
+fi
+
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
+compute_cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' ')
 PUBLISH_TO=
 if [[ $# -ge 1 ]]; then
   OUTDIR=$1
@@ -31,17 +109,52 @@ elif [[ -n ${OUT:-} ]]; then
   OUTDIR=$(mktemp -d)/gpu_check
   PUBLISH_TO=$OUT
 else
-  OUTDIR=benchmarks/results/${gpu_name:-gpu}-$(date +%Y%m%d-%H%M%S)
+  OUTDIR=benchmarks/results/$(tr -c 'A-Za-z0-9\n' '_' <<<"${gpu_name:-gpu}" | tr -d '\n')-$(date +%Y%m%d-%H%M%S)
 fi
 mkdir -p "$OUTDIR"
 SUMMARY="$OUTDIR/summary.txt"
-: >"$SUMMARY"
+STEP_LINES=()
 failures=0
+skipped=0
+NO_BUILD=
+
+# The build: for the visible GPU's architecture only, one compile job per core.
+[[ -n $compute_cap && -z ${TORCH_CUDA_ARCH_LIST:-} ]] && export TORCH_CUDA_ARCH_LIST=$compute_cap
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+
+# The environment.
+{
+  echo "date: $(date -Is)"
+  echo "host: $(hostname), $(nproc) cores; MAX_JOBS=$MAX_JOBS TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-}"
+  echo "git: $(git rev-parse HEAD 2>/dev/null) $(git status --short 2>/dev/null | wc -l) changed files"
+  echo "ninja: $(command -v ninja || echo 'none (the build compiles one file at a time)')"
+  nvidia-smi
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+  command -v nvcc && nvcc --version
+  $PYTHON -c "import torch, sys; print('python', sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())"
+} >"$OUTDIR/environment.log" 2>&1
+torch_version=$($PYTHON -c "import torch; print(torch.__version__)" 2>/dev/null | tail -n1)
+HEADER="gpu_check: ${gpu_name:-no GPU found} (compute capability ${compute_cap:-?}), torch ${torch_version:-?}, \
+commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), $(date -Is)"
+
+# summary.txt: the header, a line per step, the totals, then the targets of the benchmarks run.
+write_summary() {
+  {
+    echo "$HEADER"
+    printf '%-16s %-8s %6s %5s  %s\n' step verdict time cap result
+    printf '%s\n' "${STEP_LINES[@]}"
+    echo "$failures failed step(s), $skipped skipped; $(($(date +%s) - START)) s of a $TOTAL_BUDGET_S s budget; logs in $OUTDIR"
+    for targets in "$OUTDIR/targets.txt" "$OUTDIR/compiled/targets.txt"; do
+      [[ -f $targets ]] && { echo; cat "$targets"; }
+    done
+  } >"$SUMMARY"
+}
 
 # publish: the folder packed into $PUBLISH_TO, with the summary and the tables beside it.
 publish() {
+  write_summary
   [[ -n $PUBLISH_TO ]] || return 0
-  tar -czf "$PUBLISH_TO/gpu_check.tar.gz.part" -C "$(dirname "$OUTDIR")" gpu_check &&
+  tar -czf "$PUBLISH_TO/gpu_check.tar.gz.part" -C "$(dirname "$OUTDIR")" "$(basename "$OUTDIR")" &&
     mv "$PUBLISH_TO/gpu_check.tar.gz.part" "$PUBLISH_TO/gpu_check.tar.gz"
   cp "$SUMMARY" "$PUBLISH_TO/summary.txt"
   [[ -f $OUTDIR/gpu_bench.md ]] && cp "$OUTDIR/gpu_bench.md" "$PUBLISH_TO/gpu_bench.md"
@@ -49,102 +162,141 @@ publish() {
   return 0
 }
 
-# run NAME CAP_SECONDS COMMAND...: runs COMMAND with a timeout of min(CAP, time left less a
-# margin for the kill), logging to OUTDIR/NAME.log, and records PASS / FAIL / TIMEOUT / SKIP in
-# the summary. A timeout interrupts (SIGINT), so that pytest still reports what failed so far.
-# With UNSUPPORTED_IF set, a log matching that pattern makes the step a SKIP (a tool that
-# refuses this machine), not a failure.
-run() {
-  local name=$1 cap=$2
-  shift 2
-  local left=$((TOTAL_BUDGET_S - ($(date +%s) - START) - 15))
-  local limit=$((cap < left ? cap : left))
-  local log="$OUTDIR/$name.log"
-  if ((limit < 20)); then
-    echo "SKIP     $name (out of time)" | tee -a "$SUMMARY"
-    failures=$((failures + 1))
-    publish
-    return
-  fi
-  echo "== $name (limit ${limit}s): $*"
-  local t0=$(date +%s)
-  timeout -s INT --kill-after=10 "$limit" "$@" >"$log" 2>&1
-  local rc=$?
-  local dt=$(($(date +%s) - t0))
-  local status=PASS
-  if [[ -n ${UNSUPPORTED_IF:-} ]] && grep -q -- "$UNSUPPORTED_IF" "$log"; then
-    status=SKIP
-  elif ((rc == 124 || rc == 137)); then
-    status=TIMEOUT
-  elif ((rc != 0)); then
-    status="FAIL(rc=$rc)"
-  fi
-  [[ $status == PASS || $status == SKIP ]] || failures=$((failures + 1))
-  printf '%-8s %-15s %4ss  %s\n' "$status" "$name" "$dt" "$log" | tee -a "$SUMMARY"
-  tail -n 3 "$log" | sed 's/^/    /'
+record() {  # record NAME VERDICT TIME CAP RESULT: a summary line, also printed
+  local line
+  line=$(printf '%-16s %-8s %6s %5s  %s' "$1" "$2" "$3" "$4" "$5")
+  STEP_LINES+=("$line")
+  echo "$line"
   publish
 }
 
-# The environment.
-{
-  echo "date: $(date -Is)"
-  echo "host: $(hostname)"
-  echo "git: $(git rev-parse HEAD 2>/dev/null) $(git status --short 2>/dev/null | wc -l) changed files"
-  nvidia-smi
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
-  command -v nvcc && nvcc --version
-  $PYTHON -c "import torch, sys; print('python', sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())"
-} >"$OUTDIR/environment.log" 2>&1
+skip() {  # skip NAME CAP REASON
+  skipped=$((skipped + 1))
+  record "$1" SKIP - "$2" "$3"
+}
+
+# The result line of a step's log: pytest's counts, compute-sanitizer's error summary, or the
+# last line.
+result_of() {
+  local line
+  line=$(grep -E '[0-9]+ (passed|failed|errors?)( |,|$)|no tests ran|ERROR SUMMARY|^cuda_version' "$1" | tail -n1)
+  [[ -n $line ]] || line=$(grep -v '^[[:space:]]*$' "$1" | tail -n1)
+  line=${line//=/}
+  line=$(sed -E 's/^ +//; s/ +$//' <<<"$line")
+  echo "${line:0:90}"
+}
+
+# run NAME COMMAND...: runs COMMAND with a timeout of the step's cap, less when time is short,
+# logging to OUTDIR/NAME.log. An optional step gets only what the later required steps leave.
+# With UNSUPPORTED_IF set, a log matching that pattern makes the step a SKIP (a tool that refuses
+# this machine), not a failure.
+run() {
+  local name=$1
+  shift
+  local cap required=0 entry n c r
+  cap=$(cap_of "$name")
+  for entry in "${STEPS[@]}"; do
+    read -r n c r <<<"$entry"
+    [[ $n == "$name" ]] && required=$r
+  done
+  if [[ -n ${GPU_CHECK_STEPS:-} && " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+    skip "$name" "$cap" "not selected (GPU_CHECK_STEPS)"
+    return
+  fi
+  if [[ -n $NO_BUILD && $name != build ]]; then
+    skip "$name" "$cap" "needs the build"
+    return
+  fi
+  local left=$((TOTAL_BUDGET_S - ($(date +%s) - START) - STEP_OVERHEAD_S))
+  ((required)) || left=$((left - $(reserve_after "$name")))
+  local limit=$((cap < left ? cap : left))
+  local least=$MIN_STEP_S
+  ((required || cap / 2 <= least)) || least=$((cap / 2))
+  if ((limit < least)); then
+    skip "$name" "$cap" "out of time (${left} s left for it, needs ${least} s or more)"
+    return
+  fi
+  local log="$OUTDIR/$name.log"
+  echo "== $name (limit ${limit} s): $*"
+  local t0
+  t0=$(date +%s)
+  timeout -s INT --kill-after=$KILL_AFTER_S "$limit" "$@" >"$log" 2>&1
+  local rc=$?
+  local dt=$(($(date +%s) - t0))
+  local verdict=PASS result
+  result=$(result_of "$log")
+  if [[ -n ${UNSUPPORTED_IF:-} ]] && grep -q -- "$UNSUPPORTED_IF" "$log"; then
+    verdict=SKIP
+    result="unsupported here: $UNSUPPORTED_IF"
+    skipped=$((skipped + 1))
+  elif ((rc == 124 || rc == 137)); then
+    verdict=TIMEOUT
+    result="stopped at ${limit} s; $result"
+  elif ((rc != 0)); then
+    verdict=FAIL
+    result="rc=$rc; $result"
+  fi
+  [[ $verdict == PASS || $verdict == SKIP ]] || failures=$((failures + 1))
+  [[ $name == build && $verdict != PASS ]] && NO_BUILD=1
+  record "$name" "$verdict" "${dt} s" "$cap" "$result"
+}
+
+# 1. Build in place (the .so lands in dropblock_cuda/, so the tests import this checkout); pip
+#    without editable support, failing before it compiles anything, falls back to setup.py.
+build_and_import() {
+  local output rc
+  output=$($PYTHON -m pip install --no-build-isolation --no-deps --no-index --disable-pip-version-check -v -e . 2>&1)
+  rc=$?
+  echo "$output"
+  if ((rc != 0)) && ! grep -qE '^ *\[[0-9]+/[0-9]+\]' <<<"$output"; then
+    echo "== pip failed before compiling: setup.py build_ext --inplace"
+    $PYTHON setup.py build_ext --inplace || return
+  elif ((rc != 0)); then
+    return $rc
+  fi
+  $PYTHON -c "import dropblock_cuda, torch; v = dropblock_cuda.cuda_version(); print('cuda_version', v); assert v is not None and torch.cuda.is_available()"
+}
+export PYTHON
+export -f build_and_import
+run build bash -c build_and_import
 
 PYTEST=($PYTHON -m pytest -q -p no:cacheprovider -rfEs --durations=10)
 
-# 1. Build in place (the .so lands in dropblock_cuda/, so the tests import this checkout).
-export MAX_JOBS=${MAX_JOBS:-16}
-run build 150 $PYTHON -m pip install --no-build-isolation --no-deps --no-index --disable-pip-version-check -v -e .
-if ! grep -q '^PASS *build' "$SUMMARY" && ! grep -qE '^ *\[[0-9]+/[0-9]+\]' "$OUTDIR/build.log"; then
-  # pip failed before compiling anything (no editable support): the plain setuptools in-place build.
-  run build_inplace 120 $PYTHON setup.py build_ext --inplace
-fi
-run import 30 $PYTHON -c "import dropblock_cuda, torch; v = dropblock_cuda.cuda_version(); print('cuda_version', v); assert v is not None and torch.cuda.is_available()"
+# 2. The CUDA tests first (the point of this machine). No -x: one failure must not hide the others.
+run tests_cuda "${PYTEST[@]}" tests/test_cuda.py -m cuda
 
-# 2. The CUDA tests first (the point of this machine), then the benchmark, so that both get
-#    their time even if a later step runs long. No -x: one failure must not hide the others.
-run tests_cuda 90 "${PYTEST[@]}" tests/test_cuda.py -m "not huge"
-
-# 3. Benchmark (JSON + markdown into OUTDIR, rewritten after every case). The profiler runs last,
-#    once per case: keep CUPTI up between its sessions (pytorch#112507).
+# 3. The benchmark (JSON, markdown and targets.txt into OUTDIR, rewritten after every case). The
+#    profiler runs last, once per case: keep CUPTI up between its sessions (pytorch#112507).
 export TEARDOWN_CUPTI=0
-run bench 90 $PYTHON -m benchmarks.gpu_bench --compile off --out "$OUTDIR"
-
-run tests_huge 60 "${PYTEST[@]}" tests/test_cuda.py tests/test_mask_law.py -m huge
+run bench $PYTHON -m benchmarks.gpu_bench --compile off --out "$OUTDIR"
 
 # 4. compute-sanitizer on a small forward + backward; no caching allocator, so that memcheck
 #    sees every allocation's real bounds. Racecheck watches shared memory only: float32 is enough.
 #    Some machines' runtimes refuse the tool ("Device not supported"): then the steps are skipped.
-SANITIZER=$(command -v compute-sanitizer || true)
+SANITIZER=${SANITIZER:-$(command -v compute-sanitizer || true)}
 [[ -z $SANITIZER && -x /usr/local/cuda/bin/compute-sanitizer ]] && SANITIZER=/usr/local/cuda/bin/compute-sanitizer
 if [[ -n $SANITIZER ]]; then
-  UNSUPPORTED_IF="Device not supported" run memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" \
+  UNSUPPORTED_IF="Device not supported" run memcheck env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" \
     --tool memcheck --error-exitcode 3 $PYTHON benchmarks/sanitizer_smoke.py
-  UNSUPPORTED_IF="Device not supported" run racecheck 45 "$SANITIZER" --tool racecheck --error-exitcode 3 \
+  UNSUPPORTED_IF="Device not supported" run racecheck "$SANITIZER" --tool racecheck --error-exitcode 3 \
     $PYTHON benchmarks/sanitizer_smoke.py --quick
 else
-  echo "SKIP     memcheck/racecheck (compute-sanitizer not found)" | tee -a "$SUMMARY"
+  skip memcheck "$(cap_of memcheck)" "compute-sanitizer not found"
+  skip racecheck "$(cap_of racecheck)" "compute-sanitizer not found"
 fi
 
 # 5. The ecosystem tests that need CUDA: a graph-captured training step, torch.compile on CUDA
 #    (fullgraph and reduce-overhead) on this image's torch. Their CPU twins run in CI.
-run tests_ecosystem 120 "${PYTEST[@]}" tests/test_ecosystem.py -k cuda
+run tests_ecosystem "${PYTEST[@]}" tests/test_ecosystem.py -m cuda
 
-# 6. torch.compile of the reference against our forward+backward at batch 128: a step of its own,
-#    since compiling (a few graphs: per dtype, then dynamic shapes) takes most of its time.
-run bench_compiled 90 $PYTHON -m benchmarks.gpu_bench --compiled-only --out "$OUTDIR/compiled"
+# 6. The peers: the comparative benchmark (python -m benchmarks) on this GPU, quick form; then,
+#    if time allows, torch.compile of torchvision's drop_block2d against our forward+backward at
+#    batch 128 (compiling, per dtype and then for dynamic shapes, takes most of that step).
+run bench_peers $PYTHON -m benchmarks --device cuda --quick --no-compile --out "$OUTDIR/peers"
+run bench_compiled $PYTHON -m benchmarks.gpu_bench --compiled-only --blocks 7 --out "$OUTDIR/compiled"
 
-# 7. The comparative benchmark (python -m benchmarks) on this GPU, quick form: the peers' table.
-run bench_peers 45 $PYTHON -m benchmarks --device cuda --quick --no-compile --out "$OUTDIR/peers"
-
+publish
 echo
-echo "gpu_check: $failures failed step(s) in $(($(date +%s) - START))s; logs in $OUTDIR"
 cat "$SUMMARY"
 for table in "$OUTDIR/gpu_bench.md" "$OUTDIR/compiled/gpu_bench.md"; do
   if [[ -f $table ]]; then
