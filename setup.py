@@ -14,7 +14,6 @@ import sys
 
 from setuptools import setup
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
 
@@ -85,17 +84,8 @@ def extension():
     )
 
 
+# Metadata (name, version, dependencies) lives in pyproject.toml; this file adds the extension.
 setup(
-    name="dropblock_cuda",
-    version="0.1.0",
-    description="Fused DropBlock for PyTorch: one-pass CUDA and CPU kernels with a bit-packed saved mask",
-    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    if os.path.exists(os.path.join(ROOT, "README.md"))
-    else "",
-    long_description_content_type="text/markdown",
-    packages=["dropblock_cuda"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4"],
 )

@@ -8,8 +8,7 @@ from .functional import drop_block1d, drop_block2d, drop_block3d
 from .modules import DropBlock1d, DropBlock2d, DropBlock3d
 from .scheduler import LinearScheduler
 from .convert import convert_dropblock
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def cuda_version():
