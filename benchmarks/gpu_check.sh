@@ -47,12 +47,12 @@ export PYTHONUNBUFFERED=1
 
 # name, cap (s), required (1) or optional (0). Required caps plus overheads fit the budget.
 STEPS=(
-  "build 65 1"
+  "build 50 1"
   "tests_cuda 95 1"
   "bench 60 1"
   "memcheck 50 1"
   "racecheck 40 0"
-  "tests_ecosystem 55 1"
+  "tests_ecosystem 70 1"
   "bench_peers 25 1"
   "bench_compiled 75 0"
 )
@@ -133,7 +133,7 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
   command -v nvcc && nvcc --version
   $PYTHON -c "import torch, sys; print('python', sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())"
 } >"$OUTDIR/environment.log" 2>&1
-torch_version=$($PYTHON -c "import torch; print(torch.__version__)" 2>/dev/null | tail -n1)
+torch_version=$(sed -n 's/^torch \([^ ]*\) .*/\1/p' "$OUTDIR/environment.log" | head -n1)
 HEADER="gpu_check: ${gpu_name:-no GPU found} (compute capability ${compute_cap:-?}), torch ${torch_version:-?}, \
 commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), $(date -Is)"
 
