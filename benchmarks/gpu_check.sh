@@ -261,6 +261,9 @@ export -f build_and_import
 run build bash -c build_and_import
 
 PYTEST=($PYTHON -m pytest -q -p no:cacheprovider -rfEs --durations=10)
+# With pytest-xdist (the GPU image has it) the tests run in 4 processes that share the GPU: their
+# CPU halves (the reference masks, torch.compile) overlap.
+$PYTHON -c "import xdist" >/dev/null 2>&1 && PYTEST+=(-n 4)
 
 # 2. The CUDA tests first (the point of this machine). No -x: one failure must not hide the others.
 run tests_cuda "${PYTEST[@]}" tests/test_cuda.py -m cuda
