@@ -94,8 +94,8 @@ def test_both_mask_kernels_bit_identical_to_cpu(shape, block, p, kernel, mask_ke
         assert_same_mask(*cpu_and_cuda_masks(shape, block, p, seed, shared))
 
 
-# Masks for the concurrency test: about 10^8 bits (ResNet-50's first stage at batch 128: about
-# 12,500 windows and 400,000 seed threads, so thousands of CTAs of either path at once), and
+# Masks for the concurrency test: about 10^8 bits (ResNet-50's first stage at batch 128:
+# 12,544 windows taken in turns by every resident CTA, 25,088 CTAs of the scatter path), and
 # (16, 256, 28, 28), a mask of 401,408 bytes.
 CONCURRENCY_CASES = [((128, 256, 56, 56), (7, 7), 0.1), ((16, 256, 28, 28), (7, 7), 0.2)]
 POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
