@@ -21,9 +21,7 @@ _ops = torch.ops.dropblock_cuda
 
 
 def transforms_active() -> bool:
-    """Whether a torch.func transform or a forward-mode AD level is active (never under torch.compile)."""
-    if torch.compiler.is_compiling():
-        return False
+    """Whether a torch.func transform or a forward-mode AD level is active (ask outside torch.compile)."""
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 

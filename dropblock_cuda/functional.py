@@ -14,10 +14,20 @@ from torch import Tensor
 
 from . import _functorch
 
+# The ONNX exporters' own flags, read directly: torch.onnx.is_in_onnx_export() imports on every
+# call (a microsecond and a half, more than a small map's kernels), and Dynamo, which the
+# dynamo=True exporter (the default since torch 2.9) traces with, folds it to False.
 try:
     from torch.onnx._internal.exporter import _flags as _onnx_flags
 except ImportError:  # torch before 2.6
     _onnx_flags = None
+try:
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS as _onnx_globals
+except ImportError:
+    try:
+        from torch.onnx._globals import GLOBALS as _onnx_globals  # torch before 2.9
+    except ImportError:
+        _onnx_globals = None
 
 BlockSize = Union[int, Sequence[int]]
 
@@ -106,12 +116,13 @@ def _check_scalars(p: float, eps: float, gamma_scale: float) -> None:
                          f"got p={p}, gamma_scale={gamma_scale}")
 
 
-def _in_onnx_export() -> bool:
-    # Dynamo, which the ONNX exporter traces with (torch.onnx.export(..., dynamo=True), the
-    # default since torch 2.9), folds torch.onnx.is_in_onnx_export() to False; it reads the
-    # exporter's own flag as it is.
+def _in_onnx_export(compiling: bool) -> bool:
     if _onnx_flags is not None and _onnx_flags._is_onnx_exporting:
         return True
+    if compiling:  # the TorchScript-based exporter does not trace with Dynamo (which skips its flag)
+        return False
+    if _onnx_globals is not None:
+        return _onnx_globals.in_onnx_export
     return torch.onnx.is_in_onnx_export()
 
 
@@ -136,16 +147,19 @@ def _drop_block_checked(
     _check_values(input, p, eps, gamma_scale, spatial_dims)
     if not training or p == 0.0:
         return input
+    compiling = torch.compiler.is_compiling()
+    transformed = False
     if not torch.jit.is_scripting():
-        if _in_onnx_export():
+        if _in_onnx_export(compiling):
             raise RuntimeError("DropBlock in training mode cannot be exported to ONNX (it draws a random mask "
                                "with custom ops); call model.eval() before torch.onnx.export, where DropBlock "
                                "is the identity")
+        transformed = not compiling and _functorch.transforms_active()
     if seed is None:
         seed = torch.randint(-9223372036854775807 - 1, 9223372036854775807, (), dtype=torch.int64,
                              device=input.device)
     seed_p = p if gamma_scale == 1.0 else p * gamma_scale
-    if torch.compiler.is_compiling():
+    if compiling:
         # p travels as a tensor on the input's device, so that a scheduled p stays a graph input.
         # Inductor keeps a changing p symbolic only through tensor arithmetic (its
         # tensorify_python_scalars pass): `zeros + p` stays symbolic, while torch.full(p)
@@ -159,7 +173,7 @@ def _drop_block_checked(
     if not scale_by_keep:
         scale = torch.ones((), dtype=torch.float64, device=input.device)
     if not torch.jit.is_scripting():
-        if _functorch.transforms_active():
+        if transformed:
             return _functorch.apply(input, mask, scale, shared_channels, inplace)
     if not inplace:
         return ops.drop_block_apply(input, mask, scale, shared_channels)
