@@ -12,7 +12,8 @@
 #   bench            benchmarks/gpu_bench.py: the targets against a device-to-device copy
 #   memcheck         compute-sanitizer memcheck on benchmarks/sanitizer_smoke.py
 #   racecheck        (optional) compute-sanitizer racecheck on its float32 part
-#   tests_ecosystem  the `cuda` tests of tests/test_ecosystem.py (graph-captured training, torch.compile)
+#   tests_ecosystem  every other test marked `cuda` (tests/test_ecosystem.py's graph-captured training
+#                    and torch.compile, the misuse tests on CUDA tensors, ...)
 #   bench_peers      the comparative benchmark (python -m benchmarks) on this GPU, quick form
 #   bench_compiled   (optional) gpu_bench --compiled-only: ours against torch.compile of torchvision's
 #
@@ -288,9 +289,11 @@ else
   skip racecheck "$(cap_of racecheck)" "compute-sanitizer not found"
 fi
 
-# 5. The ecosystem tests that need CUDA: a graph-captured training step, torch.compile on CUDA
-#    (fullgraph and reduce-overhead) on this image's torch. Their CPU twins run in CI.
-run tests_ecosystem "${PYTEST[@]}" tests/test_ecosystem.py -m cuda
+# 5. The other tests that need CUDA, whatever their file (tests/conftest.py marks every test that
+#    skips without a CUDA device): a graph-captured training step, torch.compile on CUDA (fullgraph
+#    and reduce-overhead) on this image's torch, the misuse checks on CUDA tensors. Their CPU
+#    twins run in CI.
+run tests_ecosystem "${PYTEST[@]}" tests -m cuda --ignore=tests/test_cuda.py
 
 # 6. The peers: the comparative benchmark (python -m benchmarks) on this GPU, quick form; then,
 #    if time allows, torch.compile of torchvision's drop_block2d against our forward+backward at
