@@ -245,11 +245,13 @@ run() {
 # 1. Build in place (the .so lands in dropblock_cuda/, so the tests import this checkout); pip
 #    without editable support, failing before it compiles anything, falls back to setup.py.
 build_and_import() {
-  local output rc
-  output=$($PYTHON -m pip install --no-build-isolation --no-deps --no-index --disable-pip-version-check -v -e . 2>&1)
-  rc=$?
-  echo "$output"
-  if ((rc != 0)) && ! grep -qE '^ *\[[0-9]+/[0-9]+\]' <<<"$output"; then
+  local pip_log rc
+  pip_log=$(mktemp)
+  # Through tee: the step's log shows the compile's progress even if the step is stopped.
+  $PYTHON -m pip install --no-build-isolation --no-deps --no-index --disable-pip-version-check -v -e . 2>&1 |
+    tee "$pip_log"
+  rc=${PIPESTATUS[0]}
+  if ((rc != 0)) && ! grep -qE '^ *\[[0-9]+/[0-9]+\]' "$pip_log"; then
     echo "== pip failed before compiling: setup.py build_ext --inplace"
     $PYTHON setup.py build_ext --inplace || return
   elif ((rc != 0)); then
