@@ -137,12 +137,12 @@ def _drop_block_checked(
     gamma_scale: float,
     scale_by_keep: bool,
     spatial_dims: int,
-    seed: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """DropBlock with arguments of the right types; TorchScript compiles this (a scripted module calls it).
 
-    `seed` is the key drawn eagerly from a user's generator; None draws it from the default
-    generator of the input's device.
+    The key comes from `generator` (eager calls only), else from the default generator of the
+    input's device; it is drawn after every check passed.
     """
     _check_values(input, p, eps, gamma_scale, spatial_dims)
     if not training or p == 0.0:
@@ -155,9 +155,11 @@ def _drop_block_checked(
                                "with custom ops); call model.eval() before torch.onnx.export, where DropBlock "
                                "is the identity")
         transformed = not compiling and _functorch.transforms_active()
-    if seed is None:
+    if generator is None:
         seed = torch.randint(-9223372036854775807 - 1, 9223372036854775807, (), dtype=torch.int64,
                              device=input.device)
+    else:
+        seed = _draw_seed(input.device, generator)
     seed_p = p if gamma_scale == 1.0 else p * gamma_scale
     if compiling:
         # p travels as a tensor on the input's device, so that a scheduled p stays a graph input.
@@ -187,7 +189,8 @@ def _drop_block_checked(
 _KEY_LOW, _KEY_HIGH = -(2**63), 2**63 - 1
 
 
-def _draw_seed(device: torch.device, generator: torch.Generator) -> Tensor:
+@torch.jit.unused  # TorchScript has no Generator.device; scripted modules draw from the default generator
+def _draw_seed(device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
     """The Philox key of one call, drawn from `generator`.
 
     The key is drawn by a native random op on the generator's device, so it follows
@@ -240,12 +243,9 @@ def _drop_block(
     eps = _check_real(eps, "eps")
     gamma_scale = _check_real(gamma_scale, "gamma_scale")
     sizes = list(_check_block_size(block_size, spatial_dims))
-    seed = None
-    if generator is not None and training and p != 0.0:
-        seed = _draw_seed(input.device, generator)
     return _drop_block_checked(input, p, sizes, _check_flag(inplace, "inplace"), eps, _check_flag(training, "training"),
                                _check_flag(shared_channels, "shared_channels"), gamma_scale,
-                               _check_flag(scale_by_keep, "scale_by_keep"), spatial_dims, seed)
+                               _check_flag(scale_by_keep, "scale_by_keep"), spatial_dims, generator)
 
 
 _DOC = """Randomly zeroes contiguous blocks of a {dims}-d feature map (DropBlock, arXiv 1810.12890).

@@ -271,6 +271,58 @@ def test_bad_eps_and_types_raise():
         drop_block2d(x, 0.5, 3, generator=0)
 
 
+@pytest.mark.parametrize("block_size", [2**63, 2**64 + 5, (2**70, 3)])
+def test_huge_block_sizes_are_valid_and_clamped_to_the_map(block_size):
+    # Any block size >= 1 is valid (semantics 2): past int64 it is the whole map, as any size >= S.
+    x = positive((2, 3, 6, 7))
+    clamped = (6, 7) if isinstance(block_size, int) else (6, 3)
+    assert torch.equal(drop_block2d(x, 0.5, block_size, generator=gen(4)), drop_block2d(x, 0.5, clamped, generator=gen(4)))
+    module = DropBlock2d(0.5, block_size)
+    assert module.block_size == block_size  # shown as given
+    torch.manual_seed(4)
+    expected = drop_block2d(x, 0.5, clamped)
+    torch.manual_seed(4)
+    assert torch.equal(module(x), expected)
+
+
+class Flip:
+    """A truth value that changes each time it is read."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def __bool__(self):
+        self.reads += 1
+        return self.reads % 2 == 1
+
+
+def test_each_flag_is_read_once():
+    x = positive((2, 3, 8, 8))
+    flag = Flip()
+    y = drop_block2d(x, 0.5, 3, shared_channels=flag, generator=gen(1))
+    assert flag.reads == 1
+    # Read as True once: the mask and the apply both took the shared mask.
+    assert torch.equal(y, drop_block2d(x, 0.5, 3, shared_channels=True, generator=gen(1)))
+    for name in ("inplace", "scale_by_keep"):
+        flag = Flip()
+        drop_block2d(x.clone(), 0.5, 3, generator=gen(1), **{name: flag})
+        assert flag.reads == 1, name
+    with pytest.raises(TypeError, match="shared_channels"):
+        drop_block2d(x, 0.5, 3, shared_channels=torch.tensor(True))
+
+
+@pytest.mark.parametrize("dtype", [getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name)])
+def test_float8_input_is_refused_before_a_key_is_drawn(dtype):
+    x = torch.zeros(1, 1, 4, 4).to(dtype)
+    generator = gen(3)
+    state = generator.get_state()
+    with pytest.raises(TypeError, match="input: expected a float32, float64, float16 or bfloat16"):
+        drop_block2d(x, 0.5, 3, generator=generator)
+    assert torch.equal(generator.get_state(), state)  # nothing drawn
+    with pytest.raises(TypeError, match="input"):
+        DropBlock2d(0.5, 3)(x)
+
+
 def test_raw_ops_check_their_arguments():
     x = positive((2, 3, 8, 8))
     seed = torch.tensor(1)
