@@ -276,3 +276,22 @@ def test_compile_cuda_reduce_overhead_fresh_masks_and_live_p(fresh_dynamo):
     low_rate = sum((y == 0).float().mean().item() for y in low) / 3
     high_rate = sum((y == 0).float().mean().item() for y in high) / 3
     assert 0.0 < low_rate < high_rate  # the graph reads the current p
+
+
+@requires_cuda
+def test_compile_cuda_dynamic_shapes_one_graph_for_every_size(fresh_dynamo):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("inductor")
+    model = nn.Sequential(DropBlock2d(0.3, 3), nn.ReLU(), DropBlock2d(0.2, (3, 5), shared_channels=True)).cuda()
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend=counter)
+    # Sizes all distinct and above 1: Dynamo specializes 0 and 1 and ties equal sizes together.
+    for index, shape in enumerate([(2, 3, 16, 17), (3, 3, 20, 24), (5, 3, 31, 18), (4, 3, 9, 40)]):
+        x = (torch.rand(shape, device="cuda") + 0.5).requires_grad_()
+        y = compiled(x)
+        y.sum().backward()
+        assert y.shape == shape and (y == 0).any()
+        assert torch.equal(x.grad == 0, y == 0)
+        if index == 0:
+            first = counter.frame_count  # a first compilation may hand the backend a graph twice
+    assert counter.frame_count == first <= 2
