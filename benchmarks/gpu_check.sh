@@ -50,11 +50,11 @@ export PYTHONUNBUFFERED=1
 STEPS=(
   "build 50 1"
   "tests_cuda 95 1"
-  "bench 60 1"
+  "bench 50 1"
   "memcheck 50 1"
   "racecheck 40 0"
   "tests_ecosystem 70 1"
-  "bench_peers 25 1"
+  "bench_peers 35 1"
   "bench_compiled 75 0"
 )
 
