@@ -118,7 +118,7 @@ def test_convert_maps_timm_options(gamma_scale, scale_by_keep, couple):
         (0.2, 5, gamma_scale, scale_by_keep, couple)
 
 
-def timm_resnet(name, rate=0.1):
+def timm_model(name, rate=0.1):
     return convert_dropblock(timm.create_model(name, pretrained=False, num_classes=10, drop_block_rate=rate))
 
 
@@ -128,7 +128,7 @@ def dropblock_layers(model):
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_timm_drop_block_rate_resnets_convert(name):
-    model = timm_resnet(name)
+    model = timm_model(name)
     layers = dropblock_layers(model)
     assert not any(isinstance(m, timm.layers.DropBlock2d) for m in model.modules())
     # timm's drop_blocks(): stage 3 block 5 at a quarter of the seed rate, stage 4 block 3.
@@ -139,10 +139,23 @@ def test_timm_drop_block_rate_resnets_convert(name):
     assert all((m.p, m.block_size, m.gamma_scale, m.shared_channels) == (0.1, 3, 1.0, True) for m in stage4)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+# timm builds DropBlock from drop_block_rate in its ResNet family (resnet.py) and in byobnet.py
+# (GENet, RepVGG, ...: there it sits inside BatchNormAct2d as `bn.drop`).
+TIMM_MODELS = ["resnet18", "resnet50", "gernet_s", "repvgg_a0"]
+
+
+@pytest.mark.parametrize("name", ["gernet_s", "repvgg_a0"])
+def test_timm_byobnet_drop_block_rate_converts(name):
+    model = timm_model(name)
+    layers = dropblock_layers(model)
+    assert layers and not any(isinstance(m, timm.layers.DropBlock2d) for m in model.modules())
+    assert {(m.block_size, m.gamma_scale) for _, m in layers} == {(5, 0.25), (3, 1.0)}
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
 def test_timm_resnet_layers_follow_the_law(name):
     """Each converted layer of the model, fed its real input, drops by the law at p * gamma_scale."""
-    model = timm_resnet(name, rate=0.3)
+    model = timm_model(name, rate=0.3)
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda m, args, name=n: inputs.setdefault(name, args[0].detach()))
              for n, m in dropblock_layers(model)]
@@ -176,15 +189,16 @@ def train_steps(model, steps=2, size=64):
     return losses, scheduler
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", TIMM_MODELS)
 def test_timm_recipe_trains_eagerly(name):
     torch.manual_seed(0)
-    model = timm_resnet(name)
+    model = timm_model(name)
+    gamma_scales = [m.gamma_scale for _, m in dropblock_layers(model)]
     losses, scheduler = train_steps(model)
     assert all(np.isfinite(losses))
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert [m.gamma_scale for _, m in dropblock_layers(model)].count(0.25) == len(
-        [n for n, _ in dropblock_layers(model) if n.startswith("layer3.")])
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    assert sum(p.grad is not None for p in model.parameters()) > 0
+    assert [m.gamma_scale for _, m in dropblock_layers(model)] == gamma_scales  # the ramp keeps them
     assert all(m.p == scheduler.p == 0.1 for _, m in dropblock_layers(model))
 
 
@@ -194,7 +208,7 @@ def test_timm_recipe_trains_compiled(name, backend):
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch.manual_seed(0)
-    model = timm_resnet(name)
+    model = timm_model(name)
     counter = CompileCounterWithBackend(backend)
     compiled = torch.compile(model, backend=counter, fullgraph=True)
     losses, _ = train_steps(compiled, steps=3)
