@@ -7,6 +7,7 @@
 * The code that tests/test_cuda.py runs in fresh interpreters (its SUBPROCESS_CODE): it must
   compile, and every name it uses must be bound in it or be a builtin. Those tests skip without a
   GPU, so a NameError there would otherwise wait for the first GPU run to show.
+  The GPU-only Python modules themselves get the same name check.
 * The concurrency test of tests/test_cuda.py, run on the CPU kernels (a dry run of its code).
 """
 
@@ -190,6 +191,17 @@ def _code_arguments_of_python_c(path):
 def test_gpu_tests_run_only_registered_code_in_subprocesses(module):
     for argument in _code_arguments_of_python_c(Path(__file__).parent / module):
         assert argument.startswith("SUBPROCESS_CODE["), f"{module}: python -c {argument} is not in SUBPROCESS_CODE"
+
+
+# Python that runs on a GPU machine only, in whole or in part.
+GPU_ONLY_PYTHON = ["tests/test_cuda.py", "tests/test_ecosystem.py", "benchmarks/gpu_bench.py",
+                   "benchmarks/sanitizer_smoke.py"]
+
+
+@pytest.mark.parametrize("path", GPU_ONLY_PYTHON)
+def test_gpu_only_python_binds_every_name_it_uses(path):
+    # A helper used but not imported in a test that skips here would be a NameError on the GPU.
+    assert unbound_names((ROOT / path).read_text(), path) == []
 
 
 def test_subprocess_code_of_the_gpu_tests_compiles_and_binds_every_name():
