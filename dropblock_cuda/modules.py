@@ -53,7 +53,8 @@ class _DropBlockNd(nn.Module):
 
     @torch.jit.unused
     def _eager_forward(self, input: Tensor) -> Tensor:
-        return _drop_block(type(self)._functional, input, self.p, self._block_sizes, self.inplace, self.eps,
+        # The block size as given: an int takes _check_block_size's fast path.
+        return _drop_block(type(self)._functional, input, self.p, self._block_size, self.inplace, self.eps,
                            self.training, self.shared_channels, None, self.gamma_scale, self.scale_by_keep,
                            self.spatial_dims)
 
