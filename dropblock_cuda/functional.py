@@ -156,6 +156,7 @@ def _drop_block_checked(
                                "is the identity")
         transformed = not compiling and _functorch.transforms_active()
     if generator is None:
+        # The literals are _KEY_LOW and _KEY_HIGH: TorchScript reads no module-level ints.
         seed = torch.randint(-9223372036854775807 - 1, 9223372036854775807, (), dtype=torch.int64,
                              device=input.device)
     else:
@@ -186,7 +187,7 @@ def _drop_block_checked(
     return input
 
 
-_KEY_LOW, _KEY_HIGH = -(2**63), 2**63 - 1
+_KEY_LOW, _KEY_HIGH = -(2**63), 2**63 - 1  # every int64 key (the high end exclusive, as randint's)
 
 
 @torch.jit.unused  # TorchScript has no Generator.device; scripted modules draw from the default generator
