@@ -258,6 +258,12 @@ def test_gpu_bench_target_verdicts():
     assert "  MET           fwd+bwd >= 10x torchvision: 2 of 2 cases, worst 12 (128x256x56x56 float32 b7)" in text
     assert "not measured" in gpu_bench.markdown([{"shape": [1, 1, 1, 1], "dtype": "float32", "numel": 1}], "GPU")
     assert "NOT MEASURED  backward" in gpu_bench.targets_text([], "GPU")
+    host = gpu_bench.targets_text([], "GPU", {"forward_us": 12.0, "dropout_forward_us": 7.5}).splitlines()[-1]
+    assert host == "  NOT MET       host time per eager forward <= 1.5x F.dropout's: 1.6 (12.0 us against 7.5 us)"
+    assert gpu_bench.targets_text([], "GPU", {"forward_us": 9.0, "dropout_forward_us": 7.5}).splitlines()[-1] \
+        .startswith("  MET           host time")
+    assert gpu_bench.targets_text([], "GPU", {"forward_us": 9.0}).endswith("NOT MEASURED  host time per eager forward "
+                                                                            "<= 1.5x F.dropout's\n")
 
 
 def test_sanitizer_smoke_script_runs_on_the_cpu_kernels(capsys):
@@ -532,7 +538,7 @@ def test_gpu_bench_main_writes_its_files(gpu_bench_on_cpu, tmp_path, capsys):
     assert table.count("| 2x8x7x7 | bfloat16 | 7 |") == 3 and table.count("| 2x8x7x7 | bfloat16 | 3 |") == 1
     assert "forward_us 1.0" in table
     targets = (tmp_path / "targets.txt").read_text()
-    assert targets.startswith("targets on CPU dry run") and targets.count("\n") == len(gpu_bench.TARGETS) + 1
+    assert targets.startswith("targets on CPU dry run") and targets.count("\n") == len(gpu_bench.TARGETS) + 2
     # The profiler's pass comes after every case is timed (on the CPU it lists operators).
     for r in data["results"]:
         if r["block"] == 3:
