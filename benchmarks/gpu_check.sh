@@ -208,13 +208,14 @@ run() {
     skip "$name" "$cap" "needs the build"
     return
   fi
-  local left=$((TOTAL_BUDGET_S - ($(date +%s) - START) - STEP_OVERHEAD_S))
-  ((required)) || left=$((left - $(reserve_after "$name")))
+  local remaining=$((TOTAL_BUDGET_S - ($(date +%s) - START) - STEP_OVERHEAD_S)) reserve=0
+  ((required)) || reserve=$(reserve_after "$name")
+  local left=$((remaining - reserve))
   local limit=$((cap < left ? cap : left))
   local least=$MIN_STEP_S
   ((required || cap / 2 <= least)) || least=$((cap / 2))
   if ((limit < least)); then
-    skip "$name" "$cap" "out of time (${left} s left for it, needs ${least} s or more)"
+    skip "$name" "$cap" "out of time: ${remaining} s left, the later required steps keep ${reserve} s; needs ${least} s"
     return
   fi
   local log="$OUTDIR/$name.log"
