@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +17,15 @@ def env_finding_package(**variables):
     package_parent = os.path.dirname(os.path.dirname(dropblock_cuda.__file__))
     path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
     return dict(os.environ, PYTHONPATH=path, **variables)
+
+
+def cuda_toolkit_file(relative):
+    """`relative` (e.g. "bin/nvcc") inside the first CUDA toolkit that has it, of CUDA_HOME,
+    CUDA_PATH and /usr/local/cuda, as a Path; None when none has it."""
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / relative).exists():
+            return Path(home) / relative
+    return None
 
 
 def assert_equal(actual, expected):

@@ -25,7 +25,7 @@ import torch
 from torch.utils.cpp_extension import include_paths
 
 import dropblock_cuda  # noqa: F401  (registers the CPU ops compared against)
-from helpers import ELEMENT_OFFSETS, LAYOUTS, contiguous_vector_width, make_input
+from helpers import ELEMENT_OFFSETS, LAYOUTS, contiguous_vector_width, cuda_toolkit_file, make_input
 
 ROOT = Path(__file__).resolve().parents[1]
 ops = torch.ops.dropblock_cuda
@@ -45,10 +45,8 @@ def _skip_without_cpp20(compiler, tmp_path):
 
 
 def _cuda_include():
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "include" / "cuda_fp16.h").exists():
-            return Path(home) / "include"
-    return None
+    header = cuda_toolkit_file("include/cuda_fp16.h")
+    return None if header is None else header.parent
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@
 import ast
 import builtins
 import importlib
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,8 @@ import symtable
 from pathlib import Path
 
 import pytest
+
+from helpers import cuda_toolkit_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _nvcc():
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "nvcc").is_file():
-            return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
+    nvcc = cuda_toolkit_file("bin/nvcc")
+    return str(nvcc) if nvcc is not None else shutil.which("nvcc")
 
 
 def _torch_include():
