@@ -17,7 +17,8 @@
 #   bench_peers      the comparative benchmark (python -m benchmarks) on this GPU, quick form
 #   bench_compiled   (optional) gpu_bench --compiled-only: ours against torch.compile of torchvision's
 #
-# The CPU tests are CI's. Each step is time-boxed (SIGINT at its limit, so that pytest still
+# The CPU tests are CI's; the pytest steps run in 4 processes when pytest-xdist is installed (the
+# GPU image has it). Each step is time-boxed (SIGINT at its limit, so that pytest still
 # reports; SIGKILL KILL_AFTER_S later); a failing step does not stop the later ones. The exit
 # status is the number of FAILED steps (failed or timed out); a step skipped (out of time, not
 # selected, no build, a tool that refuses this machine) is listed as SKIP with its reason and does
@@ -28,7 +29,8 @@
 #
 # Environment: TOTAL_BUDGET_S; PYTHON (default python3); CAP_<step>=SECONDS overrides a cap;
 # GPU_CHECK_STEPS="bench memcheck" runs only those steps (a rerun on a machine that built already);
-# SANITIZER (default: compute-sanitizer on PATH or in /usr/local/cuda/bin).
+# SANITIZER (default: compute-sanitizer on PATH or in /usr/local/cuda/bin); MIN_STEP_S (default 20:
+# a step that would get less is skipped).
 #
 # Logs go to OUTDIR (default benchmarks/results/<gpu>-<time>). On a device machine ($OUT set, no
 # OUTDIR given), which returns at most 8 files from $OUT, the logs are written to a temporary
