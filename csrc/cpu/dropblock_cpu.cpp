@@ -1,6 +1,7 @@
 // CPU kernels of the DropBlock ops: the packed keep mask (no data touched) and the data pass.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -382,66 +383,105 @@ struct PlaneLayout {
   bool row_major;
 };
 
-// dst[c] = bit `shift` of keep[c] ? src[c] * scale : 0, for c < n. Typed stores and plain
-// arguments (no captured references), so that the compiler vectorises it.
-template <typename scalar_t, typename acc_t>
-inline void apply_keep_lanes(const scalar_t* src, scalar_t* dst, int64_t n, const uint32_t* keep, int shift,
-                             acc_t scale) {
+// All ones where bit `shift` of `keep` is set, else zero: the bit moved to the sign, then spread.
+inline int32_t keep_lane(uint32_t keep, int shift) {
+  return static_cast<int32_t>(keep << (31 - shift)) >> 31;
+}
+
+// A channels-last tile of `positions` (<= kTilePositions) positions of C contiguous channels each:
+// dst[k * C + c] = bit k % 32 of keep[(k / 32) * C + c] ? src[k * C + c] * scale : 0. Typed stores
+// and no captured references, so that the channel loop vectorises (4- and 8-byte elements).
+template <typename scalar_t>
+inline void keep_tile_loop(const scalar_t* src, scalar_t* dst, int64_t positions, int64_t C, const uint32_t* keep,
+                           scalar_t scale) {
   using lane_t = typename LaneType<sizeof(scalar_t)>::type;
-  if constexpr (sizeof(scalar_t) == 2) {
-    uint32_t lanes[kNarrowBatch];
-    for (int64_t c0 = 0; c0 < n; c0 += kNarrowBatch) {
-      const int64_t m = std::min<int64_t>(kNarrowBatch, n - c0);
-      for (int64_t j = 0; j < m; ++j) {
-        lanes[j] = 0u - ((keep[c0 + j] >> shift) & 1u);
-      }
-      scale_narrow_run(src + c0, dst + c0, m, static_cast<float>(scale), lanes);
+  using signed_lane_t = std::make_signed_t<lane_t>;
+  for (int64_t k = 0; k < positions; ++k) {
+    const uint32_t* bits = keep + (k >> 5) * C;
+    const int shift = static_cast<int>(k & 31);
+    const scalar_t* in = src + k * C;
+    scalar_t* out = dst + k * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t v = in[c] * scale;
+      lane_t v_bits;
+      std::memcpy(&v_bits, &v, sizeof(v));
+      v_bits &= static_cast<lane_t>(static_cast<signed_lane_t>(keep_lane(bits[c], shift)));
+      scalar_t result;
+      std::memcpy(&result, &v_bits, sizeof(result));
+      out[c] = result;
     }
-    return;
-  }
-  for (int64_t c = 0; c < n; ++c) {
-    const scalar_t v = static_cast<scalar_t>(static_cast<acc_t>(src[c]) * scale);
-    lane_t v_bits;
-    std::memcpy(&v_bits, &v, sizeof(v));
-    v_bits &= lane_t(0) - static_cast<lane_t>((keep[c] >> shift) & 1u);
-    scalar_t result;
-    std::memcpy(&result, &v_bits, sizeof(result));
-    dst[c] = result;
   }
 }
 
+// The vectorised clones (target_clones takes functions, not templates): the channel loop is most
+// of a channels-last apply, and wider vectors keep it as fast as the contiguous pass.
+DROPBLOCK_VECTOR_CLONES
+void keep_tile_run(const float* src, float* dst, int64_t positions, int64_t C, const uint32_t* keep, float scale) {
+  keep_tile_loop(src, dst, positions, C, keep, scale);
+}
+
+DROPBLOCK_VECTOR_CLONES
+void keep_tile_run(const double* src, double* dst, int64_t positions, int64_t C, const uint32_t* keep,
+                   double scale) {
+  keep_tile_loop(src, dst, positions, C, keep, scale);
+}
+
+// 16-bit elements: the keep lanes of a position, then the vectorised float conversion.
+template <typename half_t>
+void keep_tile_run(const half_t* src, half_t* dst, int64_t positions, int64_t C, const uint32_t* keep, float scale) {
+  uint32_t lanes[kNarrowBatch];
+  for (int64_t k = 0; k < positions; ++k) {
+    const uint32_t* bits = keep + (k >> 5) * C;
+    const int shift = static_cast<int>(k & 31);
+    for (int64_t c0 = 0; c0 < C; c0 += kNarrowBatch) {
+      const int64_t m = std::min<int64_t>(kNarrowBatch, C - c0);
+      for (int64_t j = 0; j < m; ++j) {
+        lanes[j] = static_cast<uint32_t>(keep_lane(bits[c0 + j], shift));
+      }
+      scale_narrow_run(src + k * C + c0, dst + k * C + c0, m, scale, lanes);
+    }
+  }
+}
+
+// Positions per channels-last tile: 8 mask words of each channel, so that a tile reads one cache
+// line of every channel's mask row at once (64-position tiles revisited each line 8 times, after
+// the tile's data had pushed it out of L1: the gather cost as much as the element loop).
+constexpr int64_t kTilePositions = 512;
+
 // Channels-last data: a run of C channels is contiguous in memory but its keep bits lie S apart
-// in the mask. A tile of up to 64 positions of one sample first gathers each channel's keep bits
-// for those positions (one or two words per channel, kept as two 32-bit halves so that the
-// element loop vectorises), then walks the tile in memory order.
+// in the mask. A tile of up to kTilePositions positions of one sample first gathers each channel's
+// keep bits for those positions (as 32-bit halves, [k / 32][c], so that the element loop over the
+// channels vectorises), then walks the tile in memory order.
 template <typename scalar_t, typename acc_t>
 void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C, int64_t S, const uint64_t* mask,
                          bool shared_channels, acc_t scale) {
-  const int64_t tiles_per_sample = (S + 63) / 64;
+  const int64_t tiles_per_sample = (S + kTilePositions - 1) / kTilePositions;
   const int64_t mask_rows = shared_channels ? 1 : C;
   parallel_over(N * tiles_per_sample, N * C * S, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> halves(static_cast<size_t>(2 * mask_rows));  // [k / 32][c]
+    std::vector<uint32_t> halves(static_cast<size_t>(kTilePositions / 32 * mask_rows));
     for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t n = tile / tiles_per_sample, s0 = (tile - n * tiles_per_sample) * 64;
-      const int64_t len = std::min<int64_t>(64, S - s0);
+      const int64_t n = tile / tiles_per_sample, s0 = (tile - n * tiles_per_sample) * kTilePositions;
+      const int64_t len = std::min<int64_t>(kTilePositions, S - s0);
       for (int64_t c = 0; c < mask_rows; ++c) {
-        const uint64_t row = keep_bits(mask, (n * mask_rows + c) * S + s0, len);
-        halves[c] = static_cast<uint32_t>(row);
-        halves[mask_rows + c] = static_cast<uint32_t>(row >> 32);
+        const int64_t first_bit = (n * mask_rows + c) * S + s0;
+        for (int64_t k = 0; k < len; k += 64) {
+          const uint64_t row = keep_bits(mask, first_bit + k, std::min<int64_t>(64, len - k));
+          halves[(k >> 5) * mask_rows + c] = static_cast<uint32_t>(row);
+          halves[((k >> 5) + 1) * mask_rows + c] = static_cast<uint32_t>(row >> 32);
+        }
+      }
+      const int64_t first = (n * S + s0) * C;
+      if (!shared_channels) {
+        keep_tile_run(in + first, out + first, len, C, halves.data(), scale);
+        continue;
       }
       for (int64_t k = 0; k < len; ++k) {
-        const int64_t offset = (n * S + s0 + k) * C;
-        const uint32_t* keep = halves.data() + (k >> 5) * mask_rows;
-        const int shift = static_cast<int>(k & 31);
-        if (shared_channels) {
-          if ((keep[0] >> shift) & 1u) {
-            scale_run(in + offset, out + offset, C, scale);
-          } else {
-            std::fill(out + offset, out + offset + C, scalar_t(0));
-          }
-          continue;
+        const int64_t offset = first + k * C;
+        if ((halves[k >> 5] >> (k & 31)) & 1u) {
+          scale_run(in + offset, out + offset, C, scale);
+        } else {
+          std::fill(out + offset, out + offset + C, scalar_t(0));
         }
-        apply_keep_lanes<scalar_t, acc_t>(in + offset, out + offset, C, keep, shift, scale);
       }
     }
   });
