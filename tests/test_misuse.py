@@ -305,22 +305,29 @@ def test_an_input_that_requires_grad_is_fine_for_the_mask():
 # ---- in place: the written tensor against every input --------------------------------------------
 
 
-def test_inplace_refuses_a_mask_inside_the_input():
+def _mask_inside_the_input():
     buffer = positive((2 * 3 * 8 * 8,))
-    x = buffer.view(2, 3, 8, 8)
-    mask, scale = mask_and_scale(x)
-    inside = buffer.view(torch.uint8)[16:16 + mask.numel()]
-    with pytest.raises(RuntimeError, match=r"^drop_block_apply_: mask shares memory with the input"):
-        ops.drop_block_apply_(x, inside, scale, False)
+    return buffer.view(2, 3, 8, 8), buffer.view(torch.uint8)[16:16 + 48]
 
 
-def test_inplace_refuses_a_mask_overlapping_the_input_partially():
+def _mask_straddling_the_inputs_end():
     buffer = positive((2 * 3 * 8 * 8 + 16,))
-    x = buffer[:-16].view(2, 3, 8, 8)
-    mask, scale = mask_and_scale(x)
-    straddling = buffer.view(torch.uint8)[x.numel() * 4 - 8:][: mask.numel()]  # 8 bytes inside, 40 past it
+    return buffer[:-16].view(2, 3, 8, 8), buffer.view(torch.uint8)[2 * 3 * 8 * 8 * 4 - 8:][:48]  # 8 bytes inside
+
+
+def _mask_beside_a_strided_input():
+    # Overlap of a non-dense tensor is not worked out: within one storage it is refused.
+    buffer = positive((2 * 3 * 8 * 16 + 12,))
+    return buffer[:-12].view(2, 3, 8, 16)[..., ::2], buffer[-12:].view(torch.uint8)[:48]
+
+
+@pytest.mark.parametrize("place", [_mask_inside_the_input, _mask_straddling_the_inputs_end,
+                                   _mask_beside_a_strided_input], ids=lambda f: f.__name__[1:])
+def test_inplace_refuses_a_mask_in_the_inputs_memory(place):
+    x, alias = place()  # a mask of 48 bytes, for a (2, 3, 8, 8) input
+    _, scale = mask_and_scale(x)
     with pytest.raises(RuntimeError, match=r"^drop_block_apply_: mask shares memory with the input"):
-        ops.drop_block_apply_(x, straddling, scale, False)
+        ops.drop_block_apply_(x, alias, scale, False)
 
 
 def test_inplace_refuses_a_scale_that_is_the_input():
@@ -335,16 +342,6 @@ def test_inplace_refuses_an_input_whose_elements_share_memory():
     mask, scale = mask_and_scale(x)
     with pytest.raises(RuntimeError, match=r"^drop_block_apply_: input has elements that share memory"):
         ops.drop_block_apply_(x, mask, scale, False)
-
-
-def test_inplace_refuses_a_mask_in_the_storage_of_a_strided_input():
-    # Overlap of a non-dense tensor is not worked out: within one storage it is refused.
-    buffer = positive((2 * 3 * 8 * 16 + 12,))
-    x = buffer[:-12].view(2, 3, 8, 16)[..., ::2]
-    mask, scale = mask_and_scale(x)
-    beside = buffer[-12:].view(torch.uint8)[: mask.numel()]
-    with pytest.raises(RuntimeError, match=r"^drop_block_apply_: mask shares memory with the input"):
-        ops.drop_block_apply_(x, beside, scale, False)
 
 
 def test_a_mask_beside_a_dense_input_in_one_storage_is_used():
