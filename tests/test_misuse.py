@@ -425,6 +425,33 @@ def test_random_views_offsets_and_keys_match_the_reference(n, c, spatial, dtype,
         assert torch.equal(ops.drop_block_apply(x, shifted, scale, shared), expected)
 
 
+# ---- tensors with flags or layouts the kernels do not read ---------------------------------------
+
+
+def test_negative_views_are_resolved_before_the_kernels_read_them():
+    # A neg view's memory holds -x: torch's Negative fallback resolves it for our ops too.
+    x = positive((2, 3, 8, 8))
+    mask, scale = mask_and_scale(x)
+    expected = -reference_apply(x, mask, scale, False)
+    assert torch.equal(ops.drop_block_apply(torch._neg_view(x), mask, scale, False), expected)
+    inplace = torch._neg_view(x.clone())
+    ops.drop_block_apply_(inplace, mask, scale, False)
+    assert torch.equal(inplace, expected)
+
+
+@pytest.mark.parametrize("sparse", ["input", "mask"])
+def test_sparse_tensors_are_not_implemented(sparse):
+    x = positive((2, 3, 8, 8))
+    mask, scale = mask_and_scale(x)
+    args = {"input": x, "mask": mask}
+    args[sparse] = args[sparse].to_sparse()
+    with pytest.raises(NotImplementedError, match="'dropblock_cuda::drop_block_apply' with arguments from the "
+                                                  "'SparseCPU' backend"):
+        ops.drop_block_apply(args["input"], args["mask"], scale, False)
+    with pytest.raises(NotImplementedError, match="SparseCPU"):
+        ops.drop_block_mask(x.to_sparse(), seed_(), p_(), [3, 3], EPS, False)
+
+
 # ---- out-of-range values that have a correct result ----------------------------------------------
 
 
