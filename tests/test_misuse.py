@@ -390,6 +390,18 @@ def test_a_mask_at_an_odd_byte_offset_gives_the_aligned_result(offset, shared, l
     assert torch.equal(shifted, mask)  # the copy is the op's own
 
 
+@pytest.mark.parametrize("threads", [1, 2, 8])
+@pytest.mark.parametrize("shared", [False, True])
+def test_channels_last_tiles_of_any_length_give_the_reference(threads, shared):
+    # The channels-last tiles shrink (512 down to 64 positions) to give every thread work: each
+    # length, and tiles ending inside a mask word, give the same result.
+    torch.set_num_threads(threads)  # conftest restores the count
+    for shape in [(1, 16, 40, 40), (3, 9, 23, 29), (2, 33, 7, 130)]:
+        x = LAYOUTS["channels_last"](positive(shape))
+        mask, scale = mask_and_scale(x, shared)
+        assert torch.equal(ops.drop_block_apply(x, mask, scale, shared), reference_apply(x, mask, scale, shared))
+
+
 _EXAMPLES = int(os.environ.get("DROPBLOCK_MISUSE_EXAMPLES", "25"))
 
 

@@ -443,8 +443,8 @@ void keep_tile_run(const half_t* src, half_t* dst, int64_t positions, int64_t C,
   }
 }
 
-// Positions per channels-last tile: 8 mask words of each channel, so that a tile reads one cache
-// line of every channel's mask row at once (64-position tiles revisited each line 8 times, after
+// Positions per channels-last tile at most: 8 mask words of each channel, so that a tile reads one
+// cache line of every channel's mask row at once (64-position tiles revisited each line 8 times, after
 // the tile's data had pushed it out of L1: the gather cost as much as the element loop).
 constexpr int64_t kTilePositions = 512;
 
@@ -455,13 +455,18 @@ constexpr int64_t kTilePositions = 512;
 template <typename scalar_t, typename acc_t>
 void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C, int64_t S, const uint64_t* mask,
                          bool shared_channels, acc_t scale) {
-  const int64_t tiles_per_sample = (S + kTilePositions - 1) / kTilePositions;
+  // Shorter tiles (down to one mask word per channel) where long ones would leave threads idle.
+  int64_t positions = kTilePositions;
+  while (positions > 64 && N * ((S + positions - 1) / positions) < 4 * at::get_num_threads()) {
+    positions /= 2;
+  }
+  const int64_t tiles_per_sample = (S + positions - 1) / positions;
   const int64_t mask_rows = shared_channels ? 1 : C;
   parallel_over(N * tiles_per_sample, N * C * S, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> halves(static_cast<size_t>(kTilePositions / 32 * mask_rows));
+    std::vector<uint32_t> halves(static_cast<size_t>(positions / 32 * mask_rows));
     for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t n = tile / tiles_per_sample, s0 = (tile - n * tiles_per_sample) * kTilePositions;
-      const int64_t len = std::min<int64_t>(kTilePositions, S - s0);
+      const int64_t n = tile / tiles_per_sample, s0 = (tile - n * tiles_per_sample) * positions;
+      const int64_t len = std::min<int64_t>(positions, S - s0);
       for (int64_t c = 0; c < mask_rows; ++c) {
         const int64_t first_bit = (n * mask_rows + c) * S + s0;
         for (int64_t k = 0; k < len; k += 64) {
