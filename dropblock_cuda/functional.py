@@ -6,6 +6,7 @@ values, draws the key and calls the ops, so eager, compiled and scripted models 
 statement of the checks and of the calls.
 """
 
+import math
 import numbers
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -58,16 +59,10 @@ def _check_probability(p: float, name: str) -> None:
         raise ValueError(f"{name}: drop probability has to be between 0 and 1, got {p}")
 
 
-def _check_eps(eps) -> float:
-    eps = _check_real(eps, "eps")
-    _check_nonnegative_finite(eps, "eps")
-    return eps
-
-
 def _check_nonnegative_finite(value: float, name: str) -> None:
     # Comparisons rather than math.isfinite: they also hold for a SymFloat (dynamic shapes make
     # module floats symbolic) and TorchScript compiles them. NaN fails both.
-    if not (value >= 0.0 and value < float("inf")):
+    if not (value >= 0.0 and value < math.inf):
         raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
 
 

@@ -10,8 +10,8 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from .functional import (BlockSize, _check_block_size, _check_eps, _check_flag, _check_p, _check_real,
-                         _check_scalars, _drop_block, _drop_block_checked)
+from .functional import (BlockSize, _check_block_size, _check_flag, _check_real, _check_scalars, _drop_block,
+                         _drop_block_checked)
 from .functional import drop_block1d, drop_block2d, drop_block3d
 
 
@@ -26,14 +26,32 @@ class _DropBlockNd(nn.Module):
                  shared_channels: bool = False, gamma_scale: float = 1.0, scale_by_keep: bool = True) -> None:
         super().__init__()
         # Public and plain, so that a scheduler can change p between steps; checked on every call.
-        self.p = _check_p(p)
+        self.p = _check_real(p, "p")
         self.block_size = block_size
         self.inplace = _check_flag(inplace, "inplace")
-        self.eps = _check_eps(eps)
+        self.eps = _check_real(eps, "eps")
         self.shared_channels = _check_flag(shared_channels, "shared_channels")
         self.gamma_scale = _check_real(gamma_scale, "gamma_scale")
         self.scale_by_keep = _check_flag(scale_by_keep, "scale_by_keep")
         _check_scalars(self.p, self.eps, self.gamma_scale)
+
+    def __prepare_scriptable__(self) -> "_DropBlockNd":
+        # torch.jit.script types attributes by their values: a p set to 0 (an int) would not match
+        # forward's float. The values stay equal.
+        for name in ("p", "eps", "gamma_scale"):
+            setattr(self, name, _check_real(getattr(self, name), name))
+        return self
+
+    def __setstate__(self, state) -> None:
+        # Modules pickled (torch.save(model)) by 0.1, before block_size was a property and before
+        # gamma_scale and scale_by_keep existed.
+        if "block_size" in state:
+            block_size = state.pop("block_size")
+            state["_block_size"] = block_size
+            state["_block_sizes"] = list(_check_block_size(block_size, type(self).spatial_dims))
+        state.setdefault("gamma_scale", 1.0)
+        state.setdefault("scale_by_keep", True)
+        super().__setstate__(state)
 
     @property
     def block_size(self) -> BlockSize:

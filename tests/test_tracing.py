@@ -134,6 +134,31 @@ def test_scripted_model_trains_and_matches_eager():
     assert out.data_ptr() == y.data_ptr() and torch.equal(out, expected)
 
 
+def test_integer_settings_script():
+    # p and eps are plain attributes: a user may set ints, which TorchScript would type as int.
+    module = DropBlock2d(0.3, 3)
+    module.p, module.eps = 0, 1
+    x = torch.randn(2, 3, 8, 8)
+    assert script(module)(x) is x  # p == 0: the input itself
+    module.p = 1
+    assert_equal(seeded(script(module), x), seeded(module, x))
+
+
+def test_a_module_pickled_by_version_0_1_loads():
+    # torch.save(model) pickles the module's __dict__; 0.1 kept block_size plain and had neither
+    # gamma_scale nor scale_by_keep.
+    module = DropBlock2d(0.3, (3, 2))
+    state = {k: v for k, v in module.__dict__.items()
+             if k not in ("_block_size", "_block_sizes", "gamma_scale", "scale_by_keep")}
+    state["block_size"] = (3, 2)
+    old = DropBlock2d.__new__(DropBlock2d)
+    old.__setstate__(state)
+    assert (old.block_size, old.gamma_scale, old.scale_by_keep) == ((3, 2), 1.0, True)
+    x = torch.randn(2, 3, 8, 8)
+    assert_equal(seeded(old, x), seeded(module, x))
+    assert repr(old) == repr(module)
+
+
 def test_scripted_module_validates_as_eagerly():
     scripted = script(DropBlock2d(0.3, 3))
     scripted.p = 1.5
