@@ -1,0 +1,727 @@
+"""What DropBlock costs inside a real model's training step.
+
+Run ``python -m benchmarks.train_step`` (``--help`` lists the flags). For each model it times a
+full training step (forward, cross-entropy, backward, ``optimizer.step()``) with no DropBlock,
+with dropblock_cuda (per-channel and ``shared_channels=True``), with torchvision's and with
+timm's ``DropBlock2d``, eagerly and under ``torch.compile``, and reports each one's overhead over
+the step without DropBlock:
+
+- ``timm_resnet18`` / ``timm_resnet50``: ``timm.create_model(arch, drop_block_rate=p)``, timm's
+  placement (stages 3 and 4: block 5 at ``gamma_scale=0.25``, then block 3); ours is that model
+  passed through ``dropblock_cuda.convert_dropblock`` (per-channel: timm's modules set to
+  ``couple_channels=False`` first);
+- ``tv_resnet50`` (and ``tv_resnet18``): torchvision's ResNet with a DropBlock after every block
+  of stages 3 and 4, as in the paper (p=0.1, block 7); ours is torchvision's ``DropBlock2d``
+  converted by ``convert_dropblock`` (shared: ``shared_channels=True`` set afterwards).
+
+Every DropBlock layer's output is first checked on the real activations
+(``benchmark.check_dropblock_output``); a variant that fails is reported, not timed. The steps of
+one model are timed side by side in interleaved rounds (each round runs every (variant, mode)
+once, in a rotating order), so that a shared machine's slow spells hit them alike; the overhead of
+a variant is the median over the rounds of its step time over the no-DropBlock step of the same
+round and mode, minus 1. Also measured: the bytes the DropBlock layers keep for backward
+(saved-tensor hooks, eager), the extra bytes the whole step keeps over the no-DropBlock one and,
+on CUDA, the step's peak memory.
+
+``torch.compile`` (``--compile-scope``): ``blocks`` (the default) compiles every residual block
+(identical blocks share one graph, the stem and head run eagerly): on this project's 2-core
+machine a whole-model compile of one ResNet-50 training step takes minutes from a cold Inductor
+cache, times six variants; ``model`` compiles the whole model.
+
+Results: ``train_step.{csv,json,md,png}`` in ``benchmarks/results/`` (``--out``).
+"""
+
+import argparse
+import copy
+import csv
+import os
+import statistics
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # python -m benchmarks.train_step / import benchmarks.train_step
+    from . import benchmark as bm
+except ImportError:  # python benchmarks/train_step.py
+    import benchmark as bm
+
+# The paper's settings, used for the torchvision ResNets (timm models keep timm's own).
+PAPER_P, PAPER_BLOCK = 0.1, 7
+
+VARIANTS = OrderedDict([
+    # key: (label, masks: per-ch / shared / -)
+    ("none", ("no DropBlock", "-")),
+    ("ours", ("dropblock_cuda", "per-ch")),
+    ("ours_shared", ("dropblock_cuda shared_channels", "shared")),
+    ("torchvision", ("torchvision.ops.DropBlock2d", "per-ch")),
+    ("timm", ("timm DropBlock2d (default)", "shared")),
+    ("timm_per_channel", ("timm DropBlock2d(couple_channels=False)", "per-ch")),
+])
+DEFAULT_VARIANTS = ("none", "ours", "ours_shared", "torchvision", "timm")
+OURS = ("ours", "ours_shared")
+MODES = ("eager", "compile")
+CSV_FIELDS = ["model", "variant", "label", "masks", "mode", "device", "batch", "image_size", "dtype",
+              "memory_format", "status", "reason", "warning", "sites", "step_ms", "step_min_ms", "rounds",
+              "overhead_pct", "overhead_q25_pct", "overhead_q75_pct", "dropblock_saved_bytes",
+              "dropblock_saved_bytes_per_elem", "step_saved_extra_bytes", "peak_bytes", "compile_s"]
+TARGETS = {"eager": 5.0, "compile": 2.0}  # % over the no-DropBlock step, ours, paper's settings
+
+
+# --------------------------------------------------------------------------------------------
+# Models and their DropBlock sites
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Site:
+    """Where a DropBlock goes (a module path) and its settings; torchvision's peer, which has no
+    gamma_scale, gets ``p * gamma_scale`` (the same seed rate)."""
+    path: str
+    p: float
+    block_size: int
+    gamma_scale: float = 1.0
+
+
+@dataclass
+class ModelSpec:
+    key: str
+    description: str
+    native: str  # "timm" or "torchvision": whose DropBlock convert_dropblock converts for ours
+    build: Callable[[int, float], Tuple[nn.Module, List[Site]]]  # (classes, p) -> (model without DropBlock, sites)
+    paper_settings: bool  # p=0.1, block 7 on the stage 3/4 maps
+
+
+def _timm_model(arch: str):
+    def build(classes: int, p: float):
+        import timm
+        from timm.layers import DropBlock2d as TimmDropBlock2d
+        model = timm.create_model(arch, drop_block_rate=p, num_classes=classes)
+        sites = [Site(name, m.drop_prob, m.block_size, m.gamma_scale) for name, m in model.named_modules()
+                 if type(m) is TimmDropBlock2d]
+        for site in sites:
+            model.set_submodule(site.path, nn.Identity())
+        return model, sites
+    return build
+
+
+def _torchvision_model(arch):
+    """A torchvision ResNet (``arch``: a name in torchvision.models, or a callable of the class count)
+    with a DropBlock site after every block of stages 3 and 4."""
+    def build(classes: int, p: float):
+        import torchvision
+        make = getattr(torchvision.models, arch) if isinstance(arch, str) else arch
+        model = make(weights=None, num_classes=classes) if isinstance(arch, str) else make(classes)
+        sites = []
+        for stage in ("layer3", "layer4"):
+            layer = getattr(model, stage)
+            for i, block in enumerate(list(layer)):
+                # After the block (its residual sum and ReLU), as the paper places DropBlock.
+                layer[i] = nn.Sequential(OrderedDict([("block", block), ("drop_block", nn.Identity())]))
+                sites.append(Site(f"{stage}.{i}.drop_block", p, PAPER_BLOCK))
+        return model, sites
+    return build
+
+
+MODELS: Dict[str, ModelSpec] = {
+    "timm_resnet18": ModelSpec("timm_resnet18", "timm resnet18, drop_block_rate=p (stages 3-4: block 5 at "
+                               "gamma_scale 0.25, block 3)", "timm", _timm_model("resnet18"), False),
+    "timm_resnet50": ModelSpec("timm_resnet50", "timm resnet50, drop_block_rate=p (stages 3-4: block 5 at "
+                               "gamma_scale 0.25, block 3)", "timm", _timm_model("resnet50"), False),
+    "tv_resnet50": ModelSpec("tv_resnet50", "torchvision resnet50, DropBlock(p, 7) after every stage-3/4 block",
+                             "torchvision", _torchvision_model("resnet50"), True),
+    "tv_resnet18": ModelSpec("tv_resnet18", "torchvision resnet18, DropBlock(p, 7) after every stage-3/4 block",
+                             "torchvision", _torchvision_model("resnet18"), True),
+}
+DEFAULT_MODELS = ("timm_resnet18", "timm_resnet50", "tv_resnet50")
+
+
+def _peer_layer(variant: str, site: Site) -> nn.Module:
+    if variant == "none":
+        return nn.Identity()
+    if variant == "torchvision":
+        from torchvision.ops import DropBlock2d as TorchvisionDropBlock2d
+        return TorchvisionDropBlock2d(site.p * site.gamma_scale, site.block_size)
+    if variant in ("timm", "timm_per_channel"):
+        from timm.layers import DropBlock2d as TimmDropBlock2d
+        return TimmDropBlock2d(drop_prob=site.p, block_size=site.block_size, gamma_scale=site.gamma_scale,
+                               couple_channels=variant == "timm")
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+
+
+def build_variant(spec: ModelSpec, base: nn.Module, sites: Sequence[Site], variant: str) -> nn.Module:
+    """A copy of ``base`` with ``variant``'s DropBlock at every site; ours through convert_dropblock,
+    from the model's own (timm's or torchvision's) modules, as a user converts a model."""
+    import dropblock_cuda
+    model = copy.deepcopy(base)
+    if variant in OURS:
+        native = spec.native
+        if native == "timm":
+            native = "timm" if variant == "ours_shared" else "timm_per_channel"
+        for site in sites:
+            model.set_submodule(site.path, _peer_layer(native, site))
+        model = dropblock_cuda.convert_dropblock(model)
+        for site in sites:
+            layer = model.get_submodule(site.path)
+            if not isinstance(layer, dropblock_cuda.DropBlock2d):
+                raise RuntimeError(f"convert_dropblock left {site.path} a {type(layer).__name__}")
+            layer.shared_channels = variant == "ours_shared"  # torchvision has no shared mode to convert
+    else:
+        for site in sites:
+            model.set_submodule(site.path, _peer_layer(variant, site))
+    return model.train()
+
+
+def _blocks(model: nn.Module) -> List[nn.Module]:
+    """The residual blocks of a (timm or torchvision) ResNet, stage by stage; in the torchvision
+    models with sites, a block and its DropBlock."""
+    return [block for stage in ("layer1", "layer2", "layer3", "layer4") for block in getattr(model, stage)]
+
+
+def compiled_copy(model: nn.Module, scope: str, backend: str) -> nn.Module:
+    model = copy.deepcopy(model)
+    if scope == "model":
+        return torch.compile(model, backend=backend, dynamic=False)
+    bm.raise_recompile_limit(512)  # one forward code per block class, one graph per (shape, variant)
+    for block in _blocks(model):
+        block.compile(backend=backend, dynamic=False)  # static: no dynamic-shape kernels across stages
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Steps and measurements
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    device: torch.device
+    batch: int
+    image_size: int
+    classes: int
+    autocast: Optional[torch.dtype]
+    channels_last: bool
+    lr: float = 1e-3
+
+
+def make_step(model: nn.Module, setup: Setup, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One training step of ``model`` on the batch (x, y): forward and loss (under autocast when
+    set), backward, SGD with momentum."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=0.9, weight_decay=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16,
+                            enabled=setup.autocast is not None):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def site_inputs(model: nn.Module, sites: Sequence[Site], setup: Setup, x: torch.Tensor):
+    """(layer, stand-in input) of every site: a fresh normal tensor like the input the layer gets in
+    a training forward (shape, dtype, device, strides). The real activations would not do for the
+    check: ReLU zeroes many of them, and timm's in-place ReLU overwrites the layer's output."""
+    seen = []
+    hooks = [model.get_submodule(s.path).register_forward_hook(
+        lambda m, args, out: seen.append((m, torch.randn_like(args[0])))) for s in sites]
+    try:
+        with torch.no_grad(), torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16,
+                                             enabled=setup.autocast is not None):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def gate(variant: str, model: nn.Module, sites: Sequence[Site], setup: Setup, x: torch.Tensor) -> Tuple[str, str]:
+    """("", warnings) when every site's layer gives a valid DropBlock output, at the site's rate, on
+    an input like its own; (reason, "") for the first that does not."""
+    warnings = []
+    shared = VARIANTS[variant][1] == "shared"
+    for site, (layer, xin) in zip(sites, site_inputs(model, sites, setup, x)):
+        with torch.no_grad():
+            yout = layer(xin)
+        result = bm.check_dropblock_output(xin, yout, site.p * site.gamma_scale, site.block_size,
+                                           shared_channels=shared, lenient_upper=variant.startswith("timm"))
+        if not result.ok:
+            return f"{site.path}: {result.reason}", ""
+        if result.warning:
+            warnings.append(f"{site.path} {result.warning}")
+    if warnings:
+        return "", f"{len(warnings)} of {len(sites)} layers drop more than p, e.g. {warnings[0]}"
+    return "", ""
+
+
+def dropblock_saved_bytes(model: nn.Module, sites: Sequence[Site], setup: Setup, x: torch.Tensor) -> Tuple[int, int]:
+    """(bytes the DropBlock layers keep for backward, elements they take), each layer called on an
+    input like its own (saved-tensor hooks; the input's own storage is not counted)."""
+    total, numel = 0, 0
+    for layer, xin in site_inputs(model, sites, setup, x):
+        total += bm.saved_bytes_for_backward(layer, xin)
+        numel += xin.numel()
+    return total, numel
+
+
+def step_saved_bytes(model: nn.Module, setup: Setup, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes the whole forward and loss keep for backward (weights included)."""
+    def loss(t):
+        with torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16,
+                            enabled=setup.autocast is not None):
+            return F.cross_entropy(model(t), y)
+    return bm.saved_bytes_for_backward(loss, x)
+
+
+def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
+    """Peak CUDA memory of one step above what was allocated before it."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def interleaved_rounds(steps: Dict[Tuple[str, str], Callable[[], None]], rounds: int, device: torch.device,
+                       progress=None, label: str = "") -> Dict[Tuple[str, str], List[float]]:
+    """Milliseconds of each step in each round. Every round runs every step once, the order
+    rotated by one from round to round, so that no step always follows the same one."""
+    keys = list(steps)
+    times: Dict[Tuple[str, str], List[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        shift = r % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            bm._sync(device)
+            t0 = time.perf_counter()
+            steps[key]()
+            bm._sync(device)
+            times[key].append((time.perf_counter() - t0) * 1e3)
+        if progress:
+            progress(f"{label} round {r + 1}/{rounds}")
+    return times
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    pos = q * (len(values) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def overhead_stats(times: Sequence[float], base: Sequence[float]) -> Tuple[float, float, float]:
+    """Median, 25th and 75th percentile over the rounds of (time / base time of the same round - 1), in %."""
+    ratios = [100.0 * (t / b - 1.0) for t, b in zip(times, base)]
+    return statistics.median(ratios), _quantile(ratios, 0.25), _quantile(ratios, 0.75)
+
+
+def _inputs(setup: Setup, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(setup.batch, 3, setup.image_size, setup.image_size, generator=gen)
+    y = torch.randint(0, setup.classes, (setup.batch,), generator=gen)
+    x = x.to(setup.device)
+    if setup.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(setup.device)
+
+
+def _to_device(model: nn.Module, setup: Setup) -> nn.Module:
+    model = model.to(setup.device)
+    return model.to(memory_format=torch.channels_last) if setup.channels_last else model
+
+
+def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> List[dict]:
+    """Builds, checks and measures every (variant, mode) of one model; one row each."""
+    torch.manual_seed(cfg.seed)
+    base, sites = spec.build(setup.classes, cfg.p)
+    x, y = _inputs(setup, cfg.seed)
+    rows: Dict[Tuple[str, str], dict] = {}
+    steps: Dict[Tuple[str, str], Callable[[], None]] = {}
+    models: Dict[str, nn.Module] = {}
+    common = {"model": spec.key, "device": setup.device.type, "batch": setup.batch, "image_size": setup.image_size,
+              "dtype": str(setup.autocast or torch.float32).replace("torch.", ""),
+              "memory_format": "channels_last" if setup.channels_last else "contiguous", "sites": len(sites)}
+    for variant in cfg.variants:
+        label, masks = VARIANTS[variant]
+        for mode in cfg.modes:
+            rows[(variant, mode)] = dict(common, variant=variant, label=label, masks=masks, mode=mode, status="ok",
+                                         reason="", warning="")
+        progress(f"{spec.key} build {variant}")
+        try:
+            model = _to_device(build_variant(spec, base, sites, variant), setup)
+            reason, warning = gate(variant, model, sites, setup, x) if variant != "none" else ("", "")
+        except Exception as exc:
+            reason, warning = f"build failed: {exc.__class__.__name__}: {exc}"[:300], ""
+        if reason:
+            for mode in cfg.modes:
+                rows[(variant, mode)].update(status="FAILED", reason=reason)
+            continue
+        models[variant] = model
+        for mode in cfg.modes:
+            row = rows[(variant, mode)]
+            row["warning"] = warning
+            try:
+                net = model if mode == "eager" else compiled_copy(model, cfg.compile_scope, cfg.compile_backend)
+                step = make_step(net, setup, x, y)
+                t0 = time.perf_counter()
+                for _ in range(cfg.warmup):  # the first compiles (forward and backward) or warms up
+                    step()
+                bm._sync(setup.device)
+                if mode == "compile":
+                    row["compile_s"] = time.perf_counter() - t0
+                steps[(variant, mode)] = step
+            except Exception as exc:
+                row.update(status="ERROR", reason=f"{exc.__class__.__name__}: {exc}"[:300])
+            progress(f"{spec.key} {mode} {variant} ready")
+    times = interleaved_rounds(steps, cfg.rounds, setup.device, progress, spec.key)
+    for (variant, mode), ms in times.items():
+        row = rows[(variant, mode)]
+        row.update(step_ms=statistics.median(ms), step_min_ms=min(ms), rounds=len(ms))
+        base_ms = times.get(("none", mode))
+        if base_ms is not None:
+            row["overhead_pct"], row["overhead_q25_pct"], row["overhead_q75_pct"] = overhead_stats(ms, base_ms)
+        if setup.device.type == "cuda":
+            row["peak_bytes"] = peak_bytes(steps[(variant, mode)], setup.device)
+    base_saved = None
+    for variant, model in models.items():  # eager only: compiled graphs save what their partition chose
+        saved, numel = dropblock_saved_bytes(model, sites, setup, x) if variant != "none" else (0, 0)
+        total = step_saved_bytes(model, setup, x, y)
+        base_saved = total if variant == "none" else base_saved
+        for mode in cfg.modes:
+            row = rows[(variant, mode)]
+            row["dropblock_saved_bytes"] = saved
+            row["dropblock_saved_bytes_per_elem"] = saved / numel if numel else 0.0
+            row["step_saved_extra_bytes"] = total - base_saved if base_saved is not None else float("nan")
+    del steps, models
+    return list(rows.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Targets and output
+# --------------------------------------------------------------------------------------------
+
+def target_verdicts(rows: List[dict]) -> List[dict]:
+    """The issue's targets: ours (both mask modes) adds <= 5% to an eager and <= 2% to a compiled
+    step on the models at the paper's settings; ours costs less than each peer, in every
+    configuration (model and mode), in both mask modes."""
+    ok = [r for r in rows if r["status"] == "ok" and r.get("overhead_pct") == r.get("overhead_pct")
+          and "overhead_pct" in r]
+    by = {(r["model"], r["variant"], r["mode"]): r for r in ok}
+    verdicts = []
+    for mode, limit in TARGETS.items():
+        cases = [r for r in ok if r["variant"] in OURS and r["mode"] == mode and MODELS[r["model"]].paper_settings]
+        failed = [r for r in cases if r["overhead_pct"] > limit]
+        worst = max(cases, key=lambda r: r["overhead_pct"], default=None)
+        verdicts.append({"target": f"ours adds <= {limit:g}% to a{'n' if mode == 'eager' else ''} {mode} step "
+                                   f"(paper's settings)", "measured": len(cases), "met": len(cases) - len(failed),
+                         "worst": worst["overhead_pct"] if worst else None,
+                         "worst_case": f"{worst['model']} {worst['variant']}" if worst else "",
+                         "failed_cases": [f"{r['model']} {r['variant']}" for r in failed]})
+    cases, failed, margins = 0, [], []
+    for r in ok:
+        if r["variant"] in OURS or r["variant"] == "none":
+            continue
+        for ours in OURS:
+            mine = by.get((r["model"], ours, r["mode"]))
+            if mine is None:
+                continue
+            cases += 1
+            margins.append((r["overhead_pct"] - mine["overhead_pct"], f"{r['model']} {r['mode']} {ours} vs {r['variant']}"))
+            if mine["overhead_pct"] >= r["overhead_pct"]:  # paired by round: less noisy than the medians
+                failed.append(margins[-1][1])
+    worst = min(margins, default=None)
+    verdicts.append({"target": "ours costs less than each peer (every model and mode, both mask modes)",
+                     "measured": cases, "met": cases - len(failed), "worst": worst[0] if worst else None,
+                     "worst_case": worst[1] if worst else "", "failed_cases": failed})
+    return verdicts
+
+
+def _mb(v) -> str:
+    return bm._num(v / 2**20 if v == v else v, "{:.3g}") if isinstance(v, (int, float)) else "-"
+
+
+def write_csv(rows: List[dict], path: str) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown(result: dict) -> str:
+    env, rows = result["environment"], result["rows"]
+    setup = result["setup"]
+    lines = [f"Training-step overhead of DropBlock (`python -m benchmarks.train_step`), measured on "
+             f"{env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, timm "
+             f"{env['timm']}, torchvision {env['torchvision']}, commit {env['git_commit']}, {env['timestamp']}, "
+             f"{env['wall_s']:.0f} s.", "",
+             f"Batch {setup['batch']} of {setup['image_size']}x{setup['image_size']} images, "
+             f"{setup['dtype']}{' (autocast)' if setup['dtype'] != 'float32' else ''}, {setup['memory_format']}, "
+             f"SGD with momentum; {result['config']['rounds']} interleaved rounds; torch.compile: "
+             f"{result['config']['compile_scope']} scope, {result['config']['compile_backend']} backend. "
+             "overhead = median over the rounds of (step / no-DropBlock step of the same round - 1), "
+             "[25th, 75th percentile]; saved = bytes the DropBlock layers keep for backward (eager), "
+             "extra = what the whole step keeps beyond the no-DropBlock step.", ""]
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    head = ["model", "implementation", "masks"]
+    for m in modes:
+        head += [f"{m} ms", f"{m} overhead %"]
+    head += ["DropBlock saved MB (B/el)", "step extra MB"]
+    if "compile" in modes:
+        head.append("compile s")
+    cuda = any(r.get("peak_bytes") == r.get("peak_bytes") and "peak_bytes" in r for r in rows)
+    if cuda:
+        head += [f"{m} peak MB" for m in modes]
+    head.append("note")
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join("---" if h in ("model", "implementation", "masks", "note") else "---:"
+                                for h in head) + "|")
+    by = {(r["model"], r["variant"], r["mode"]): r for r in rows}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for variant in dict.fromkeys(r["variant"] for r in rows if r["model"] == model):
+            first = next(r for r in rows if r["model"] == model and r["variant"] == variant)
+            cells = [model, first["label"], first["masks"]]
+            notes = []
+            for m in modes:
+                r = by.get((model, variant, m), {})
+                if r.get("status", "ok") != "ok":
+                    notes.append(f"{m}: {r['status']}: {r['reason']}")
+                over = "-" if variant == "none" else (
+                    f"{bm._num(r.get('overhead_pct'), '{:+.1f}')} [{bm._num(r.get('overhead_q25_pct'), '{:+.1f}')}, "
+                    f"{bm._num(r.get('overhead_q75_pct'), '{:+.1f}')}]" if "overhead_pct" in r else "-")
+                cells += [bm._num(r.get("step_ms"), "{:.1f}"), over]
+            saved = first.get("dropblock_saved_bytes", float("nan"))
+            cells.append("-" if variant == "none" else
+                         f"{_mb(saved)} ({bm._num(first.get('dropblock_saved_bytes_per_elem'), '{:.3g}')})")
+            cells.append("-" if variant == "none" else _mb(first.get("step_saved_extra_bytes", float("nan"))))
+            if "compile" in modes:
+                cells.append(bm._num(by.get((model, variant, "compile"), {}).get("compile_s"), "{:.1f}"))
+            if cuda:
+                cells += [_mb(by.get((model, variant, m), {}).get("peak_bytes", float("nan"))) for m in modes]
+            if first.get("warning"):
+                notes.append(first["warning"])
+            cells.append("; ".join(notes).replace("|", "/"))
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Targets (reported, not asserted):", ""]
+    for v in result["targets"]:
+        status = "not measured" if not v["measured"] else ("MET" if v["met"] == v["measured"] else "NOT MET")
+        worst = f"; worst {bm._num(v['worst'], '{:+.1f}')} pp ({v['worst_case']})" if v["worst"] is not None else ""
+        lines.append(f"- {status}: {v['target']}: {v['met']} of {v['measured']}{worst}"
+                     + (f"; failed: {', '.join(v['failed_cases'])}" if v["failed_cases"] and status != "MET" else ""))
+    lines.append("")
+    lines.append("Models: " + "; ".join(f"`{k}`: {MODELS[k].description}" for k in result["models"]) + ".")
+    for note in result.get("skipped", []):
+        lines.append(f"\n- skipped: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(result: dict, path: str) -> bool:
+    """Overhead % per model and implementation (bars, with the 25th-75th percentile), one panel
+    per mode. False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return False
+    rows = [r for r in result["rows"] if r["status"] == "ok" and r["variant"] != "none" and "overhead_pct" in r]
+    modes = [m for m in MODES if any(r["mode"] == m for r in result["rows"])] or ["eager"]
+    models = list(dict.fromkeys(r["model"] for r in result["rows"]))
+    variants = [v for v in VARIANTS if v != "none" and any(r["variant"] == v for r in result["rows"])]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
+    width = 0.8 / max(len(variants), 1)
+    for ax, mode in zip(axes[0], modes):
+        for i, variant in enumerate(variants):
+            values, low, high = [], [], []
+            for model in models:
+                r = next((r for r in rows if r["model"] == model and r["variant"] == variant and r["mode"] == mode), None)
+                values.append(r["overhead_pct"] if r else float("nan"))
+                low.append(r["overhead_pct"] - r["overhead_q25_pct"] if r else 0.0)
+                high.append(r["overhead_q75_pct"] - r["overhead_pct"] if r else 0.0)
+            xs = [m + (i - (len(variants) - 1) / 2) * width for m in range(len(models))]
+            ax.bar(xs, values, width=width, yerr=[low, high], capsize=2,
+                   label=f"{VARIANTS[variant][0]} [{VARIANTS[variant][1]}]")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        limit = TARGETS.get(mode)
+        if limit is not None:
+            ax.axhline(limit, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_yscale("symlog", linthresh=5.0)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels(models, fontsize=8)
+        ax.set_ylabel("training-step overhead over no DropBlock, %")
+        ax.set_title(f"{mode} (dashed: the target for ours)", fontsize=10)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
+    env = result["environment"]
+    fig.suptitle(f"DropBlock in a training step: {env['device_name']}, torch {env['torch']}, commit "
+                 f"{env['git_commit']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    device: str = "cpu"
+    models: Sequence[str] = DEFAULT_MODELS
+    variants: Sequence[str] = DEFAULT_VARIANTS
+    modes: Sequence[str] = MODES
+    batch: Optional[int] = None  # default: 2 on the CPU; 128 on CUDA (halved until a step fits)
+    image_size: int = 224  # the paper's: 14x14 and 7x7 maps at stages 3 and 4
+    classes: int = 1000
+    p: float = PAPER_P
+    rounds: Optional[int] = None  # default 7 on the CPU, 20 on CUDA
+    warmup: int = 2  # untimed steps of each (variant, mode) before the rounds
+    compile_scope: str = "blocks"
+    compile_backend: str = "inductor"
+    autocast: Optional[str] = None  # default: bfloat16 on CUDA, off on the CPU
+    channels_last: Optional[bool] = None  # default: on for CUDA, off on the CPU
+    threads: Optional[int] = None  # CPU default 2
+    seed: int = 0
+    out: str = bm.DEFAULT_OUT
+    progress: bool = True
+    quiet: bool = False
+
+
+def _fit_batch(cfg: Config, setup: Setup) -> int:
+    """The configured batch, halved until a no-DropBlock step of the largest model fits (CUDA)."""
+    largest = max(cfg.models, key=lambda k: ("50" in k, k))
+    while True:
+        try:
+            model, _ = MODELS[largest].build(setup.classes, cfg.p)
+            model = _to_device(model.train(), setup)
+            make_step(model, setup, *_inputs(setup, cfg.seed))()
+            del model
+            torch.cuda.empty_cache()
+            return setup.batch
+        except torch.cuda.OutOfMemoryError:
+            if setup.batch == 1:
+                raise
+            torch.cuda.empty_cache()
+            setup.batch //= 2
+
+
+def run_train_step(cfg: Config) -> dict:
+    """Measures every model of ``cfg``, writes CSV / JSON / markdown / PNG into ``cfg.out`` and
+    returns everything (``rows``, ``targets``, ``environment``, ``files``)."""
+    wall0 = time.perf_counter()
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here")
+    for name, allowed in (("models", MODELS), ("variants", VARIANTS), ("modes", MODES)):
+        for key in getattr(cfg, name):
+            if key not in allowed:
+                raise SystemExit(f"--{name}: {key!r} is not one of {', '.join(allowed)}")
+    variants = list(cfg.variants)
+    if "none" not in variants:
+        variants.insert(0, "none")  # the overheads are over it
+    cfg.variants = variants
+    if device.type == "cpu" or cfg.threads is not None:
+        torch.set_num_threads(cfg.threads if cfg.threads is not None else 2)
+    cuda = device.type == "cuda"
+    autocast = cfg.autocast if cfg.autocast is not None else ("bfloat16" if cuda else "float32")
+    setup = Setup(device, cfg.batch if cfg.batch is not None else (128 if cuda else 2), cfg.image_size, cfg.classes,
+                  None if autocast == "float32" else bm.DTYPES[autocast],
+                  cfg.channels_last if cfg.channels_last is not None else cuda)
+    if cuda:
+        setup.batch = _fit_batch(cfg, setup)
+    if cfg.rounds is None:
+        cfg.rounds = 20 if cuda else 7
+    skipped = []
+    if "compile" in cfg.modes and not hasattr(torch, "compile"):
+        skipped.append("compile: torch.compile not available")
+        cfg.modes = [m for m in cfg.modes if m != "compile"]
+    calls = len(cfg.variants) * len(cfg.modes)
+    progress = bm._Progress(len(cfg.models) * (len(cfg.variants) + calls + cfg.rounds), cfg.progress and not cfg.quiet)
+    rows: List[dict] = []
+    try:
+        for key in cfg.models:
+            rows.extend(measure_model(MODELS[key], cfg, setup, progress))
+            if cuda:
+                torch.cuda.empty_cache()
+    finally:
+        progress.close()
+    env = bm.environment(device, torch.get_num_threads())
+    env["wall_s"] = round(time.perf_counter() - wall0, 2)
+    result = {"environment": env, "config": bm._json_clean(asdict(cfg)), "models": list(cfg.models),
+              "setup": {"batch": setup.batch, "image_size": setup.image_size,
+                        "dtype": str(setup.autocast or torch.float32).replace("torch.", ""),
+                        "memory_format": "channels_last" if setup.channels_last else "contiguous"},
+              "skipped": skipped, "targets": target_verdicts(rows), "rows": rows}
+    os.makedirs(cfg.out, exist_ok=True)
+    files = {kind: os.path.join(cfg.out, f"train_step.{kind}") for kind in ("csv", "json", "md", "png")}
+    write_csv(rows, files["csv"])
+    text = markdown(result)
+    with open(files["md"], "w") as fh:
+        fh.write(text)
+    if not write_plot(result, files["png"]):
+        skipped.append("plot: matplotlib not installed")
+        files.pop("png")
+    result["files"] = files
+    bm.write_json(result, files["json"])
+    if not cfg.quiet:
+        print(text)
+        print(f"wrote {', '.join(files.values())}  (wall {env['wall_s']:.1f} s)")
+    return result
+
+
+def _names(text: str) -> List[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    ap.add_argument("--models", type=_names, default=list(DEFAULT_MODELS),
+                    help=f"comma-separated, of {', '.join(MODELS)} (default {','.join(DEFAULT_MODELS)})")
+    ap.add_argument("--variants", type=_names, default=list(DEFAULT_VARIANTS),
+                    help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
+    ap.add_argument("--modes", type=_names, default=list(MODES), help="eager,compile (default both)")
+    ap.add_argument("--batch", type=int, default=None, help="default 2 on the CPU, 128 on CUDA (or what fits)")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--p", type=float, default=PAPER_P, help="drop probability (timm's drop_block_rate too)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7 CPU, 20 CUDA)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per (variant, mode) first (default 2)")
+    ap.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
+                    help="torch.compile every residual block (default) or the whole model")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    ap.add_argument("--autocast", choices=("float32", "bfloat16", "float16"), default=None,
+                    help="autocast dtype (default bfloat16 on CUDA; float32 = off, the CPU default)")
+    ap.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                    help="channels_last model and input (the CUDA default)")
+    ap.add_argument("--contiguous", dest="channels_last", action="store_false", help="contiguous (the CPU default)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU default 2)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=bm.DEFAULT_OUT, help="output folder (default benchmarks/results)")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
+    args = build_parser().parse_args(argv)
+    return Config(device=args.device, models=args.models, variants=args.variants, modes=args.modes, batch=args.batch,
+                  image_size=args.image_size, p=args.p, rounds=args.rounds, warmup=args.warmup,
+                  compile_scope=args.compile_scope, compile_backend=args.compile_backend, autocast=args.autocast,
+                  channels_last=args.channels_last, threads=args.threads, seed=args.seed, out=args.out,
+                  progress=not args.no_progress)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    run_train_step(config_from_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
