@@ -489,6 +489,12 @@ def test_public_api_refuses_float8_naming_the_input(dims):
         FUNCTIONS[dims](x, 0.3, 3)
 
 
+def test_public_inplace_on_an_expanded_input_names_the_input():
+    x = positive((2, 3, 1, 8)).expand(2, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="input has elements that share memory"):
+        drop_block2d(x, 0.3, 3, inplace=True)
+
+
 # ---- fork: a child of a parent that used the thread pool ----------------------------------------
 
 FORK_CHILD = textwrap.dedent("""
