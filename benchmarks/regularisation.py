@@ -29,10 +29,8 @@ numbers (seeded generators, deterministic algorithms, a fixed thread count).
 """
 
 import argparse
-import csv
 import functools
 import math
-import os
 import statistics
 import sys
 import time
@@ -45,8 +43,10 @@ from torch import nn
 
 try:  # python -m benchmarks.regularisation / import benchmarks.regularisation
     from . import benchmark as bm
+    from . import reporting
 except ImportError:  # python benchmarks/regularisation.py
     import benchmark as bm
+    import reporting
 
 ARMS = ("none", "dropout", "dropout_channel", "dropblock")
 ARM_LABELS = {"none": "no regularisation", "dropout": "nn.Dropout", "dropout_channel": "nn.Dropout2d / Dropout1d",
@@ -234,7 +234,7 @@ def train_one(ds: Dataset, arm: str, seed: int, data, cfg: "Config") -> dict:
             lr_schedule.step()
             if ramp is not None:
                 ramp.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         if epoch % every and epoch != epochs:
             continue
         train_acc, _ = evaluate(model, x_train, y_train)
@@ -278,18 +278,11 @@ def summarize(runs: List[dict]) -> List[dict]:
     return out
 
 
-def write_csv(runs: List[dict], path: str) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(runs)
-
-
 def _pct(v: float) -> str:
     return bm._num(100.0 * v, "{:.1f}")
 
 
-def write_markdown(result: dict, path: str) -> None:
+def markdown(result: dict) -> str:
     env, cfg = result["environment"], result["config"]
     lines = [f"Regularisation on real data (`python -m benchmarks.regularisation`), measured on "
              f"{env['device_name']} ({env['threads']} threads), torch {env['torch']}, commit {env['git_commit']}, "
@@ -313,18 +306,14 @@ def write_markdown(result: dict, path: str) -> None:
                      f"{_pct(s['train_acc_mean'])} |")
     for note in result.get("skipped", []):
         lines.append(f"\n- skipped: {note}")
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def write_plot(result: dict, path: str) -> bool:
     """Test accuracy and training loss per epoch, mean over the seeds with the min-max band, one
     column per dataset. False when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
+    plt = reporting.pyplot()
+    if plt is None:
         return False
     datasets = list(result["datasets"]) or ["(none)"]
     fig, axes = plt.subplots(2, len(datasets), figsize=(6.5 * len(datasets), 7.5), squeeze=False)
@@ -349,13 +338,10 @@ def write_plot(result: dict, path: str) -> bool:
                     ax.set_ylim(max(0.0, sorted(accs)[len(accs) // 10] - 0.05), min(1.0, max(accs) + 0.02))
             ax.set_title(f"{name}: {label} (mean of {result['config']['seeds']} seeds, band min-max)", fontsize=10)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    env = result["environment"]
-    fig.suptitle(f"Regularisation, p={result['config']['p']}: {env['device_name']}, torch {env['torch']}, "
-                 f"commit {env['git_commit']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+    reporting.save_figure(fig, path, f"Regularisation, p={result['config']['p']}", result["environment"],
+                          rect=(0, 0, 1, 0.96))
     return True
 
 
@@ -457,18 +443,8 @@ def run_experiment(cfg: Config) -> dict:
     env["wall_s"] = round(time.perf_counter() - wall0, 2)
     result = {"environment": env, "config": bm._json_clean(asdict(cfg)), "datasets": info, "skipped": skipped,
               "summary": summarize(runs) if runs else [], "runs": runs}
-    os.makedirs(cfg.out, exist_ok=True)
-    files = {kind: os.path.join(cfg.out, f"regularisation.{kind}") for kind in ("csv", "json", "md", "png")}
-    write_csv(runs, files["csv"])
-    write_markdown(result, files["md"])
-    if not write_plot(result, files["png"]):
-        skipped.append("plot: matplotlib not installed")
-        files.pop("png")
-    result["files"] = files
-    bm.write_json(result, files["json"])
-    if not cfg.quiet:
-        print(open(files["md"]).read())
-        print(f"wrote {', '.join(files.values())}")
+    reporting.write_results(cfg.out, "regularisation", result, runs, CSV_FIELDS, markdown(result), write_plot,
+                            cfg.quiet)
     return result
 
 

@@ -33,8 +33,6 @@ Results: ``train_step.{csv,json,md,png}`` in ``benchmarks/results/`` (``--out``)
 
 import argparse
 import copy
-import csv
-import os
 import statistics
 import sys
 import time
@@ -48,8 +46,10 @@ from torch import nn
 
 try:  # python -m benchmarks.train_step / import benchmarks.train_step
     from . import benchmark as bm
+    from . import reporting
 except ImportError:  # python benchmarks/train_step.py
     import benchmark as bm
+    import reporting
 
 # The paper's settings, used for the torchvision ResNets (timm models keep timm's own).
 PAPER_P, PAPER_BLOCK = 0.1, 7
@@ -446,13 +446,6 @@ def _mb(v) -> str:
     return bm._num(v / 2**20 if v == v else v, "{:.3g}") if isinstance(v, (int, float)) else "-"
 
 
-def write_csv(rows: List[dict], path: str) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def markdown(result: dict) -> str:
     env, rows = result["environment"], result["rows"]
     setup = result["setup"]
@@ -523,11 +516,8 @@ def markdown(result: dict) -> str:
 def write_plot(result: dict, path: str) -> bool:
     """Overhead % per model and implementation (bars, with the 25th-75th percentile), one panel
     per mode. False when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
+    plt = reporting.pyplot()
+    if plt is None:
         return False
     rows = [r for r in result["rows"] if r["status"] == "ok" and r["variant"] != "none" and "overhead_pct" in r]
     modes = [m for m in MODES if any(r["mode"] == m for r in result["rows"])] or ["eager"]
@@ -559,12 +549,7 @@ def write_plot(result: dict, path: str) -> bool:
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
-    env = result["environment"]
-    fig.suptitle(f"DropBlock in a training step: {env['device_name']}, torch {env['torch']}, commit "
-                 f"{env['git_commit']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    reporting.save_figure(fig, path, "DropBlock in a training step", result["environment"], rect=(0, 0.1, 1, 0.95))
     return True
 
 
@@ -660,20 +645,7 @@ def run_train_step(cfg: Config) -> dict:
                         "dtype": str(setup.autocast or torch.float32).replace("torch.", ""),
                         "memory_format": "channels_last" if setup.channels_last else "contiguous"},
               "skipped": skipped, "targets": target_verdicts(rows), "rows": rows}
-    os.makedirs(cfg.out, exist_ok=True)
-    files = {kind: os.path.join(cfg.out, f"train_step.{kind}") for kind in ("csv", "json", "md", "png")}
-    write_csv(rows, files["csv"])
-    text = markdown(result)
-    with open(files["md"], "w") as fh:
-        fh.write(text)
-    if not write_plot(result, files["png"]):
-        skipped.append("plot: matplotlib not installed")
-        files.pop("png")
-    result["files"] = files
-    bm.write_json(result, files["json"])
-    if not cfg.quiet:
-        print(text)
-        print(f"wrote {', '.join(files.values())}  (wall {env['wall_s']:.1f} s)")
+    reporting.write_results(cfg.out, "train_step", result, rows, CSV_FIELDS, markdown(result), write_plot, cfg.quiet)
     return result
 
 
