@@ -14,8 +14,9 @@ the step without DropBlock:
   of stages 3 and 4, as in the paper (p=0.1, block 7); ours is torchvision's ``DropBlock2d``
   converted by ``convert_dropblock`` (shared: ``shared_channels=True`` set afterwards).
 
-Every DropBlock layer's output is first checked on the real activations
-(``benchmark.check_dropblock_output``); a variant that fails is reported, not timed. The steps of
+Every DropBlock layer is first checked (``benchmark.check_dropblock_output``) on an input like
+the one it gets in the model (same shape, dtype and strides); a variant that fails is reported,
+not timed. The steps of
 one model are timed side by side in interleaved rounds (each round runs every (variant, mode)
 once, in a rotating order), so that a shared machine's slow spells hit them alike; the overhead of
 a variant is the median over the rounds of its step time over the no-DropBlock step of the same
@@ -23,10 +24,16 @@ round and mode, minus 1. Also measured: the bytes the DropBlock layers keep for 
 (saved-tensor hooks, eager), the extra bytes the whole step keeps over the no-DropBlock one and,
 on CUDA, the step's peak memory.
 
-``torch.compile`` (``--compile-scope``): ``blocks`` (the default) compiles every residual block
-(identical blocks share one graph, the stem and head run eagerly): on this project's 2-core
-machine a whole-model compile of one ResNet-50 training step takes minutes from a cold Inductor
-cache, times six variants; ``model`` compiles the whole model.
+``torch.compile``: ``--compile-scope blocks`` (the default) compiles every residual block
+(identical blocks share one graph; the stem and head run eagerly), ``model`` the whole model. On
+the CPU only ``tv_resnet18`` (the paper's settings) is compiled by default (``--compile-models``):
+on this project's 2-core machine a cold Inductor compile of the five variants of one ResNet-18
+takes 1-2 minutes (a ResNet-50's more), so compiling every model would take the command far past
+its 3 minutes; on CUDA every model is compiled.
+
+CPU defaults: batch 2 of 224x224 images (the paper's 14x14 and 7x7 maps at stages 3 and 4),
+float32, 2 threads, 7 rounds. CUDA defaults: batch 128 (halved until a step fits), bfloat16
+autocast, channels_last, cudnn.benchmark, 20 rounds.
 
 Results: ``train_step.{csv,json,md,png}`` in ``benchmarks/results/`` (``--out``).
 """
@@ -137,7 +144,8 @@ MODELS: Dict[str, ModelSpec] = {
     "tv_resnet18": ModelSpec("tv_resnet18", "torchvision resnet18, DropBlock(p, 7) after every stage-3/4 block",
                              "torchvision", _torchvision_model("resnet18"), True),
 }
-DEFAULT_MODELS = ("timm_resnet18", "timm_resnet50", "tv_resnet50")
+DEFAULT_MODELS = ("timm_resnet18", "timm_resnet50", "tv_resnet18", "tv_resnet50")
+CPU_COMPILE_MODELS = ("tv_resnet18",)
 
 
 def _peer_layer(variant: str, site: Site) -> nn.Module:
@@ -336,8 +344,13 @@ def _to_device(model: nn.Module, setup: Setup) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if setup.channels_last else model
 
 
+def model_modes(cfg: "Config", key: str) -> List[str]:
+    return [m for m in cfg.modes if m == "eager" or cfg.compile_models is None or key in cfg.compile_models]
+
+
 def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> List[dict]:
     """Builds, checks and measures every (variant, mode) of one model; one row each."""
+    modes = model_modes(cfg, spec.key)
     torch.manual_seed(cfg.seed)
     base, sites = spec.build(setup.classes, cfg.p)
     x, y = _inputs(setup, cfg.seed)
@@ -349,7 +362,7 @@ def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> Lis
               "memory_format": "channels_last" if setup.channels_last else "contiguous", "sites": len(sites)}
     for variant in cfg.variants:
         label, masks = VARIANTS[variant]
-        for mode in cfg.modes:
+        for mode in modes:
             rows[(variant, mode)] = dict(common, variant=variant, label=label, masks=masks, mode=mode, status="ok",
                                          reason="", warning="")
         progress(f"{spec.key} build {variant}")
@@ -359,11 +372,11 @@ def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> Lis
         except Exception as exc:
             reason, warning = f"build failed: {exc.__class__.__name__}: {exc}"[:300], ""
         if reason:
-            for mode in cfg.modes:
+            for mode in modes:
                 rows[(variant, mode)].update(status="FAILED", reason=reason)
             continue
         models[variant] = model
-        for mode in cfg.modes:
+        for mode in modes:
             row = rows[(variant, mode)]
             row["warning"] = warning
             try:
@@ -393,7 +406,7 @@ def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> Lis
         saved, numel = dropblock_saved_bytes(model, sites, setup, x) if variant != "none" else (0, 0)
         total = step_saved_bytes(model, setup, x, y)
         base_saved = total if variant == "none" else base_saved
-        for mode in cfg.modes:
+        for mode in modes:
             row = rows[(variant, mode)]
             row["dropblock_saved_bytes"] = saved
             row["dropblock_saved_bytes_per_elem"] = saved / numel if numel else 0.0
@@ -455,8 +468,10 @@ def markdown(result: dict) -> str:
              f"{env['wall_s']:.0f} s.", "",
              f"Batch {setup['batch']} of {setup['image_size']}x{setup['image_size']} images, "
              f"{setup['dtype']}{' (autocast)' if setup['dtype'] != 'float32' else ''}, {setup['memory_format']}, "
-             f"SGD with momentum; {result['config']['rounds']} interleaved rounds; torch.compile: "
-             f"{result['config']['compile_scope']} scope, {result['config']['compile_backend']} backend. "
+             f"SGD with momentum; {result['config']['rounds']} interleaved rounds; torch.compile ("
+             f"{', '.join(result['config']['compile_models'] or result['models'])}): "
+             f"{result['config']['compile_scope']} scope, {result['config']['compile_backend']} backend, "
+             "timed after its compilation. "
              "overhead = median over the rounds of (step / no-DropBlock step of the same round - 1), "
              "[25th, 75th percentile]; saved = bytes the DropBlock layers keep for backward (eager), "
              "extra = what the whole step keeps beyond the no-DropBlock step.", ""]
@@ -569,6 +584,10 @@ class Config:
     p: float = PAPER_P
     rounds: Optional[int] = None  # default 7 on the CPU, 20 on CUDA
     warmup: int = 2  # untimed steps of each (variant, mode) before the rounds
+    # The models also measured compiled; None: every model (the CUDA default). CPU default: the
+    # paper's settings on ResNet-18 only: on 2 cores a cold Inductor compile of the 5 variants of
+    # one ResNet-18 takes 1-2 minutes (ResNet-50s more), which alone fills the command's budget.
+    compile_models: Optional[Sequence[str]] = ()
     compile_scope: str = "blocks"
     compile_backend: str = "inductor"
     autocast: Optional[str] = None  # default: bfloat16 on CUDA, off on the CPU
@@ -621,6 +640,7 @@ def run_train_step(cfg: Config) -> dict:
                   None if autocast == "float32" else bm.DTYPES[autocast],
                   cfg.channels_last if cfg.channels_last is not None else cuda)
     if cuda:
+        torch.backends.cudnn.benchmark = True  # as fixed-size training runs set it; the warm-up steps tune it
         setup.batch = _fit_batch(cfg, setup)
     if cfg.rounds is None:
         cfg.rounds = 20 if cuda else 7
@@ -628,8 +648,13 @@ def run_train_step(cfg: Config) -> dict:
     if "compile" in cfg.modes and not hasattr(torch, "compile"):
         skipped.append("compile: torch.compile not available")
         cfg.modes = [m for m in cfg.modes if m != "compile"]
-    calls = len(cfg.variants) * len(cfg.modes)
-    progress = bm._Progress(len(cfg.models) * (len(cfg.variants) + calls + cfg.rounds), cfg.progress and not cfg.quiet)
+    if cfg.compile_models == ():
+        cfg.compile_models = None if cuda else [k for k in CPU_COMPILE_MODELS if k in cfg.models]
+    for key in cfg.compile_models or ():
+        if key not in cfg.models:
+            raise SystemExit(f"--compile-models: {key!r} is not one of the models measured ({', '.join(cfg.models)})")
+    total = sum(len(cfg.variants) * (1 + len(model_modes(cfg, key))) + cfg.rounds for key in cfg.models)
+    progress = bm._Progress(total, cfg.progress and not cfg.quiet)
     rows: List[dict] = []
     try:
         for key in cfg.models:
@@ -666,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--p", type=float, default=PAPER_P, help="drop probability (timm's drop_block_rate too)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7 CPU, 20 CUDA)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per (variant, mode) first (default 2)")
+    ap.add_argument("--compile-models", type=_names, default=None,
+                    help="the models also measured compiled (default: all on CUDA, " + ",".join(CPU_COMPILE_MODELS)
+                         + " on the CPU; 'all' for all)")
     ap.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
                     help="torch.compile every residual block (default) or the whole model")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
@@ -683,7 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
     args = build_parser().parse_args(argv)
-    return Config(device=args.device, models=args.models, variants=args.variants, modes=args.modes, batch=args.batch,
+    compile_models = () if args.compile_models is None else (None if args.compile_models == ["all"]
+                                                             else args.compile_models)
+    return Config(device=args.device, models=args.models, compile_models=compile_models, variants=args.variants,
+                  modes=args.modes, batch=args.batch,
                   image_size=args.image_size, p=args.p, rounds=args.rounds, warmup=args.warmup,
                   compile_scope=args.compile_scope, compile_backend=args.compile_backend, autocast=args.autocast,
                   channels_last=args.channels_last, threads=args.threads, seed=args.seed, out=args.out,

@@ -166,8 +166,8 @@ def test_train_step_compiled_blocks(tmp_path, monkeypatch, fresh_dynamo):
     # autograd's forward/backward split, as under Inductor, without compiling kernels.
     _tiny_specs(monkeypatch)
     result = ts.run_train_step(ts.Config(models=["timm_resnet10t", "tv_resnet10"], variants=["ours", "ours_shared"],
-                                         modes=["eager", "compile"], image_size=160, batch=2, classes=10, rounds=2,
-                                         warmup=1, compile_backend="aot_eager", threads=1, progress=False, quiet=True,
+                                         modes=["eager", "compile"], compile_models=None, image_size=160, batch=2,
+                                         classes=10, rounds=2, warmup=1, compile_backend="aot_eager", threads=1, progress=False, quiet=True,
                                          out=str(tmp_path)))
     rows = result["rows"]
     assert len(rows) == 2 * 3 * 2 and all(r["status"] == "ok" for r in rows), rows
@@ -208,9 +208,23 @@ def test_train_step_flags():
                                "--device", "cuda", "--compile-scope", "model", "--batch", "64"])
     assert (cfg.models, cfg.variants, cfg.modes, cfg.device, cfg.compile_scope, cfg.batch) == \
         (["tv_resnet50"], ["ours", "timm"], ["eager"], "cuda", "model", 64)
-    assert cfg.channels_last is None and cfg.autocast is None  # the device's defaults
+    assert cfg.channels_last is None and cfg.autocast is None and cfg.compile_models == ()  # the device's defaults
+    assert ts.config_from_args(["--compile-models", "all"]).compile_models is None
+    assert ts.config_from_args(["--compile-models", "timm_resnet18"]).compile_models == ["timm_resnet18"]
     with pytest.raises(SystemExit):
         ts.run_train_step(ts.Config(models=["resnet9000"], quiet=True))
+    with pytest.raises(SystemExit, match="compile-models"):
+        ts.run_train_step(ts.Config(models=["timm_resnet18"], compile_models=["tv_resnet50"], quiet=True))
+
+
+def test_cpu_default_compiles_only_the_papers_resnet18(tmp_path, monkeypatch):
+    # Which models get compiled rows by default on the CPU (the steps themselves stubbed out).
+    monkeypatch.setattr(ts, "measure_model", lambda spec, cfg, setup, progress: [
+        {"model": spec.key, "variant": "none", "label": "no DropBlock", "masks": "-", "mode": m, "status": "ok",
+         "reason": "", "warning": ""} for m in ts.model_modes(cfg, spec.key)])
+    result = ts.run_train_step(ts.Config(models=["timm_resnet18", "tv_resnet18"], quiet=True, out=str(tmp_path)))
+    assert [(r["model"], r["mode"]) for r in result["rows"]] == [
+        ("timm_resnet18", "eager"), ("tv_resnet18", "eager"), ("tv_resnet18", "compile")]
 
 
 # --------------------------------------------------------------------------------------------
