@@ -536,11 +536,13 @@ def write_plot(result: dict, path: str) -> bool:
         return False
     rows = [r for r in result["rows"] if r["status"] == "ok" and r["variant"] != "none" and "overhead_pct" in r]
     modes = [m for m in MODES if any(r["mode"] == m for r in result["rows"])] or ["eager"]
-    models = list(dict.fromkeys(r["model"] for r in result["rows"]))
     variants = [v for v in VARIANTS if v != "none" and any(r["variant"] == v for r in result["rows"])]
-    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
+    per_mode = {m: list(dict.fromkeys(r["model"] for r in result["rows"] if r["mode"] == m)) for m in modes}
+    fig, axes = plt.subplots(1, len(modes), figsize=(4 + 2.2 * sum(max(1, len(v)) for v in per_mode.values()), 4.8),
+                             squeeze=False, gridspec_kw={"width_ratios": [max(1, len(per_mode[m])) for m in modes]})
     width = 0.8 / max(len(variants), 1)
     for ax, mode in zip(axes[0], modes):
+        models = per_mode[mode]
         for i, variant in enumerate(variants):
             values, low, high = [], [], []
             for model in models:
@@ -555,7 +557,7 @@ def write_plot(result: dict, path: str) -> bool:
         limit = TARGETS.get(mode)
         if limit is not None:
             ax.axhline(limit, color="gray", linestyle="--", linewidth=0.8)
-        ax.set_yscale("symlog", linthresh=5.0)
+        ax.set_yscale("symlog", linthresh=2.0, linscale=1.0)  # linear within +-2%, logarithmic beyond
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels(models, fontsize=8)
         ax.set_ylabel("training-step overhead over no DropBlock, %")
