@@ -291,7 +291,9 @@ def markdown(result: dict) -> str:
              f"regulariser (DropBlock ramped 0 -> p over the whole training by LinearScheduler, dropout constant), "
              f"Adam lr {cfg['lr']} with cosine decay to 0, no weight decay, no augmentation, widths "
              f"{tuple(cfg['widths'])}, seeds {cfg['seeds']} (seed {cfg['first_seed']} on); the number is the test "
-             f"accuracy after the last epoch.", ""]
+             f"accuracy after the last epoch. For one seed every arm has the same split, initial weights and batch "
+             f"order: `vs none` is the seed-by-seed difference. The ramp gives DropBlock a mean rate of p/2 over "
+             f"the training, the dropout arms p throughout.", ""]
     for name, ds in result["datasets"].items():
         lines.append(f"- **{name}**: {ds['description']}; {ds['epochs']} epochs, batch {ds['batch']}, "
                      f"block size {ds['block_size']}, {ds['train_size']} training / {ds['test_size']} test examples.")
