@@ -621,7 +621,8 @@ def _fit_batch(cfg: Config, setup: Setup) -> int:
 
 def run_train_step(cfg: Config) -> dict:
     """Measures every model of ``cfg``, writes CSV / JSON / markdown / PNG into ``cfg.out`` and
-    returns everything (``rows``, ``targets``, ``environment``, ``files``)."""
+    returns everything (``rows``, ``targets``, ``environment``, ``files``). The thread count and
+    cudnn.benchmark it sets are restored afterwards."""
     wall0 = time.perf_counter()
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -630,42 +631,44 @@ def run_train_step(cfg: Config) -> dict:
         for key in getattr(cfg, name):
             if key not in allowed:
                 raise SystemExit(f"--{name}: {key!r} is not one of {', '.join(allowed)}")
-    variants = list(cfg.variants)
-    if "none" not in variants:
-        variants.insert(0, "none")  # the overheads are over it
-    cfg.variants = variants
-    if device.type == "cpu" or cfg.threads is not None:
-        torch.set_num_threads(cfg.threads if cfg.threads is not None else 2)
     cuda = device.type == "cuda"
-    autocast = cfg.autocast if cfg.autocast is not None else ("bfloat16" if cuda else "float32")
-    setup = Setup(device, cfg.batch if cfg.batch is not None else (128 if cuda else 2), cfg.image_size, cfg.classes,
-                  None if autocast == "float32" else bm.DTYPES[autocast],
-                  cfg.channels_last if cfg.channels_last is not None else cuda)
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # as fixed-size training runs set it; the warm-up steps tune it
-        setup.batch = _fit_batch(cfg, setup)
+    if cfg.compile_models == ():
+        cfg.compile_models = None if cuda else [k for k in CPU_COMPILE_MODELS if k in cfg.models]
+    for key in cfg.compile_models or ():
+        if key not in cfg.models:
+            raise SystemExit(f"--compile-models: {key!r} is not one of the models measured ({', '.join(cfg.models)})")
+    if "none" not in cfg.variants:
+        cfg.variants = ["none"] + list(cfg.variants)  # the overheads are over it
     if cfg.rounds is None:
         cfg.rounds = 20 if cuda else 7
     skipped = []
     if "compile" in cfg.modes and not hasattr(torch, "compile"):
         skipped.append("compile: torch.compile not available")
         cfg.modes = [m for m in cfg.modes if m != "compile"]
-    if cfg.compile_models == ():
-        cfg.compile_models = None if cuda else [k for k in CPU_COMPILE_MODELS if k in cfg.models]
-    for key in cfg.compile_models or ():
-        if key not in cfg.models:
-            raise SystemExit(f"--compile-models: {key!r} is not one of the models measured ({', '.join(cfg.models)})")
+    autocast = cfg.autocast if cfg.autocast is not None else ("bfloat16" if cuda else "float32")
+    setup = Setup(device, cfg.batch if cfg.batch is not None else (128 if cuda else 2), cfg.image_size, cfg.classes,
+                  None if autocast == "float32" else bm.DTYPES[autocast],
+                  cfg.channels_last if cfg.channels_last is not None else cuda)
+    previous = (torch.get_num_threads(), torch.backends.cudnn.benchmark)
     total = sum(len(cfg.variants) * (1 + len(model_modes(cfg, key))) + cfg.rounds for key in cfg.models)
     progress = bm._Progress(total, cfg.progress and not cfg.quiet)
     rows: List[dict] = []
     try:
+        if device.type == "cpu" or cfg.threads is not None:
+            torch.set_num_threads(cfg.threads if cfg.threads is not None else 2)
+        threads = torch.get_num_threads()
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # as fixed-size training runs set it; the warm-up steps tune it
+            setup.batch = _fit_batch(cfg, setup)
         for key in cfg.models:
             rows.extend(measure_model(MODELS[key], cfg, setup, progress))
             if cuda:
                 torch.cuda.empty_cache()
     finally:
         progress.close()
-    env = bm.environment(device, torch.get_num_threads())
+        torch.set_num_threads(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+    env = bm.environment(device, threads)
     env["wall_s"] = round(time.perf_counter() - wall0, 2)
     result = {"environment": env, "config": bm._json_clean(asdict(cfg)), "models": list(cfg.models),
               "setup": {"batch": setup.batch, "image_size": setup.image_size,

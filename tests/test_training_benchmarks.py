@@ -109,10 +109,12 @@ def test_target_verdicts_count_each_case():
 def test_train_step_driver_writes_its_files(tmp_path):
     # Both model families, every variant, eagerly; 160 px keeps the stage-4 maps at 5x5, where
     # torchvision's odd-block check passes.
+    threads = torch.get_num_threads()
     cfg = ts.Config(models=["timm_resnet18", "tv_resnet18"], variants=list(ts.VARIANTS), modes=["eager"],
                     image_size=160, batch=2, classes=10, rounds=2, warmup=0, threads=1, progress=False, quiet=True,
                     out=str(tmp_path))
     result = ts.run_train_step(cfg)
+    assert torch.get_num_threads() == threads and result["environment"]["threads"] == 1  # restored after
     files = result["files"]
     with open(files["csv"]) as fh:
         reader = csv.DictReader(fh)
@@ -203,6 +205,14 @@ def test_train_step_reports_a_failed_peer_and_times_the_rest(tmp_path):
     assert "FAILED" in Path(result["files"]["md"]).read_text()
 
 
+def test_train_step_help_lists_the_models(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ts.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert all(key in text.replace("- ", "-").replace(" ", "") for key in ts.MODELS), text
+
+
 def test_train_step_flags():
     cfg = ts.config_from_args(["--models", "tv_resnet50", "--variants", "ours,timm", "--modes", "eager",
                                "--device", "cuda", "--compile-scope", "model", "--batch", "64"])
@@ -273,6 +283,7 @@ def test_arrow_head_ships_inside_sktimes_wheel_and_loads_offline(monkeypatch):
 
 def test_regularisation_is_deterministic_and_writes_its_files(tmp_path):
     pytest.importorskip("sklearn")
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     first = reg.run_experiment(_tiny(tmp_path / "a"))
     second = reg.run_experiment(_tiny(tmp_path / "b", jobs=2))  # in two worker processes: the same numbers
     assert _numbers(first) == _numbers(second)
@@ -297,7 +308,7 @@ def test_regularisation_is_deterministic_and_writes_its_files(tmp_path):
     assert md.count("| digits |") == len(reg.ARMS) and first["environment"]["git_commit"] in md
     assert Path(files["png"]).read_bytes().startswith(PNG_SIGNATURE)
     # The process's settings are restored.
-    assert not torch.are_deterministic_algorithms_enabled()
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
 
 
 def test_regularisation_one_dimensional_path_uses_dropblock1d(tmp_path, monkeypatch):
