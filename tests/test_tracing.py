@@ -25,6 +25,16 @@ def seeded(fn, *args, seed=0):
     return fn(*args)
 
 
+def assert_same_gradient(model, other):
+    """`other` (a traced or scripted `model`) gives the eager gradient for the same seed."""
+    x = torch.randn(2, 3, 10, 10, requires_grad=True)
+    seeded(model, x).sum().backward()
+    eager_grad = x.grad
+    x.grad = None
+    seeded(other, x).sum().backward()
+    assert_equal(x.grad, eager_grad)
+
+
 # --- torch.fx ----------------------------------------------------------------------------------
 
 
@@ -60,12 +70,7 @@ def test_traced_model_gives_the_eager_result_and_gradient():
     model = net()
     traced = torch.fx.symbolic_trace(model)
     assert sum(n.target is drop_block2d for n in call_nodes(traced)) == 2
-    x = torch.randn(2, 3, 10, 10, requires_grad=True)
-    seeded(model, x).sum().backward()
-    eager_grad = x.grad
-    x.grad = None
-    seeded(traced, x).sum().backward()
-    assert_equal(x.grad, eager_grad)
+    assert_same_gradient(model, traced)
 
 
 def test_tracing_with_a_generator_is_refused():
@@ -120,13 +125,7 @@ def test_scripted_module_draws_the_eager_masks(cls, function, shape):
 
 def test_scripted_model_trains_and_matches_eager():
     model = net()
-    scripted = script(model)
-    x = torch.randn(2, 3, 10, 10, requires_grad=True)
-    seeded(model, x).sum().backward()
-    eager_grad = x.grad
-    x.grad = None
-    seeded(scripted, x).sum().backward()
-    assert_equal(x.grad, eager_grad)
+    assert_same_gradient(model, script(model))
     with_options = script(nn.Sequential(DropBlock2d(0.2, 3, inplace=True, scale_by_keep=False, eps=0.5)))
     y = torch.rand(2, 3, 9, 9) + 1
     expected = seeded(nn.Sequential(DropBlock2d(0.2, 3, scale_by_keep=False, eps=0.5)), y.clone())
