@@ -1,5 +1,5 @@
 #pragma once
-// The two paths of the CUDA mask (see csrc/cuda/dropblock_kernels.cu): one windowed kernel, or
+// The two paths of the CUDA mask (see csrc/cuda/mask_kernels.cu): one windowed kernel, or
 // fill + scatter of the blocks + count. They give the same mask. Plain C++, shared by the op
 // registration (every build, CPU-only included) and the CUDA kernels.
 namespace dropblock {

@@ -67,7 +67,7 @@ def make_input(shape, dtype, layout, device="cpu"):
 
 
 def contiguous_vector_width(dtype, offset_elements, shared_plane=None):
-    """The vector width (elements) launch_contiguous_widest in csrc/cuda/dropblock_kernels.cu picks
+    """The vector width (elements) launch_contiguous_widest in csrc/cuda/apply_kernels.cu picks
     for contiguous input and output, the input `offset_elements` past a 64-byte boundary and the
     output on one: the widest V of 8, 4, 2, 1 with V elements at most 16 bytes, the address a
     multiple of V elements, and, when the channels share the mask (`shared_plane`: the plane size

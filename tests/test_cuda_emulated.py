@@ -1,6 +1,6 @@
 """The CUDA kernels themselves, run on the host, against the CPU kernels.
 
-csrc/cuda/dropblock_kernels.cu is compiled by the host C++ compiler with tests/cpp/cuda_emulation.h
+csrc/cuda/{mask,apply}_kernels.cu are compiled by the host C++ compiler with tests/cpp/cuda_emulation.h
 (one OS thread per CUDA thread, one block at a time, real barriers for __syncthreads and the warp
 shuffles, real atomics) and called through ctypes on CPU tensors' memory. So the kernels' own code
 (grid-stride loops, vector widths and tails, the strided and channels-last paths, the last-block

@@ -1,5 +1,5 @@
 // CUDA backend of the DropBlock ops: argument checks and tensors here, kernels in
-// dropblock_kernels.cu. Nothing here waits for the device: a seed or p on the device is read by
+// mask_kernels.cu and apply_kernels.cu. Nothing here waits for the device: a seed or p on the device is read by
 // the kernels (one on the host is passed by value) and the scale is written by them, so the ops
 // can be captured in a CUDA graph.
 #include <ATen/core/Tensor.h>

@@ -1,9 +1,9 @@
 #pragma once
-// Runs the CUDA kernels of csrc/cuda/dropblock_kernels.cu on the host, for tests on machines
+// Runs the CUDA kernels of csrc/cuda/*.cu on the host, for tests on machines
 // without a GPU: one OS thread per thread of a block, the blocks one at a time (so a function-local
 // static stands in for __shared__ memory), std::barrier for __syncthreads and the warp shuffles, real
 // atomics for atomicAnd / atomicAdd. Slow and exact; it covers what those kernels use, nothing more.
-// Include it before the .cu, compiled by a host C++20 compiler with DROPBLOCK_CUDA_EMULATION.
+// Include it before the .cu files, compiled by a host C++20 compiler with DROPBLOCK_CUDA_EMULATION.
 #include <atomic>
 #include <barrier>
 #include <cstdint>

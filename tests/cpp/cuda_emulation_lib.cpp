@@ -1,4 +1,4 @@
-// csrc/cuda/dropblock_kernels.cu compiled for the host with its kernels emulated
+// csrc/cuda/mask_kernels.cu and apply_kernels.cu compiled for the host with its kernels emulated
 // (cuda_emulation.h), behind a C interface that tests/test_cuda_emulated.py calls through ctypes
 // with CPU tensors' memory. No GPU and no CUDA runtime library are involved.
 #define DROPBLOCK_CUDA_EMULATION
@@ -6,7 +6,8 @@
 #define DROPBLOCK_WINDOW_BLOCKS 3
 #include "cuda_emulation.h"
 
-#include "cuda/dropblock_kernels.cu"
+#include "cuda/mask_kernels.cu"
+#include "cuda/apply_kernels.cu"
 
 #include <type_traits>
 

@@ -1,4 +1,4 @@
-// A host-side memcheck of the CUDA kernels: dropblock_kernels.cu run under the host emulation
+// A host-side memcheck of the CUDA kernels: csrc/cuda/*.cu run under the host emulation
 // (cuda_emulation.h), built with AddressSanitizer, on buffers of exactly the size the kernels may
 // touch (so any read or write past them is reported). Results are compared with the CPU kernels by
 // tests/test_cuda_emulated.py; this only exercises every launch path. Built and run by that test;
@@ -12,7 +12,8 @@
 #include <numeric>
 #include <vector>
 
-#include "cuda/dropblock_kernels.cu"
+#include "cuda/mask_kernels.cu"
+#include "cuda/apply_kernels.cu"
 #include "dense_strides.h"
 
 namespace {
