@@ -2,22 +2,21 @@
 
 Run ``python -m benchmarks`` (or ``python benchmarks/benchmark.py``); ``--help`` lists the flags.
 
-Every implementation is first checked on the tensor it is timed on (``check_dropblock_output``):
+Every implementation is first checked on the tensor it is timed on (``gate.check_dropblock_output``):
 an implementation whose output is not a valid DropBlock output is reported as FAILED and not
 timed. Ratios compare like with like: implementations with one mask per (sample, channel) are
 compared with ``dropblock_cuda``'s per-channel mode, implementations that share one mask across
 the channels of a sample with its ``shared_channels=True`` mode.
+
+This module is the sweep, the headline and their report; the pieces are modules of their own:
+``peers`` (the implementations), ``gate`` (the correctness check), ``measure`` (timing and
+memory), ``environment``, ``reporting`` (writers) and ``cli`` (the shared flags).
 """
 
 import argparse
-import csv
-import datetime
-import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,15 +24,24 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-try:  # python -m benchmarks / import benchmarks.benchmark
-    from .reference_dropblock import drop_block2d_reference
-except ImportError:  # python benchmarks/benchmark.py
-    from reference_dropblock import drop_block2d_reference
+if __package__ in (None, ""):  # python benchmarks/benchmark.py: import this folder as the package
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "benchmarks"
+
+from . import cli, measure, reporting  # noqa: E402
+from .environment import environment  # noqa: E402
+from .gate import check_dropblock_output  # noqa: E402
+from .measure import Timing  # noqa: E402
+from .peers import Impl, build_impls  # noqa: E402
+from .reporting import fmt  # noqa: E402
 
 RESNET50_STAGES = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
 DEFAULT_BLOCK_SIZES = (3, 5, 7)
 DEFAULT_DTYPES = ("float32", "bfloat16")
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DEFAULT_OUT = reporting.DEFAULT_OUT
+# The headline: one ResNet stage-1-like tensor at the paper's settings, where the targets below
+# are the ratios this project promises (README): our forward against the memory-bound floor, in
+# both mask modes, and torchvision's forward+backward against ours.
 HEADLINE = {"shape": (32, 64, 56, 56), "dtype": "float32", "p": 0.1, "block_size": 7, "threads": 2}
 HEADLINE_TARGETS = {
     "per_channel_fwd_over_floor": ("<=", 4.0),
@@ -48,314 +56,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 # --------------------------------------------------------------------------------------------
-# Correctness gate
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class GateResult:
-    ok: bool
-    reason: str = ""
-    drop_frac: float = float("nan")
-    scale: float = float("nan")
-    # Set when the drop fraction is outside the strict tolerance but the implementation was checked
-    # leniently (peers whose seeds are expanded with max-pool padding drop more than p).
-    warning: str = ""
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-def _dtype_eps(dtype: torch.dtype) -> float:
-    return torch.finfo(dtype).eps
-
-
-def drop_fraction_tolerance(shape: Sequence[int], p: float, block_size: Optional[int],
-                            shared_channels: bool) -> float:
-    """Allowed |drop fraction - p|: 0.5 p for the gamma approximation (overlapping blocks, edges),
-    plus 5 standard deviations of a drop fraction made of roughly independent block-sized units."""
-    n, c, h, w = shape
-    planes = n if shared_channels else n * c
-    if block_size is None:
-        units_per_plane = h * w
-    else:
-        units_per_plane = math.ceil(h / min(block_size, h)) * math.ceil(w / min(block_size, w))
-    n_eff = max(planes * units_per_plane, 1)
-    return 0.5 * p + 5.0 * math.sqrt(p * (1.0 - p) / n_eff)
-
-
-def check_dropblock_output(x: torch.Tensor, y: torch.Tensor, p: float, block_size: Optional[int] = None,
-                           *, shared_channels: bool = False, lenient_upper: bool = False) -> GateResult:
-    """Whether ``y`` is a valid DropBlock output of ``x`` at drop probability ``p``.
-
-    Valid means: same shape and dtype, finite, every element either exactly 0 or ``x * s`` for one
-    scale ``s`` common to the whole tensor (within the dtype's rounding), ``s`` equal to
-    ``1 / (1 - drop fraction)`` (the rescaling keeps the mean), and the drop fraction within
-    ``drop_fraction_tolerance`` of ``p``. With ``lenient_upper`` a drop fraction above the tolerance
-    is only a warning (for implementations known to drop more, e.g. seeds padded by max pool).
-    """
-    if not isinstance(y, torch.Tensor):
-        return GateResult(False, f"output is a {type(y).__name__}, not a Tensor")
-    if y.shape != x.shape:
-        return GateResult(False, f"output shape {tuple(y.shape)} != input shape {tuple(x.shape)}")
-    if y.dtype != x.dtype:
-        return GateResult(False, f"output dtype {y.dtype} != input dtype {x.dtype}")
-    xd = x.detach().to(torch.float64)
-    yd = y.detach().to(torch.float64)
-    if not torch.isfinite(yd).all():
-        return GateResult(False, "output has non-finite values")
-    if p == 0.0:
-        same = torch.equal(xd, yd)
-        return GateResult(same, "" if same else "p=0 must return the input unchanged", 0.0, 1.0)
-    nonzero_in = xd != 0
-    if (yd[~nonzero_in] != 0).any():
-        return GateResult(False, "nonzero output where the input is zero")
-    kept = (yd != 0) & nonzero_in
-    n_in = int(nonzero_in.sum())
-    n_kept = int(kept.sum())
-    if n_in == 0:
-        return GateResult(False, "input is all zeros; cannot check")
-    frac = 1.0 - n_kept / n_in
-    scale = float("nan")
-    rtol = 4.0 * _dtype_eps(x.dtype)
-    if n_kept:
-        ratios = yd[kept] / xd[kept]
-        scale = float(ratios.median())
-        err = (yd[kept] - xd[kept] * scale).abs()
-        bound = rtol * (xd[kept] * scale).abs()
-        bad = int((err > bound).sum())
-        if bad:
-            lo, hi = float(ratios.min()), float(ratios.max())
-            return GateResult(False, f"{bad} kept values are not input*s for one s "
-                                     f"(y/x spans {lo:.6g}..{hi:.6g})", frac, scale)
-        if scale <= 0:
-            return GateResult(False, f"scale {scale:.6g} is not positive", frac, scale)
-        expected = 1.0 / (1.0 - frac)
-        if abs(scale / expected - 1.0) > 1e-3 + 2.0 * _dtype_eps(x.dtype):
-            return GateResult(False, f"scale {scale:.6g} != 1/(1 - drop fraction) = {expected:.6g}",
-                              frac, scale)
-    tol = drop_fraction_tolerance(tuple(x.shape), p, block_size, shared_channels)
-    if frac < p - tol:
-        return GateResult(False, f"drop fraction {frac:.4f} < p - tol = {p - tol:.4f}", frac, scale)
-    if frac > p + tol:
-        if not lenient_upper:
-            return GateResult(False, f"drop fraction {frac:.4f} > p + tol = {p + tol:.4f}", frac, scale)
-        return GateResult(True, "", frac, scale, warning=f"drops {frac:.3f} (p={p:g})")
-    return GateResult(True, "", frac, scale)
-
-
-# --------------------------------------------------------------------------------------------
-# Implementations
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class Impl:
-    key: str
-    label: str
-    # True: one mask per sample shared by its channels; False: one per (sample, channel);
-    # None: not DropBlock (the floor).
-    shared: Optional[bool]
-    # make(p, block_size, dtype, device) -> fn(x) -> y. Called once per configuration.
-    make: Callable
-    note: str = ""
-    lenient_upper: bool = False  # expands seeds with max-pool padding: may drop more than p
-    compiled: bool = False
-
-    @property
-    def masks(self) -> str:
-        return {True: "shared", False: "per-ch", None: "-"}[self.shared]
-
-
-def _floor_impl(device: torch.device) -> Impl:
-    if device.type == "cuda":
-        def make(p, block_size, dtype, dev):
-            return lambda x: torch.empty_like(x).copy_(x)
-        return Impl("floor", "floor: device copy y.copy_(x)", None, make,
-                    "memory-bound lower bound, not DropBlock")
-
-    def make(p, block_size, dtype, dev):
-        s = 1.0 / (1.0 - p) if p < 1.0 else 1.0
-        return lambda x: x * s
-    return Impl("floor", "floor: x * s", None, make, "memory-bound lower bound, not DropBlock")
-
-
-def raise_recompile_limit(limit: int) -> None:
-    """Lets dynamo keep at least `limit` compiled variants of one function (the config was
-    renamed from cache_size_limit to recompile_limit)."""
-    import torch._dynamo.config as dynamo_config
-    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    if hasattr(dynamo_config, name):
-        setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
-
-
-class _CompiledReference:
-    """torch.compile of the corrected article reference, compiled in the untimed first calls.
-
-    Default (torch.compile's default, ``dynamic=None``): one compiled function for the whole run;
-    dynamo recompiles for a new dtype, block size or requires_grad, and from the second shape on
-    compiles dynamic-shape kernels (slower kernels, far less compile time). ``static=True``: a
-    static-shape compile for every configuration (faster kernels; a minute or two more of
-    compiling on a small CPU when the inductor cache is cold).
-    """
-
-    def __init__(self, static: bool = False):
-        self.static = static
-        self.fn = None
-
-    def make(self, p, block_size, dtype, device):
-        if self.fn is None:
-            raise_recompile_limit(256)
-            self.fn = torch.compile(drop_block2d_reference, dynamic=False if self.static else None)
-        fn = self.fn
-        return lambda x: fn(x, p, block_size)
-
-
-def build_impls(device: torch.device, include_compiled: bool = True,
-                compile_static: bool = False) -> Tuple[List[Impl], List[str]]:
-    """The implementations available here, and notes on those skipped."""
-    impls: List[Impl] = [_floor_impl(device)]
-    skipped: List[str] = []
-    try:
-        import dropblock_cuda
-    except Exception as exc:  # pragma: no cover - the package under test
-        raise RuntimeError(f"dropblock_cuda does not import: {exc}") from exc
-
-    impls.append(Impl("ours", "dropblock_cuda", False,
-                      lambda p, b, dt, dev: (lambda x: dropblock_cuda.drop_block2d(x, p, b))))
-    impls.append(Impl("ours_shared", "dropblock_cuda shared_channels", True,
-                      lambda p, b, dt, dev: (lambda x: dropblock_cuda.drop_block2d(x, p, b, shared_channels=True))))
-    impls.append(Impl("article", "article module, corrected (eager)", False,
-                      lambda p, b, dt, dev: (lambda x: drop_block2d_reference(x, p, b)),
-                      "benchmarks/reference_dropblock.py"))
-    if include_compiled:
-        if hasattr(torch, "compile"):
-            compiled = _CompiledReference(static=compile_static)
-            label = "article corrected, torch.compile" + (" (static)" if compile_static else "")
-            note = ("static shapes, compiled per configuration" if compile_static else
-                    "torch.compile defaults: dynamic shapes after the second shape") + ", outside timing"
-            impls.append(Impl("article_compiled", label, False, compiled.make, note, compiled=True))
-        else:
-            skipped.append("article_compiled: torch.compile not available")
-    else:
-        skipped.append("article_compiled: disabled (--no-compile)")
-
-    try:
-        import torchvision.ops
-        impls.append(Impl("torchvision", "torchvision.ops.drop_block2d", False,
-                          lambda p, b, dt, dev: (lambda x: torchvision.ops.drop_block2d(x, p, b)),
-                          "odd block sizes only"))
-    except Exception as exc:
-        skipped.append(f"torchvision: not available ({exc.__class__.__name__}: {exc})")
-
-    try:
-        from timm.layers import DropBlock2d as TimmDropBlock2d
-
-        def timm_make(couple):
-            def make(p, b, dt, dev):
-                module = TimmDropBlock2d(drop_prob=p, block_size=b, couple_channels=couple).train()
-                return module
-            return make
-        try:
-            TimmDropBlock2d(drop_prob=0.1, block_size=3, couple_channels=False)
-            impls.append(Impl("timm", "timm DropBlock2d(couple_channels=False)", False, timm_make(False),
-                              "seeds on the whole map, max-pool padding", lenient_upper=True))
-            impls.append(Impl("timm_shared", "timm DropBlock2d (default, couple_channels=True)", True,
-                              timm_make(True), "timm's default shares the mask across channels",
-                              lenient_upper=True))
-        except TypeError:
-            skipped.append("timm: this timm version has no couple_channels argument")
-    except Exception as exc:
-        skipped.append(f"timm: not available ({exc.__class__.__name__}: {exc})")
-
-    try:
-        from dropblock import DropBlock2D as PkgDropBlock2D
-        impls.append(Impl("dropblock_pkg", "dropblock pkg DropBlock2D", True,
-                          lambda p, b, dt, dev: PkgDropBlock2D(drop_prob=p, block_size=b).train(),
-                          "shares the mask across channels; mask drawn on the CPU; gamma = p/block^2",
-                          lenient_upper=True))
-    except Exception as exc:
-        skipped.append(f"dropblock (pip package): not available ({exc.__class__.__name__}: {exc})")
-    return impls, skipped
-
-
-# --------------------------------------------------------------------------------------------
 # Measurement
 # --------------------------------------------------------------------------------------------
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_calls(call: Callable[[torch.Tensor], None], inputs: Sequence[torch.Tensor], device: torch.device,
-                warmup: int, repeats: int, max_time_s: float, min_repeats: int = 3) -> List[float]:
-    """Milliseconds of each of up to `repeats` calls, cycling through `inputs`."""
-    n = len(inputs)
-    for i in range(warmup):
-        call(inputs[i % n])
-    _sync(device)
-    times: List[float] = []
-    if device.type == "cuda":
-        pairs = []
-        for i in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call(inputs[(warmup + i) % n])
-            end.record()
-            pairs.append((start, end))
-        torch.cuda.synchronize(device)
-        return [s.elapsed_time(e) for s, e in pairs]
-    begin = time.perf_counter()
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        call(inputs[(warmup + i) % n])
-        times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= min_repeats and time.perf_counter() - begin > max_time_s:
-            break
-    return times
-
-
-def saved_bytes_for_backward(fn: Callable, x: torch.Tensor) -> int:
-    """Bytes the autograd graph of ``fn(x)`` keeps for backward: the storages of the tensors saved
-    for backward, each counted once, not counting the input's own storage."""
-    xg = x.detach().requires_grad_(True)
-    input_ptr = xg.untyped_storage().data_ptr()
-    seen: Dict[Tuple[str, int], int] = {}
-
-    def pack(t):
-        try:
-            storage = t.untyped_storage()
-            ptr, nbytes = storage.data_ptr(), storage.nbytes()
-        except Exception:  # e.g. a tensor subclass without storage
-            ptr, nbytes = id(t), t.numel() * t.element_size()
-        if ptr != input_ptr or nbytes == 0:
-            seen[(str(t.device), ptr)] = nbytes
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fn(xg)
-    del y
-    return sum(seen.values())
-
-
-def gpu_held_bytes(fn: Callable, x: torch.Tensor) -> Tuple[int, int]:
-    """(bytes allocated and still held after the forward, not counting the output; peak bytes of a
-    forward + backward above the starting allocation). CUDA only."""
-    device = x.device
-    xg = x.detach().requires_grad_(True)
-    g = torch.ones_like(x)
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    y = fn(xg)
-    torch.cuda.synchronize(device)
-    held = torch.cuda.memory_allocated(device) - before
-    if y.untyped_storage().data_ptr() != xg.untyped_storage().data_ptr():
-        held -= y.untyped_storage().nbytes()
-    y.backward(g)
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) - before
-    del y, xg
-    return held, peak
+@dataclass(frozen=True)
+class Case:
+    """One configuration: what every implementation is gated and timed on."""
+    shape: Tuple[int, ...]  # (N, C, H, W)
+    dtype: torch.dtype
+    block_size: int
+    p: float
+    seed: int = 0  # of the inputs and the gradient
 
 
 def _make_inputs(shape, dtype, device, seed) -> List[torch.Tensor]:
@@ -366,21 +77,25 @@ def _make_inputs(shape, dtype, device, seed) -> List[torch.Tensor]:
     return [x] + [x.clone() for _ in range(copies - 1)]
 
 
+def _make_grad(shape, dtype, device, seed) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype=dtype, device=device)
+
+
 def _fmt_shape(shape) -> str:
     return "x".join(str(s) for s in shape)
 
 
-def measure_config(impls: Sequence[Impl], shape, dtype: torch.dtype, block_size: int, p: float,
-                   device: torch.device, repeats: int, warmup: int, max_time_s: float, seed: int = 0,
+def measure_config(impls: Sequence[Impl], case: Case, device: torch.device, timing: Timing, *,
                    section: str = "sweep", modes: Optional[Dict[str, Sequence[str]]] = None,
                    progress: Optional[Callable[[str], None]] = None) -> List[dict]:
-    """Gate, time and measure every implementation on one (shape, dtype, block size).
+    """Gate, time and measure every implementation on one case.
 
     ``modes`` optionally maps an impl key to the subset of ("fwd", "fwdbwd") to time.
     """
-    inputs = _make_inputs(shape, dtype, device, seed)
+    shape, dtype, block_size, p = case.shape, case.dtype, case.block_size, case.p
+    inputs = _make_inputs(shape, dtype, device, case.seed)
     x0 = inputs[0]
-    grad = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype=dtype, device=device)
+    grad = _make_grad(shape, dtype, device, case.seed)
     numel = x0.numel()
     rows = []
     for impl in impls:
@@ -406,7 +121,7 @@ def measure_config(impls: Sequence[Impl], shape, dtype: torch.dtype, block_size:
             fn = impl.make(p, block_size, dtype, device)
             t0 = time.perf_counter()
             y = fn(x0)
-            _sync(device)
+            measure.sync(device)
             first_call_s = time.perf_counter() - t0
         except Exception as exc:
             row["status"] = "SKIPPED" if impl.compiled else "FAILED"
@@ -433,11 +148,11 @@ def measure_config(impls: Sequence[Impl], shape, dtype: torch.dtype, block_size:
             if impl.compiled:  # compile the training graph too, outside the timing
                 t0 = time.perf_counter()
                 fwdbwd(x0)
-                _sync(device)
+                measure.sync(device)
                 row["compile_s"] = first_call_s + time.perf_counter() - t0
             for mode, call in (("fwd", fwd), ("fwdbwd", fwdbwd)):
                 if mode in want:
-                    times = _time_calls(call, inputs, device, warmup, repeats, max_time_s)
+                    times = measure.time_calls(lambda i, call=call: call(inputs[i % len(inputs)]), timing, device)
                     row[f"{mode}_ms"], row[f"{mode}_min_ms"] = statistics.median(times), min(times)
                     row[f"{mode}_repeats"] = len(times)
         except Exception as exc:
@@ -445,12 +160,12 @@ def measure_config(impls: Sequence[Impl], shape, dtype: torch.dtype, block_size:
             row["reason"] = f"{exc.__class__.__name__}: {exc}"[:300]
             continue
         try:
-            row["saved_bytes_per_elem"] = saved_bytes_for_backward(fn, x0) / numel
+            row["saved_bytes_per_elem"] = measure.saved_bytes_for_backward(fn, x0) / numel
         except Exception as exc:
             _warn(row, f"saved-bytes: {exc.__class__.__name__}")
         if device.type == "cuda":
             try:
-                held, peak = gpu_held_bytes(fn, x0)
+                held, peak = measure.held_and_peak_bytes(fn, x0)
                 row["gpu_held_bytes_per_elem"] = held / numel
                 row["gpu_peak_bytes_per_elem"] = peak / numel
             except Exception as exc:
@@ -477,62 +192,8 @@ def _add_ratios(rows: List[dict]) -> None:
             base = by_key.get("ours_shared")
         r["compared_with"] = base["impl"] if base else ""
         for mode in ("fwd", "fwdbwd"):
-            t = r[f"{mode}_ms"]
-            b = base[f"{mode}_ms"] if base else float("nan")
-            f = floor[f"{mode}_ms"] if floor else float("nan")
-            r[f"{mode}_vs_ours"] = t / b if b and b == b and t == t else float("nan")
-            r[f"{mode}_vs_floor"] = t / f if f and f == f and t == t else float("nan")
-
-
-# --------------------------------------------------------------------------------------------
-# Environment
-# --------------------------------------------------------------------------------------------
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except Exception:
-        return "unknown"
-
-
-def _version(module_name: str) -> str:
-    try:
-        import importlib.metadata as md
-        return md.version(module_name)
-    except Exception:
-        return "not installed"
-
-
-def environment(device: torch.device, threads: int) -> dict:
-    return {
-        "device": device.type,
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "timm": _version("timm"),
-        "dropblock": _version("dropblock"),
-        "dropblock_cuda": _version("dropblock_cuda"),
-        "python": platform.python_version(),
-        "threads": threads,
-        "cpu_count": os.cpu_count(),
-        "git_commit": git_commit(),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+            r[f"{mode}_vs_ours"] = measure.ratio(r[f"{mode}_ms"], base[f"{mode}_ms"] if base else None)
+            r[f"{mode}_vs_floor"] = measure.ratio(r[f"{mode}_ms"], floor[f"{mode}_ms"] if floor else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,21 +207,15 @@ CSV_FIELDS = ["section", "device", "shape", "batch", "dtype", "block_size", "p",
               "gpu_peak_bytes_per_elem", "compile_s", "note"]
 
 
-def _num(v, fmt="{:.2f}") -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "-"
-    return fmt.format(v)
-
-
 def _row_cells(r: dict) -> List[str]:
     status = r["status"]
     if status != "ok":
         note = f"{status}: {r['reason']}"
     else:
         note = r["warning"]
-    return [r["label"], r["masks"], _num(r["fwd_ms"], "{:.3f}"), _num(r["fwd_vs_ours"]), _num(r["fwd_vs_floor"]),
-            _num(r["fwdbwd_ms"], "{:.3f}"), _num(r["fwdbwd_vs_ours"]), _num(r["fwdbwd_vs_floor"]),
-            _num(r["saved_bytes_per_elem"], "{:.3g}"), _num(r["drop_frac"], "{:.3f}"), note]
+    return [r["label"], r["masks"], fmt(r["fwd_ms"], "{:.3f}"), fmt(r["fwd_vs_ours"]), fmt(r["fwd_vs_floor"]),
+            fmt(r["fwdbwd_ms"], "{:.3f}"), fmt(r["fwdbwd_vs_ours"]), fmt(r["fwdbwd_vs_floor"]),
+            fmt(r["saved_bytes_per_elem"], "{:.3g}"), fmt(r["drop_frac"], "{:.3f}"), note]
 
 
 TABLE_HEAD = ["implementation", "masks", "fwd ms", "fwd/ours", "fwd/floor", "f+b ms", "f+b/ours",
@@ -598,39 +253,11 @@ def format_headline(headline: dict) -> str:
         if op is not None and value == value:
             met = value <= target if op == "<=" else value >= target
             verdict = f"  (target {op} {target:g}: {'met' if met else 'NOT met'})"
-        lines.append(f"  {name:34s} {_num(value)}   (of min times: {_num(headline['ratios_of_min_times'][name])})"
+        lines.append(f"  {name:34s} {fmt(value)}   (of min times: {fmt(headline['ratios_of_min_times'][name])})"
                      f"{verdict}")
     for k, v in headline["times_ms"].items():
-        lines.append(f"  {k:34s} {_num(v, '{:.3f}')} ms")
+        lines.append(f"  {k:34s} {fmt(v, '{:.3f}')} ms")
     return "\n".join(lines)
-
-
-def write_csv(rows: List[dict], path: str) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(r)
-
-
-def _json_clean(obj):
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_clean(v) for v in obj]
-    return obj
-
-
-def write_json(result: dict, path: str) -> None:
-    with open(path, "w") as fh:
-        json.dump(_json_clean(result), fh, indent=1)
-
-
-def _geomean(values) -> float:
-    values = [v for v in values if v is not None and v == v and v > 0]
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
 
 
 def _summary_note(group: List[dict]) -> str:
@@ -660,8 +287,9 @@ def summarize(rows: List[dict]) -> List[dict]:
         ok = [r for r in group if r["status"] == "ok"]
         saved = [r["saved_bytes_per_elem"] for r in ok if r["saved_bytes_per_elem"] == r["saved_bytes_per_elem"]]
         out.append({"dtype": dtype, "impl": impl, "label": group[0]["label"], "masks": group[0]["masks"],
-                    "fwd": _geomean(r["fwd_vs_ours"] for r in ok), "fwdbwd": _geomean(r["fwdbwd_vs_ours"] for r in ok),
-                    "saved": statistics.median(saved) if saved else float("nan"), "ok": len(ok),
+                    "fwd": measure.geomean(r["fwd_vs_ours"] for r in ok),
+                    "fwdbwd": measure.geomean(r["fwdbwd_vs_ours"] for r in ok),
+                    "saved": measure.median(saved), "ok": len(ok),
                     "total": len(group), "note": _summary_note(group)})
     return out
 
@@ -683,7 +311,7 @@ def write_markdown(result: dict, path: str) -> None:
         lines.append("|---|---:|---:|---|")
         for name, value in headline["ratios"].items():
             op, target = HEADLINE_TARGETS.get(name, ("", ""))
-            lines.append(f"| {name} | {_num(value)} | {_num(headline['ratios_of_min_times'][name])} | {op} {target} |")
+            lines.append(f"| {name} | {fmt(value)} | {fmt(headline['ratios_of_min_times'][name])} | {op} {target} |")
         lines.append("")
     summary = summarize(result["rows"])
     if summary:
@@ -693,8 +321,8 @@ def write_markdown(result: dict, path: str) -> None:
         lines.append("| dtype | implementation | masks | forward | forward + backward | saved B/el | passed | note |")
         lines.append("|---|---|---|---:|---:|---:|---:|---|")
         for s in summary:
-            lines.append(f"| {s['dtype']} | {s['label']} | {s['masks']} | {_num(s['fwd'])} | {_num(s['fwdbwd'])} "
-                         f"| {_num(s['saved'], '{:.3g}')} | {s['ok']}/{s['total']} | {s['note'].replace('|', '/')} |")
+            lines.append(f"| {s['dtype']} | {s['label']} | {s['masks']} | {fmt(s['fwd'])} | {fmt(s['fwdbwd'])} "
+                         f"| {fmt(s['saved'], '{:.3g}')} | {s['ok']}/{s['total']} | {s['note'].replace('|', '/')} |")
         lines.append("")
         lines.append("**All measurements:**")
         lines.append("")
@@ -716,11 +344,8 @@ def write_markdown(result: dict, path: str) -> None:
 def write_plot(rows: List[dict], path: str, env: Optional[dict] = None) -> bool:
     """Speedup of dropblock_cuda over each implementation per shape (geometric mean over block sizes),
     one panel per (dtype, forward / forward+backward). Returns False when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
+    plt = reporting.pyplot()
+    if plt is None:
         return False
     sweep = [r for r in rows if r["section"] == "sweep" and r["status"] == "ok"
              and r["impl"] not in ("ours", "ours_shared", "floor")]
@@ -735,29 +360,19 @@ def write_plot(rows: List[dict], path: str, env: Optional[dict] = None) -> bool:
             impls.append((r["impl"], f"{r['label']} [{r['masks']}]"))
     modes = (("fwd", "forward"), ("fwdbwd", "forward + backward"))
     fig, axes = plt.subplots(len(dtypes), 2, figsize=(13, 4.2 * len(dtypes)), squeeze=False)
-    width = 0.8 / max(len(impls), 1)
     for di, dtype in enumerate(dtypes):
         for mi, (mode, mode_name) in enumerate(modes):
             ax = axes[di][mi]
-            for ii, (key, label) in enumerate(impls):
-                values = []
-                for shape in shapes:
-                    ratios = [r[f"{mode}_vs_ours"] for r in sweep
-                              if r["impl"] == key and r["dtype"] == dtype and r["shape"] == shape
-                              and r[f"{mode}_vs_ours"] == r[f"{mode}_vs_ours"] and r[f"{mode}_vs_ours"] > 0]
-                    values.append(math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan"))
-                xs = [s + (ii - (len(impls) - 1) / 2) * width for s in range(len(shapes))]
+            width = 0.8 / max(len(impls), 1)
+            for (key, label), xs in zip(impls, reporting.bar_offsets(len(impls), len(shapes))):
+                values = [measure.geomean(r[f"{mode}_vs_ours"] for r in sweep
+                                          if r["impl"] == key and r["dtype"] == dtype and r["shape"] == shape)
+                          for shape in shapes]
                 ax.bar(xs, values, width=width, label=label)
-            ax.axhline(1.0, color="black", linewidth=0.8)
             ax.set_yscale("log")
-            ax.set_xticks(range(len(shapes)))
-            ax.set_xticklabels(shapes, fontsize=8)
-            ax.set_ylabel("speedup of dropblock_cuda (x)")
-            ax.set_title(f"{dtype}, {mode_name}", fontsize=10)
-            ax.grid(axis="y", which="both", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
+            reporting.style_bar_axis(ax, shapes, ylabel="speedup of dropblock_cuda (x)", title=f"{dtype}, {mode_name}",
+                                     baseline=1.0)
+    reporting.legend_below(fig, axes[0][0])
     title = "dropblock_cuda speedup over other DropBlock implementations (geomean over block sizes)"
     if env:
         title += f"\n{env.get('device_name', '')}, torch {env.get('torch', '')}, {env.get('threads', '')} threads"
@@ -795,63 +410,29 @@ class Config:
     only: Optional[Sequence[str]] = None  # restrict to these impl keys (floor/ours always kept)
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        self.enabled = enabled
-        self.count = 0
-        self.total = total
-        if enabled:
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, unit="impl", dynamic_ncols=True, file=sys.stderr)
-            except Exception:
-                self.bar = None
-
-    def __call__(self, desc: str) -> None:
-        self.count += 1
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_description(desc)
-            self.bar.update(1)
-        else:
-            print(f"[{self.count}/{self.total}] {desc}", file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _retime_interleaved(impls: Sequence[Impl], rows_by_impl: Dict[str, dict], modes: Dict[str, Sequence[str]],
-                        shape, dtype: torch.dtype, device: torch.device, seed: int, rounds: int) -> None:
+                        case: Case, device: torch.device, rounds: int) -> None:
     """Times every (implementation, mode) of the headline in rounds, all of them in turn in every
     round, and overwrites the rows' medians and minima: on a shared CPU the slow spells then hit
     every implementation alike, which keeps the ratios honest."""
-    inputs = _make_inputs(shape, dtype, device, seed)
-    grad = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype=dtype, device=device)
+    inputs = _make_inputs(case.shape, case.dtype, device, case.seed)
+    grad = _make_grad(case.shape, case.dtype, device, case.seed)
     calls = {}
     for impl in impls:
         row = rows_by_impl.get(impl.key)
         if row is None or row["status"] != "ok":
             continue
-        fn = impl.make(HEADLINE["p"], HEADLINE["block_size"], dtype, device)
+        fn = impl.make(case.p, case.block_size, case.dtype, device)
         for mode in modes.get(impl.key, ()):
             if mode == "fwd":
-                calls[(impl.key, mode)] = lambda x, fn=fn: fn(x)
+                calls[(impl.key, mode)] = lambda i, fn=fn: fn(inputs[i % len(inputs)])
             else:
-                calls[(impl.key, mode)] = lambda x, fn=fn: fn(x.detach().requires_grad_(True)).backward(grad)
-    times = {key: [] for key in calls}
-    for r in range(rounds + 1):  # the first round warms up
-        for key, call in calls.items():
-            # Back to back within a round, as a timing loop would run them: the first call of
-            # each turn pays for the caches the previous implementation left cold, and is dropped.
-            for i in range(3):
-                x = inputs[(3 * r + i) % len(inputs)]
-                t0 = time.perf_counter()
-                call(x)
-                if r >= 1 and i >= 1:
-                    times[key].append((time.perf_counter() - t0) * 1e3)
+                calls[(impl.key, mode)] = lambda i, fn=fn: fn(
+                    inputs[i % len(inputs)].detach().requires_grad_(True)).backward(grad)
+    # Three calls back to back within a turn, as a timing loop would run them: the first call of
+    # each turn pays for the caches the previous implementation left cold, and is dropped.
+    times = measure.interleaved_rounds(calls, rounds, device, warmup_rounds=1, calls_per_turn=3, dropped_per_turn=1,
+                                       rotate=False)
     for (impl_key, mode), ms in times.items():
         row = rows_by_impl[impl_key]
         row[f"{mode}_ms"] = statistics.median(ms)
@@ -859,21 +440,22 @@ def _retime_interleaved(impls: Sequence[Impl], rows_by_impl: Dict[str, dict], mo
         row[f"{mode}_repeats"] = len(ms)
 
 
-def run_headline(impls: Sequence[Impl], device: torch.device, repeats: int, warmup: int, max_time_s: float,
+def run_headline(impls: Sequence[Impl], device: torch.device, *, repeats: int, warmup: int, max_time_s: float,
                  seed: int, progress=None) -> Tuple[dict, List[dict]]:
-    """Issue 2's measurement: forward of ours (per-channel and shared) vs the floor, forward+backward of
-    ours vs torchvision and the corrected article module."""
-    shape, dtype = HEADLINE["shape"], DTYPES[HEADLINE["dtype"]]
+    """The headline measurement (``HEADLINE``, ``HEADLINE_TARGETS``): forward of ours (per-channel
+    and shared) vs the floor, forward+backward of ours vs torchvision and the corrected article
+    module. ``repeats``, ``warmup`` and ``max_time_s`` are the sweep's: the headline takes more."""
+    case = Case(tuple(HEADLINE["shape"]), DTYPES[HEADLINE["dtype"]], HEADLINE["block_size"], HEADLINE["p"], seed)
     modes = {"floor": ("fwd",), "ours": ("fwd", "fwdbwd"), "ours_shared": ("fwd",),
              "torchvision": ("fwdbwd",), "article": ("fwdbwd",)}
     chosen = [i for i in impls if i.key in modes]
     # The ratios are the point of this measurement: more warm-up and repeats than the sweep.
-    rows = measure_config(chosen, shape, dtype, HEADLINE["block_size"], HEADLINE["p"], device,
-                          max(repeats, 9), max(warmup, 3), max(max_time_s, 1.5), seed, section="headline", modes=modes,
-                          progress=progress)
+    timing = Timing(repeats=max(repeats, 9), warmup=max(warmup, 3), max_time_s=max(max_time_s, 1.5))
+    rows = measure_config(chosen, case, device, timing, section="headline", modes=modes, progress=progress)
     by = {r["impl"]: r for r in rows}
     if device.type == "cpu":
-        _retime_interleaved(chosen, by, modes, shape, dtype, device, seed, rounds=max(repeats, 11))
+        _retime_interleaved(chosen, by, modes, case, device, rounds=max(repeats, 11))
+    shape = case.shape
 
     def t(key, mode, stat="ms"):
         r = by.get(key)
@@ -926,37 +508,38 @@ def run_benchmark(cfg: Config) -> dict:
     shapes = [tuple(s) if len(s) == 4 else (batch,) + tuple(s) for s in cfg.shapes]
     configs = [(dt, b, s) for dt in cfg.dtypes for b in cfg.block_sizes for s in shapes]
     total = len(configs) * len(impls) + (5 if cfg.headline else 0)
-    progress = _Progress(total, cfg.progress and not cfg.quiet)
+    progress = reporting.Progress(total, cfg.progress and not cfg.quiet, unit="impl")
 
     rows: List[dict] = []
     headline = {}
     try:
         if cfg.headline:
-            headline, hrows = run_headline(impls, device, headline_repeats, cfg.warmup, max_time_s, cfg.seed,
-                                           progress)
+            headline, hrows = run_headline(impls, device, repeats=headline_repeats, warmup=cfg.warmup,
+                                           max_time_s=max_time_s, seed=cfg.seed, progress=progress)
             rows.extend(hrows)
+        timing = Timing(repeats=repeats, warmup=cfg.warmup, max_time_s=max_time_s)
         for dt, b, s in configs:
-            rows.extend(measure_config(impls, s, DTYPES[dt], b, cfg.p, device, repeats, cfg.warmup,
-                                       max_time_s, cfg.seed, progress=progress))
+            rows.extend(measure_config(impls, Case(s, DTYPES[dt], b, cfg.p, cfg.seed), device, timing,
+                                       progress=progress))
     finally:
         progress.close()
 
     env = environment(device, threads)
     env["wall_s"] = round(time.perf_counter() - wall0, 2)
-    result = {"environment": env, "config": _json_clean(asdict(cfg)), "batch": batch, "repeats": repeats,
+    result = {"environment": env, "config": reporting.json_clean(asdict(cfg)), "batch": batch, "repeats": repeats,
               "impls": [{"key": i.key, "label": i.label, "masks": i.masks, "note": i.note} for i in impls],
               "skipped": skipped, "headline": headline, "summary": summarize(rows), "rows": rows}
     os.makedirs(cfg.out, exist_ok=True)
     files = {"csv": os.path.join(cfg.out, "results.csv"), "json": os.path.join(cfg.out, "results.json"),
              "markdown": os.path.join(cfg.out, "results.md"), "png": os.path.join(cfg.out, "speedup.png")}
-    write_csv(rows, files["csv"])
+    reporting.write_csv(rows, files["csv"], CSV_FIELDS)
     write_markdown(result, files["markdown"])
     if not write_plot(rows, files["png"], env):
         skipped.append("plot: matplotlib not installed")
         files.pop("png")
     result["files"] = files
     env["wall_s"] = round(time.perf_counter() - wall0, 2)
-    write_json(result, files["json"])
+    reporting.write_json(result, files["json"])
     if not cfg.quiet:
         print(format_table(rows))
         summary = summarize(rows)
@@ -964,8 +547,8 @@ def run_benchmark(cfg: Config) -> dict:
             print("Summary: speedup of dropblock_cuda (impl time / ours, geomean over the sweep)")
             for item in summary:
                 print(f"  {item['dtype']:9s} {item['label'] + ' [' + item['masks'] + ']':58s} "
-                      f"fwd {_num(item['fwd']):>7s}x  fwd+bwd {_num(item['fwdbwd']):>7s}x  "
-                      f"saved {_num(item['saved'], '{:.3g}'):>6s} B/el  ok {item['ok']}/{item['total']}"
+                      f"fwd {fmt(item['fwd']):>7s}x  fwd+bwd {fmt(item['fwdbwd']):>7s}x  "
+                      f"saved {fmt(item['saved'], '{:.3g}'):>6s} B/el  ok {item['ok']}/{item['total']}"
                       + (f"  {item['note']}" if item["note"] else ""))
         if headline:
             print(format_headline(headline))
@@ -992,12 +575,8 @@ def _parse_shapes(text: str) -> List[Tuple[int, ...]]:
     return shapes
 
 
-def _parse_ints(text: str) -> List[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def _parse_dtypes(text: str) -> List[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
+    names = cli.names(text)
     for n in names:
         if n not in DTYPES:
             raise argparse.ArgumentTypeError(f"dtype {n!r}: expected one of {', '.join(DTYPES)}")
@@ -1006,29 +585,28 @@ def _parse_dtypes(text: str) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="one shape (256x56x56), float32, block 7, few repeats, plus the headline")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    cli.add_quick(ap, "one shape (256x56x56), float32, block 7, plus the headline")
+    cli.add_device(ap)
     ap.add_argument("--dtype", type=_parse_dtypes, default=None,
                     help="comma-separated dtypes (default float32,bfloat16)")
     ap.add_argument("--shapes", type=_parse_shapes, default=None,
                     help="comma-separated CxHxW or NxCxHxW (default: ResNet-50 stages)")
-    ap.add_argument("--block-sizes", type=_parse_ints, default=None, help="comma-separated (default 3,5,7)")
+    ap.add_argument("--block-sizes", type=cli.ints, default=None, help="comma-separated (default 3,5,7)")
     ap.add_argument("--batch", type=int, default=None, help="batch for CxHxW shapes (default 2 CPU, 32 CUDA)")
     ap.add_argument("--p", type=float, default=0.1, help="drop probability (default 0.1)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7 CPU, 50 CUDA)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
+    cli.add_warmup(ap, 1)
     ap.add_argument("--max-time", type=float, default=0.6,
                     help="CPU: stop repeating one measurement after this many seconds (min 3 repeats)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU default 2)")
-    ap.add_argument("--out", default=DEFAULT_OUT, help="output folder (default benchmarks/results)")
-    ap.add_argument("--no-headline", action="store_true", help="skip the issue-2 headline measurement")
+    cli.add_threads(ap)
+    cli.add_output(ap)
+    ap.add_argument("--no-headline", action="store_true",
+                    help="skip the headline (our forward over the floor, torchvision's forward+backward over ours)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile implementation")
     ap.add_argument("--compile-static", action="store_true",
                     help="torch.compile with static shapes, once per configuration (more compile time)")
-    ap.add_argument("--only", default=None, help="comma-separated implementation keys to keep")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", type=cli.names, default=None, help="comma-separated implementation keys to keep")
+    ap.add_argument("--seed", type=int, default=0, help="of the inputs (default 0)")
     return ap
 
 
@@ -1036,12 +614,11 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
     args = build_parser().parse_args(argv)
     cfg = Config(device=args.device, p=args.p, warmup=args.warmup, max_time_s=args.max_time,
                  threads=args.threads, out=args.out, headline=not args.no_headline, compile=not args.no_compile,
-                 compile_static=args.compile_static,
-                 progress=not args.no_progress, seed=args.seed, batch=args.batch, repeats=args.repeats,
-                 only=[v.strip() for v in args.only.split(",")] if args.only else None)
+                 compile_static=args.compile_static, progress=not args.no_progress, seed=args.seed, batch=args.batch,
+                 repeats=args.repeats, only=args.only or None)
     if args.quick:
         cfg.shapes, cfg.dtypes, cfg.block_sizes = [RESNET50_STAGES[0]], ["float32"], [7]
-        cfg.repeats = args.repeats if args.repeats is not None else 3
+        cfg.repeats = args.repeats if args.repeats is not None else cli.QUICK_REPEATS
         cfg.headline_repeats = cfg.repeats
         cfg.max_time_s = min(cfg.max_time_s, 0.3)
     if args.dtype is not None:
@@ -1054,8 +631,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    run_benchmark(config_from_args(argv))
-    return 0
+    return cli.main_of(run_benchmark, config_from_args, argv)
 
 
 if __name__ == "__main__":

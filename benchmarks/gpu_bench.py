@@ -2,6 +2,8 @@
 
     python -m benchmarks.gpu_bench [--out DIR] [--batch 128] [--blocks 7,3] [--quick] [--compile {default,static,off}]
 
+(``--device cpu``: a dry run of the script on the CPU kernels, for its tests.)
+
 ResNet-50 stage shapes (256x56x56, 512x28x28, 1024x14x14, 2048x7x7) at batch 128, float32 and
 bfloat16, p=0.1, blocks 7 and 3, one mask per channel. For each case:
   * forward (drop_block2d: key draw + mask + apply), eagerly and replayed from a CUDA graph; the
@@ -17,9 +19,10 @@ bfloat16, p=0.1, blocks 7 and 3, one mask per channel. For each case:
     it (of the corrected article reference, benchmarks/reference_dropblock.py, without
     torchvision), compiled outside timing;
   * the bytes autograd saves per input element;
-then issue 11's performance targets, each marked met or not with its worst measured ratio, and
-the host time of an eager call. CUDA events around batches of calls, median over repeats after
-warm-up, inputs rotated so that the working set exceeds the L2 cache. Writes gpu_bench.json,
+then the performance targets (``TARGETS``: bounds on the ratios over the copy and over the peers),
+each marked met or not with its worst measured ratio, and the host time of an eager call. CUDA
+events around batches of calls (``measure.time_calls``), median over repeats after warm-up,
+inputs rotated so that the working set exceeds the L2 cache. Writes gpu_bench.json,
 gpu_bench.md and targets.txt (one line per target, for gpu_check.sh's summary) into --out after
 every case; prints the table last.
 """
@@ -32,8 +35,18 @@ import os
 import statistics
 import sys
 import time
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
+
+if __package__ in (None, ""):  # python benchmarks/gpu_bench.py: import this folder as the package
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "benchmarks"
+
+from . import cli, measure  # noqa: E402
+from .measure import Timing  # noqa: E402
 
 SHAPES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -41,16 +54,17 @@ BLOCKS = (7, 3)
 P, EPS = 0.1, 1e-6
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="folder for the JSON / markdown")
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bench", description=__doc__.splitlines()[0])
+    cli.add_quick(parser, "batch 8, 2 calls per repeat")
+    cli.add_device(parser, "cuda", "a dry run of the script on the CPU kernels")
+    cli.add_output(parser, progress=False)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--blocks", default=",".join(map(str, BLOCKS)), type=lambda v: [int(b) for b in v.split(",")],
+    parser.add_argument("--blocks", default=list(BLOCKS), type=cli.ints,
                         help="block sizes, comma-separated (default 7,3)")
     parser.add_argument("--repeats", type=int, default=9, help="timed batches per measurement (median taken)")
     parser.add_argument("--calls", type=int, default=5, help="calls per timed batch")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="batch 8 and fewer repeats (smoke test)")
+    cli.add_warmup(parser, 3)
     parser.add_argument("--no-torchvision", action="store_true")
     parser.add_argument("--compiled-only", action="store_true",
                         help="only the copy, our forward+backward and the compiled peer's (a step of its own "
@@ -58,26 +72,63 @@ def parse_args(argv=None):
     parser.add_argument("--compile", choices=("default", "static", "off"), default="default",
                         help="torch.compile of the peer: torch.compile's defaults (dynamic shapes from the "
                              "second shape on: least compile time), static shapes (one compile per case), or off")
-    return parser.parse_args(argv)
+    return parser
 
 
-def time_op(fn, buffers, repeats, calls, warmup):
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.batch, args.repeats, args.calls, args.warmup = 8, cli.QUICK_REPEATS, 2, 1
+    return args
+
+
+@dataclass(frozen=True)
+class Run:
+    """How every case is measured: the timing, the L2 size its inputs must exceed, the device
+    ("cpu": a dry run), and whether only the compiled peer's comparison is taken."""
+    timing: Timing
+    l2_bytes: int
+    device: str = "cuda"
+    compiled_only: bool = False
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """What a case times: our ops and function, and the peers (None: not measured)."""
+    ops: Any  # torch.ops.dropblock_cuda
+    drop_block2d: Callable
+    torchvision: Optional[Callable] = None  # torchvision.ops.drop_block2d
+    compiled: Optional[Callable] = None  # compiled_peer's: fn(x, p, block_size)
+
+
+@dataclass(frozen=True)
+class Case:
+    shape: Tuple[int, ...]  # (N, C, H, W)
+    dtype: torch.dtype
+    block: int = BLOCKS[0]
+
+
+@dataclass
+class Inputs:
+    """A case's rotated inputs and what our forward needs besides (key, p, the masks of the backward)."""
+    xs: List[torch.Tensor]
+    masks: list
+    seed: torch.Tensor
+    p: torch.Tensor
+
+    @property
+    def buffers(self) -> int:
+        return len(self.xs)
+
+
+def _release(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def median_ms(fn, buffers, run: Run) -> float:
     """Median milliseconds per call of fn(i), i rotating over `buffers` inputs."""
-    for i in range(warmup):
-        fn(i % buffers)
-    torch.cuda.synchronize()
-    samples = []
-    i = 0
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn(i % buffers)
-            i += 1
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / calls)
-    return statistics.median(samples)
+    return statistics.median(measure.time_calls(lambda i: fn(i % buffers), run.timing, run.device))
 
 
 def time_graph(fn, buffers, repeats):
@@ -93,35 +144,30 @@ def time_graph(fn, buffers, repeats):
     with torch.cuda.graph(graph):
         for i in range(buffers):
             fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / buffers)
+    # The replay of all `buffers` calls is one sample; no warm-up left to do after the capture's.
+    samples = measure.time_calls(lambda i: graph.replay(), Timing(repeats=repeats, warmup=1), "cuda")
     del graph
-    return statistics.median(samples)
+    return statistics.median(samples) / buffers
 
 
-def host_microseconds_per_call(fn, calls=50, repeats=7):
+def host_microseconds_per_call(fn, calls=50, repeats=7, device="cuda"):
     """Host time per call of fn() on a tiny CUDA tensor: what an eager call costs the CPU. The GPU
     first spins in a sleep kernel, so the timed calls only enqueue (a full launch queue would
-    make the host wait for the GPU and time the kernels instead); median over repeats."""
+    make the host wait for the GPU and time the kernels instead); median over repeats. On the CPU
+    (a dry run) the calls' whole time."""
+    on_cuda = torch.device(device).type == "cuda"
     for _ in range(20):
         fn()
-    torch.cuda.synchronize()
+    measure.sync(device)
     samples = []
     for _ in range(repeats):
-        torch.cuda._sleep(50_000_000)  # tens of ms at GPU clocks: longer than the calls below
+        if on_cuda:
+            torch.cuda._sleep(50_000_000)  # tens of ms at GPU clocks: longer than the calls below
         start = time.perf_counter()
         for _ in range(calls):
             fn()
         samples.append((time.perf_counter() - start) / calls * 1e6)
-        torch.cuda.synchronize()
+        measure.sync(device)
     return statistics.median(samples)
 
 
@@ -155,11 +201,11 @@ def kernel_microseconds(fn, buffers, calls=5, device="cuda"):
     on_cuda = device == "cuda"
     for i in range(buffers):
         fn(i)
-    torch.cuda.synchronize()
+    measure.sync(device)
     with profile(activities=[ProfilerActivity.CUDA if on_cuda else ProfilerActivity.CPU]) as prof:
         for i in range(calls):
             fn(i % buffers)
-        torch.cuda.synchronize()
+        measure.sync(device)
     times = {}
     for event in prof.key_averages():
         if on_cuda:
@@ -175,7 +221,7 @@ def kernel_microseconds(fn, buffers, calls=5, device="cuda"):
 
 
 def forward_backward(forward, leaves, grads):
-    """fn(i): forward(leaves[i]) and its gradient, for time_op and the profiler."""
+    """fn(i): forward(leaves[i]) and its gradient, for median_ms and the profiler."""
     def fwd_bwd(i):
         torch.autograd.grad(forward(leaves[i]), leaves[i], grads[i % 2])
 
@@ -198,22 +244,12 @@ def profile_kernels(result, drop_block2d, device="cuda"):
         except Exception as exc:  # report, and keep the other numbers
             result[f"{name}_kernels_error"] = repr(exc)[:300]
     del xs, leaves, grads
-    torch.cuda.empty_cache()
+    _release(device)
 
 
 def saved_bytes_per_element(fn, x):
-    """Bytes of the tensors autograd saves for backward in fn(x), per element of x (x itself excluded)."""
-    seen = {}
-
-    def pack(t):
-        if t.data_ptr() != x.data_ptr() and t.numel() > 0:
-            seen[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
-        return t
-
-    x = x.detach().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(x)
-    return sum(seen.values()) / x.numel()
+    """Bytes autograd keeps for backward in fn(x), per element of x (x's own storage not counted)."""
+    return measure.saved_bytes_for_backward(fn, x) / x.numel()
 
 
 @contextlib.contextmanager
@@ -231,8 +267,8 @@ def compiled_peer(mode, tv_drop_block2d=None):
     torchvision, called as fn(x, p, block_size); None when mode is "off"."""
     if mode == "off":
         return None
-    from benchmarks.benchmark import raise_recompile_limit
-    from benchmarks.reference_dropblock import drop_block2d_reference
+    from .peers import raise_recompile_limit
+    from .reference_dropblock import drop_block2d_reference
 
     # One compiled function for all cases: the default recompiles for a new dtype and then
     # compiles dynamic shapes; "static" compiles every case (more than the default limit of 8).
@@ -241,43 +277,48 @@ def compiled_peer(mode, tv_drop_block2d=None):
     return torch.compile(lambda x, p, block: peer(x, p, block, eps=EPS), dynamic=False if mode == "static" else None)
 
 
-def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled=None, device="cuda",
-               block=BLOCKS[0]):
-    numel = math.prod(shape)
-    bytes_per_tensor = numel * torch.tensor([], dtype=dtype).element_size()
+def case_inputs(case: Case, subjects: Subjects, run: Run) -> Inputs:
+    bytes_per_tensor = math.prod(case.shape) * torch.tensor([], dtype=case.dtype).element_size()
     # Enough distinct inputs that one pass over them exceeds the L2 cache three times over.
-    buffers = max(2, math.ceil(3 * l2_bytes / bytes_per_tensor))
-    buffers = min(buffers, 8)
-    xs = [torch.randn(shape, device=device, dtype=dtype) for _ in range(buffers)]
-    outs = [torch.empty_like(x) for x in xs]
-    seed = torch.tensor(12345, device=device)
+    buffers = min(max(2, math.ceil(3 * run.l2_bytes / bytes_per_tensor)), 8)
+    xs = [torch.randn(case.shape, device=run.device, dtype=case.dtype) for _ in range(buffers)]
+    seed = torch.tensor(12345, device=run.device)
     p = torch.tensor(P, dtype=torch.float64)  # on the host, as drop_block2d passes it eagerly
-    masks = [ops.drop_block_mask(x, seed, p, [block, block], EPS, False) for x in xs]
-    timing = dict(repeats=args.repeats, calls=args.calls, warmup=args.warmup)
-    result = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "block": block, "numel": numel,
-              "buffers": buffers}
+    masks = [subjects.ops.drop_block_mask(x, seed, p, [case.block, case.block], EPS, False) for x in xs]
+    return Inputs(xs, masks, seed, p)
 
-    result["copy_ms"] = time_op(lambda i: outs[i].copy_(xs[i]), buffers, **timing)
-    if not args.compiled_only:
-        measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d, block)
+
+def bench_case(case: Case, subjects: Subjects, run: Run) -> dict:
+    """Every measurement of one case (``run.compiled_only``: the copy and the forward+backward of
+    ours and of the compiled peer only); one result dict, the keys of the table and targets."""
+    numel, block = math.prod(case.shape), case.block
+    inputs = case_inputs(case, subjects, run)
+    xs, buffers = inputs.xs, inputs.buffers
+    outs = [torch.empty_like(x) for x in xs]
+    result = {"shape": list(case.shape), "dtype": str(case.dtype).replace("torch.", ""), "block": block,
+              "numel": numel, "buffers": buffers}
+
+    result["copy_ms"] = median_ms(lambda i: outs[i].copy_(xs[i]), buffers, run)
+    if not run.compiled_only:
+        measure_ours(result, inputs, subjects, run, block)
     grads = [torch.randn_like(x) for x in xs[:2]]
     leaves = [x.detach().requires_grad_() for x in xs]
-    ours = lambda x: drop_block2d(x, P, block)  # noqa: E731
-    result["fwd_bwd_ms"] = time_op(forward_backward(ours, leaves, grads), buffers, **timing)
+    ours = lambda x: subjects.drop_block2d(x, P, block)  # noqa: E731
+    result["fwd_bwd_ms"] = median_ms(forward_backward(ours, leaves, grads), buffers, run)
     result["saved_bytes_per_element"] = saved_bytes_per_element(ours, xs[0])
-    if tv_drop_block2d is not None and not args.compiled_only:
-        torchvision = lambda x: tv_drop_block2d(x, P, block)  # noqa: E731
-        result["torchvision_forward_ms"] = time_op(lambda i: torchvision(xs[i]), buffers, **timing)
-        result["torchvision_fwd_bwd_ms"] = time_op(forward_backward(torchvision, leaves, grads), buffers, **timing)
+    if subjects.torchvision is not None and not run.compiled_only:
+        torchvision = lambda x: subjects.torchvision(x, P, block)  # noqa: E731
+        result["torchvision_forward_ms"] = median_ms(lambda i: torchvision(xs[i]), buffers, run)
+        result["torchvision_fwd_bwd_ms"] = median_ms(forward_backward(torchvision, leaves, grads), buffers, run)
         result["torchvision_saved_bytes_per_element"] = saved_bytes_per_element(torchvision, xs[0])
-    if compiled is not None:
-        compiled_fwd_bwd = forward_backward(lambda x: compiled(x, P, block), leaves, grads)
+    if subjects.compiled is not None:
+        compiled_fwd_bwd = forward_backward(lambda x: subjects.compiled(x, P, block), leaves, grads)
         try:
             started = time.perf_counter()
             compiled_fwd_bwd(0)  # compiles forward and backward (or reuses a dynamic-shape compile)
-            torch.cuda.synchronize()
+            measure.sync(run.device)
             result["compiled_first_call_s"] = time.perf_counter() - started
-            result["compiled_fwd_bwd_ms"] = time_op(compiled_fwd_bwd, buffers, **timing)
+            result["compiled_fwd_bwd_ms"] = median_ms(compiled_fwd_bwd, buffers, run)
         except Exception as exc:  # report, and keep the other numbers
             result["compiled_error"] = repr(exc)[:300]
     copy = result["copy_ms"]
@@ -289,42 +330,43 @@ def bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes,
         if f"{peer}_ms" in result:
             result[f"{peer}_speedup"] = result[f"{peer}_ms"] / result["fwd_bwd_ms"]
     # Effective bandwidth of the copy: read + write.
-    result["copy_gbps"] = 2 * bytes_per_tensor / (copy * 1e-3) / 1e9
-    del xs, outs, masks, leaves, grads
-    torch.cuda.empty_cache()
+    result["copy_gbps"] = 2 * xs[0].numel() * xs[0].element_size() / (copy * 1e-3) / 1e9
+    del xs, outs, inputs, leaves, grads
+    _release(run.device)
     return result
 
 
-def measure_ours(result, xs, masks, seed, p, buffers, timing, args, ops, drop_block2d, block):
+def measure_ours(result: dict, inputs: Inputs, subjects: Subjects, run: Run, block: int) -> None:
     """Our forward (eager, shared mask, scatter mask path, graph replay, channels_last memory, a
-    transposed view), mask and backward passes."""
+    transposed view), mask and backward passes, into ``result``."""
+    xs, masks, seed, p, buffers = inputs.xs, inputs.masks, inputs.seed, inputs.p, inputs.buffers
+    ops, drop_block2d = subjects.ops, subjects.drop_block2d
     ours = lambda x: drop_block2d(x, P, block)  # noqa: E731
-    result["forward_ms"] = time_op(lambda i: ours(xs[i]), buffers, **timing)
-    result["mask_ms"] = time_op(lambda i: ops.drop_block_mask(xs[i], seed, p, [block, block], EPS, False), buffers,
-                                **timing)
+    mask = lambda x: ops.drop_block_mask(x, seed, p, [block, block], EPS, False)  # noqa: E731
+    result["forward_ms"] = median_ms(lambda i: ours(xs[i]), buffers, run)
+    result["mask_ms"] = median_ms(lambda i: mask(xs[i]), buffers, run)
     # One mask per sample, shared by the channels (timm's default): a smaller mask, the same pass.
-    result["forward_shared_ms"] = time_op(lambda i: drop_block2d(xs[i], P, block, shared_channels=True), buffers,
-                                          **timing)
+    result["forward_shared_ms"] = median_ms(lambda i: drop_block2d(xs[i], P, block, shared_channels=True), buffers,
+                                            run)
     # The other mask path (the shapes here take the window kernel): the same mask, its cost.
     with mask_kernel("scatter"):
-        result["mask_scatter_ms"] = time_op(
-            lambda i: ops.drop_block_mask(xs[i], seed, p, [block, block], EPS, False), buffers, **timing)
-        result["forward_scatter_ms"] = time_op(lambda i: ours(xs[i]), buffers, **timing)
+        result["mask_scatter_ms"] = median_ms(lambda i: mask(xs[i]), buffers, run)
+        result["forward_scatter_ms"] = median_ms(lambda i: ours(xs[i]), buffers, run)
     try:
-        result["forward_graph_ms"] = time_graph(lambda i: ours(xs[i]), buffers, args.repeats)
+        result["forward_graph_ms"] = time_graph(lambda i: ours(xs[i]), buffers, run.timing.repeats)
     except Exception as exc:  # report, and keep the eager numbers
         result["forward_graph_error"] = repr(exc)
     # H and W swapped, a view: the strided apply (slices, transposes), against the contiguous copy.
-    result["transposed_forward_ms"] = time_op(lambda i: ours(xs[i].transpose(2, 3)), buffers, **timing)
-    result["backward_ms"] = time_op(lambda i: ops.drop_block_apply(xs[i], *masks[i], False), buffers, **timing)
+    result["transposed_forward_ms"] = median_ms(lambda i: ours(xs[i].transpose(2, 3)), buffers, run)
+    result["backward_ms"] = median_ms(lambda i: ops.drop_block_apply(xs[i], *masks[i], False), buffers, run)
     # The forward and the backward pass over channels_last memory (the tiled kernel), against a
     # copy of that memory.
     xs_cl = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     outs_cl = [torch.empty_like(x) for x in xs_cl]
-    result["channels_last_copy_ms"] = time_op(lambda i: outs_cl[i].copy_(xs_cl[i]), buffers, **timing)
-    result["channels_last_forward_ms"] = time_op(lambda i: ours(xs_cl[i]), buffers, **timing)
-    result["channels_last_backward_ms"] = time_op(lambda i: ops.drop_block_apply(xs_cl[i], *masks[i], False), buffers,
-                                                  **timing)
+    result["channels_last_copy_ms"] = median_ms(lambda i: outs_cl[i].copy_(xs_cl[i]), buffers, run)
+    result["channels_last_forward_ms"] = median_ms(lambda i: ours(xs_cl[i]), buffers, run)
+    result["channels_last_backward_ms"] = median_ms(lambda i: ops.drop_block_apply(xs_cl[i], *masks[i], False),
+                                                    buffers, run)
     for key in ("channels_last_forward", "channels_last_backward"):
         result[f"{key}_over_copy"] = result[f"{key}_ms"] / result["channels_last_copy_ms"]
     del xs_cl, outs_cl
@@ -357,8 +399,8 @@ COLUMNS = [
     ("tv saved B/el", "torchvision_saved_bytes_per_element", "{:.3f}"),
 ]
 
-# Issue 11's targets: (name, result key, comparison, bound, the cases it is for). The ResNet-50
-# stages 1 and 2 are the shapes of 256 and 512 channels.
+# The performance targets: (name, result key, comparison, bound, the cases it is for). The
+# ResNet-50 stages 1 and 2 are the shapes of 256 and 512 channels.
 TARGETS = [
     ("forward <= 1.15x copy, stages 1-2", "forward_over_copy", "<=", 1.15, lambda r: r["shape"][1] <= 512),
     ("forward <= 1.4x copy, stages 3-4", "forward_over_copy", "<=", 1.4, lambda r: r["shape"][1] > 512),
@@ -404,7 +446,7 @@ def target_verdicts(results):
     return verdicts
 
 
-# Issue 11's host-side target: an eager forward's host time per call over F.dropout's.
+# The host-side target: an eager forward's host time per call over F.dropout's.
 HOST_TARGET = ("host time per eager forward <= 1.5x F.dropout's", 1.5)
 
 
@@ -484,49 +526,50 @@ def write_results(out, meta, results, device_name):
     return table
 
 
-def host_overhead(drop_block2d):
+def host_overhead(drop_block2d, device="cuda"):
     """Host microseconds per eager call on a 1x1x8x8 CUDA tensor, ours and torch's dropout."""
-    x = torch.randn(1, 1, 8, 8, device="cuda")
+    x = torch.randn(1, 1, 8, 8, device=device)
     leaf = x.clone().requires_grad_()
-    return {
-        "forward_us": host_microseconds_per_call(lambda: drop_block2d(x, P, 3)),
-        "forward_grad_us": host_microseconds_per_call(lambda: drop_block2d(leaf, P, 3)),
-        "dropout_forward_us": host_microseconds_per_call(lambda: torch.nn.functional.dropout(x, P)),
-        "dropout_forward_grad_us": host_microseconds_per_call(lambda: torch.nn.functional.dropout(leaf, P)),
+    calls = {
+        "forward_us": lambda: drop_block2d(x, P, 3),
+        "forward_grad_us": lambda: drop_block2d(leaf, P, 3),
+        "dropout_forward_us": lambda: torch.nn.functional.dropout(x, P),
+        "dropout_forward_grad_us": lambda: torch.nn.functional.dropout(leaf, P),
     }
+    return {name: host_microseconds_per_call(fn, device=device) for name, fn in calls.items()}
 
 
-def cuda_available():
-    return torch.cuda.is_available()
-
-
-def device_properties():
-    return torch.cuda.get_device_properties(0)
+def device_properties(device):
+    """The GPU's name and L2 size; for a dry run on the CPU a stand-in with a small "L2" (inputs
+    rotated over two buffers)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(device)
+    return types.SimpleNamespace(name="CPU dry run", L2_cache_size=2**16)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.quick:
-        args.batch, args.repeats, args.calls, args.warmup = 8, 3, 2, 1
-    if not cuda_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_bench: no CUDA device", file=sys.stderr)
         return 2
     import dropblock_cuda
     from dropblock_cuda import drop_block2d
 
-    ops = torch.ops.dropblock_cuda
     tv_drop_block2d = None
     if not args.no_torchvision:
         try:
             from torchvision.ops import drop_block2d as tv_drop_block2d
         except Exception as exc:  # torchvision missing or built for another torch
             print(f"gpu_bench: torchvision.ops.drop_block2d unavailable ({exc})", file=sys.stderr)
-    compiled = compiled_peer(args.compile, tv_drop_block2d)
-    props = device_properties()
+    subjects = Subjects(torch.ops.dropblock_cuda, drop_block2d, tv_drop_block2d,
+                        compiled_peer(args.compile, tv_drop_block2d))
+    props = device_properties(args.device)
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
+    run = Run(Timing(repeats=args.repeats, warmup=args.warmup, calls=args.calls), l2_bytes, args.device,
+              args.compiled_only)
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
-    overhead = host_overhead(drop_block2d)
+    overhead = host_overhead(drop_block2d, args.device)
     print("gpu_bench: host time per eager call (1x1x8x8): " +
           ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()), flush=True)
     meta = {
@@ -544,10 +587,10 @@ def main(argv=None):
     }
     results = []
     # float32 first: the bfloat16 cases' mask is compared with the float32 copy of their shape.
-    cases = [(dtype, chw, block) for dtype in DTYPES.values() for chw in SHAPES for block in args.blocks]
-    for dtype, chw, block in cases:
-        shape = (args.batch, *chw)
-        r = bench_case(shape, dtype, args, ops, drop_block2d, tv_drop_block2d, l2_bytes, compiled, block=block)
+    cases = [Case((args.batch, *chw), dtype, block) for dtype in DTYPES.values() for chw in SHAPES
+             for block in args.blocks]
+    for case in cases:
+        r = bench_case(case, subjects, run)
         results.append(r)
         nan = float("nan")
         print(f"gpu_bench: {case_name(r)}: copy {r['copy_ms']:.3f} ms, "
@@ -562,7 +605,7 @@ def main(argv=None):
         for r in results:
             if r["block"] != args.blocks[0]:
                 continue  # where the time goes, for the first block size only: the profiler is slow to run
-            profile_kernels(r, drop_block2d)
+            profile_kernels(r, drop_block2d, device=args.device)
             meta["seconds"] = time.time() - started
             table = write_results(args.out, meta, results, props.name)
         print("gpu_bench: kernel times profiled", flush=True)

@@ -9,13 +9,18 @@
 #                    cores; then an import check
 #   tests_cuda       tests/test_cuda.py, every test marked `cuda` (bit identity with the CPU, the
 #                    concurrency test, capture, streams, vector widths, the huge-tensor test)
-#   bench            benchmarks/gpu_bench.py: the issue's targets against a device-to-device copy
+#   bench            benchmarks/gpu_bench.py: the performance targets (its TARGETS) against a
+#                    device-to-device copy and the peers
 #   memcheck         compute-sanitizer memcheck on benchmarks/sanitizer_smoke.py
 #   racecheck        (optional) compute-sanitizer racecheck on its float32 part
 #   tests_ecosystem  every other test marked `cuda` (tests/test_ecosystem.py's graph-captured training
 #                    and torch.compile, the misuse tests on CUDA tensors, ...)
 #   bench_peers      the comparative benchmark (python -m benchmarks) on this GPU, quick form
+#   train_step       (optional) benchmarks/train_step.py eagerly on a timm and a torchvision ResNet-50:
+#                    DropBlock's cost in a training step (batch 128 or what fits, bf16 autocast,
+#                    channels_last), with the step's peak memory
 #   bench_compiled   (optional) gpu_bench --compiled-only: ours against torch.compile of torchvision's
+#   train_step_compiled (optional) the training step of the torchvision ResNet-50 under torch.compile
 #
 # The CPU tests are CI's; the pytest steps run in 4 processes when pytest-xdist is installed (the
 # GPU image has it). Each step is time-boxed (SIGINT at its limit, so that pytest still
@@ -23,7 +28,8 @@
 # status is the number of FAILED steps (failed or timed out); a step skipped (out of time, not
 # selected, no build, a tool that refuses this machine) is listed as SKIP with its reason and does
 # not count. The summary (OUTDIR/summary.txt, printed last) gives each step's verdict, time and a
-# one-line result, then each performance target met or not with its worst measured ratio.
+# one-line result, then each performance target met or not with its worst measured ratio (gpu_bench's
+# and train_step's).
 # Caps are checked against TOTAL_BUDGET_S (default 400 s: give the command's own limit 30 s more)
 # by --plan, which CI runs (tests/test_benchmark.py, with PYTHON=true for a dry run of the rest).
 #
@@ -35,7 +41,7 @@
 # Logs go to OUTDIR (default benchmarks/results/<gpu>-<time>). On a device machine ($OUT set, no
 # OUTDIR given), which returns at most 8 files from $OUT, the logs are written to a temporary
 # folder and packed after every step into $OUT/gpu_check.tar.gz, with summary.txt and the
-# benchmark tables beside it (4 files): a run killed midway still returns them.
+# benchmark tables beside it (at most 6 files): a run killed midway still returns them.
 set -u
 
 cd "$(dirname "$0")/.."
@@ -57,7 +63,9 @@ STEPS=(
   "racecheck 40 0"
   "tests_ecosystem 70 1"
   "bench_peers 35 1"
+  "train_step 45 0"
   "bench_compiled 75 0"
+  "train_step_compiled 120 0"
 )
 
 cap_of() {  # the cap of step $1: CAP_<name> or the table's
@@ -87,11 +95,11 @@ reserve_after() {
 
 plan() {  # prints the steps and whether the required ones fit the budget; status 0 if they do
   local entry name cap required need=$SETUP_S
-  printf '%-16s %5s  %s\n' step cap kind
+  printf '%-20s %5s  %s\n' step cap kind
   for entry in "${STEPS[@]}"; do
     read -r name cap required <<<"$entry"
     cap=$(cap_of "$name")
-    printf '%-16s %5s  %s\n' "$name" "$cap" "$( ((required)) && echo required || echo optional)"
+    printf '%-20s %5s  %s\n' "$name" "$cap" "$( ((required)) && echo required || echo optional)"
     ((required)) && need=$((need + cap + STEP_OVERHEAD_S))
   done
   echo "required: ${need} s (caps + ${STEP_OVERHEAD_S} s per step + ${SETUP_S} s set-up) of a ${TOTAL_BUDGET_S} s budget"
@@ -144,12 +152,20 @@ commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), $(date -Is)"
 write_summary() {
   {
     echo "$HEADER"
-    printf '%-16s %-8s %6s %5s  %s\n' step verdict time cap result
+    printf '%-20s %-8s %6s %5s  %s\n' step verdict time cap result
     printf '%s\n' "${STEP_LINES[@]}"
     echo "$failures failed step(s), $skipped skipped; $(($(date +%s) - START)) s of a $TOTAL_BUDGET_S s budget; logs in $OUTDIR"
     [[ -f $OUTDIR/targets.txt ]] && { echo; cat "$OUTDIR/targets.txt"; }
     # The compiled step measures one target: its other lines say NOT MEASURED.
     [[ -f $OUTDIR/compiled/targets.txt ]] && { echo; grep -v "NOT MEASURED" "$OUTDIR/compiled/targets.txt"; }
+    local step
+    for step in train_step train_step_compiled; do
+      if [[ -f $OUTDIR/$step/train_step.md ]]; then
+        echo
+        echo "targets of $step (train_step):"
+        grep -E '^- (MET|NOT MET|not measured):' "$OUTDIR/$step/train_step.md"
+      fi
+    done
   } >"$SUMMARY"
 }
 
@@ -162,12 +178,16 @@ publish() {
   cp "$SUMMARY" "$PUBLISH_TO/summary.txt"
   [[ -f $OUTDIR/gpu_bench.md ]] && cp "$OUTDIR/gpu_bench.md" "$PUBLISH_TO/gpu_bench.md"
   [[ -f $OUTDIR/compiled/gpu_bench.md ]] && cp "$OUTDIR/compiled/gpu_bench.md" "$PUBLISH_TO/gpu_bench_compiled.md"
+  local step
+  for step in train_step train_step_compiled; do
+    [[ -f $OUTDIR/$step/train_step.md ]] && cp "$OUTDIR/$step/train_step.md" "$PUBLISH_TO/$step.md"
+  done
   return 0
 }
 
 record() {  # record NAME VERDICT TIME CAP RESULT: a summary line, also printed
   local line
-  line=$(printf '%-16s %-8s %6s %5s  %s' "$1" "$2" "$3" "$4" "$5")
+  line=$(printf '%-20s %-8s %6s %5s  %s' "$1" "$2" "$3" "$4" "$5")
   STEP_LINES+=("$line")
   echo "$line"
   publish
@@ -304,12 +324,23 @@ run tests_ecosystem "${PYTEST[@]}" tests -m cuda --ignore=tests/test_cuda.py
 #    if time allows, torch.compile of torchvision's drop_block2d against our forward+backward at
 #    batch 128 (compiling, per dtype and then for dynamic shapes, takes most of that step).
 run bench_peers $PYTHON -m benchmarks --device cuda --quick --no-compile --out "$OUTDIR/peers"
+
+# 7. DropBlock inside a training step (forward, loss, backward, SGD) at train_step.py's CUDA
+#    defaults: batch 128 (halved until a step fits), bf16 autocast, channels_last; the overhead of
+#    every implementation over the step without DropBlock, in interleaved rounds, and the step's
+#    peak memory. Then, if time allows, the torch.compile comparison (compiling the variants of a
+#    ResNet-50 takes most of that step; the eager rows are the previous step's).
+TRAIN_STEP=($PYTHON -m benchmarks.train_step --device cuda --rounds 10 --no-progress)
+run train_step "${TRAIN_STEP[@]}" --models timm_resnet50,tv_resnet50 --modes eager --out "$OUTDIR/train_step"
 run bench_compiled $PYTHON -m benchmarks.gpu_bench --compiled-only --blocks 7 --out "$OUTDIR/compiled"
+run train_step_compiled "${TRAIN_STEP[@]}" --models tv_resnet50 --modes compile --variants ours,ours_shared,torchvision \
+  --out "$OUTDIR/train_step_compiled"
 
 publish
 echo
 cat "$SUMMARY"
-for table in "$OUTDIR/gpu_bench.md" "$OUTDIR/compiled/gpu_bench.md"; do
+for table in "$OUTDIR/gpu_bench.md" "$OUTDIR/compiled/gpu_bench.md" "$OUTDIR/train_step/train_step.md" \
+  "$OUTDIR/train_step_compiled/train_step.md"; do
   if [[ -f $table ]]; then
     echo
     cat "$table"

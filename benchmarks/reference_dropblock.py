@@ -1,4 +1,11 @@
-"""The seed article's pure-PyTorch DropBlock, corrected (see /work/shared/seed-article.md).
+"""The seed article's pure-PyTorch DropBlock, corrected: the baseline this project started from.
+
+The seed article is the blog post "DropBlock: A Better Dropout for CNN's", which builds DropBlock
+from plain PyTorch ops in an ``nn.Module``: gamma from the paper's eq. 1 computed in
+``calculate_gamma``, a Bernoulli(gamma) seed mask the size of the input, blocks grown from the
+seeds by a stride-1 ``F.max_pool2d`` of kernel ``block_size`` padded by ``block_size // 2``, and
+the rescale ``mask.numel() / mask.sum()``. The benchmarks time this corrected form (eager and
+under ``torch.compile``) as the "article" implementation.
 
 What the article's module gets wrong, and what this version does instead:
 

@@ -31,6 +31,7 @@ numbers (seeded generators, deterministic algorithms, a fixed thread count).
 import argparse
 import functools
 import math
+import os
 import statistics
 import sys
 import time
@@ -41,12 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:  # python -m benchmarks.regularisation / import benchmarks.regularisation
-    from . import benchmark as bm
-    from . import reporting
-except ImportError:  # python benchmarks/regularisation.py
-    import benchmark as bm
-    import reporting
+if __package__ in (None, ""):  # python benchmarks/regularisation.py: import this folder as the package
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "benchmarks"
+
+from . import cli, reporting  # noqa: E402
+from .environment import environment  # noqa: E402
+from .reporting import fmt  # noqa: E402
 
 ARMS = ("none", "dropout", "dropout_channel", "dropblock")
 ARM_LABELS = {"none": "no regularisation", "dropout": "nn.Dropout", "dropout_channel": "nn.Dropout2d / Dropout1d",
@@ -279,7 +281,7 @@ def summarize(runs: List[dict]) -> List[dict]:
 
 
 def _pct(v: float) -> str:
-    return bm._num(100.0 * v, "{:.1f}")
+    return fmt(100.0 * v, "{:.1f}")
 
 
 def markdown(result: dict) -> str:
@@ -301,7 +303,7 @@ def markdown(result: dict) -> str:
                   "better / worse than none | train acc % |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for s in result["summary"]:
         diff = "-" if s["arm"] == "none" else (f"{100 * s['diff_vs_none_mean']:+.1f} ± "
-                                               f"{bm._num(100 * s['diff_vs_none_std'], '{:.1f}')}")
+                                               f"{fmt(100 * s['diff_vs_none_std'], '{:.1f}')}")
         wins = "-" if s["arm"] == "none" else f"{s['better_than_none']} / {s['worse_than_none']} of {s['seeds']}"
         lines.append(f"| {s['dataset']} | {s['label']} | {_pct(s['test_acc_mean'])} ± {_pct(s['test_acc_std'])} | "
                      f"{_pct(s['test_acc_min'])} | {_pct(s['test_acc_max'])} | {diff} | {wins} | "
@@ -364,7 +366,7 @@ class Config:
     eval_points: int = 20  # evaluations per training (the learning curves' points)
     threads: int = 1  # per training
     jobs: int = 2  # trainings run side by side in forked processes (the numbers do not depend on it)
-    out: str = bm.DEFAULT_OUT
+    out: str = reporting.DEFAULT_OUT
     progress: bool = True
     quiet: bool = False
     # Tests: cut each training split to this many examples and the test split likewise.
@@ -427,7 +429,7 @@ def run_experiment(cfg: Config) -> dict:
     tasks = [(name, arm, seed) for name in names for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds)
              for arm in cfg.arms]
     previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
-    progress = bm._Progress(len(tasks), cfg.progress and not cfg.quiet)
+    progress = reporting.Progress(len(tasks), cfg.progress and not cfg.quiet)
     try:
         runs = _run_tasks(tasks, cfg, progress)
     finally:
@@ -440,46 +442,50 @@ def run_experiment(cfg: Config) -> dict:
         info[name] = {"description": ds.description, "package": ds.package, "epochs": last["epochs"],
                       "batch": ds.batch, "block_size": ds.block_size, "per_class": ds.per_class,
                       "train_size": last["train_size"], "test_size": last["test_size"]}
-    env = bm.environment(torch.device("cpu"), cfg.threads)
+    env = environment(torch.device("cpu"), cfg.threads)
     env["jobs"] = cfg.jobs
     env["wall_s"] = round(time.perf_counter() - wall0, 2)
-    result = {"environment": env, "config": bm._json_clean(asdict(cfg)), "datasets": info, "skipped": skipped,
+    result = {"environment": env, "config": reporting.json_clean(asdict(cfg)), "datasets": info, "skipped": skipped,
               "summary": summarize(runs) if runs else [], "runs": runs}
     reporting.write_results(cfg.out, "regularisation", result, runs, CSV_FIELDS, markdown(result), write_plot,
                             cfg.quiet)
     return result
 
 
+QUICK_DATASETS = ("digits",)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.regularisation", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, of {', '.join(DATASETS)}")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    cli.add_quick(ap, f"one dataset ({','.join(QUICK_DATASETS)}); the repeats are seeds")
+    ap.add_argument("--datasets", type=cli.names, default=list(DATASETS),
+                    help=f"comma-separated, of {', '.join(DATASETS)}")
+    ap.add_argument("--arms", type=cli.names, default=list(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--p", type=float, default=0.1, help="drop rate of every regulariser (default 0.1)")
     ap.add_argument("--epochs", type=int, default=None, help="override every dataset's epochs")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the same numbers anywhere "
-                                                          "this thread count runs)")
+    cli.add_threads(ap, 1, "default 1, per training: the same numbers anywhere this thread count runs")
     ap.add_argument("--jobs", type=int, default=2, help="trainings side by side, one process each (default 2)")
-    ap.add_argument("--out", default=bm.DEFAULT_OUT)
-    ap.add_argument("--no-progress", action="store_true")
+    cli.add_output(ap)
     return ap
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
     args = build_parser().parse_args(argv)
-    names = [v.strip() for v in args.datasets.split(",") if v.strip()]
-    for name in names:
+    for name in args.datasets:
         if name not in DATASETS:
             raise SystemExit(f"--datasets: {name!r} is not one of {', '.join(DATASETS)}")
-    return Config(datasets=names, arms=[v.strip() for v in args.arms.split(",") if v.strip()], seeds=args.seeds,
-                  first_seed=args.first_seed, p=args.p, epochs=args.epochs, threads=args.threads, jobs=args.jobs, out=args.out,
-                  progress=not args.no_progress)
+    cfg = Config(datasets=args.datasets, arms=args.arms, seeds=args.seeds, first_seed=args.first_seed, p=args.p,
+                 epochs=args.epochs, threads=args.threads, jobs=args.jobs, out=args.out,
+                 progress=not args.no_progress)
+    if args.quick:
+        cfg.datasets, cfg.seeds = list(QUICK_DATASETS), cli.QUICK_REPEATS
+    return cfg
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    run_experiment(config_from_args(argv))
-    return 0
+    return cli.main_of(run_experiment, config_from_args, argv)
 
 
 if __name__ == "__main__":

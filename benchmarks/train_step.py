@@ -14,7 +14,7 @@ the step without DropBlock:
   of stages 3 and 4, as in the paper (p=0.1, block 7); ours is torchvision's ``DropBlock2d``
   converted by ``convert_dropblock`` (shared: ``shared_channels=True`` set afterwards).
 
-Every DropBlock layer is first checked (``benchmark.check_dropblock_output``) on an input like
+Every DropBlock layer is first checked (``gate.check_dropblock_output``) on an input like
 the one it gets in the model (same shape, dtype and strides); a variant that fails is reported,
 not timed. The steps of
 one model are timed side by side in interleaved rounds (each round runs every (variant, mode)
@@ -40,6 +40,7 @@ Results: ``train_step.{csv,json,md,png}`` in ``benchmarks/results/`` (``--out``)
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -51,12 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:  # python -m benchmarks.train_step / import benchmarks.train_step
-    from . import benchmark as bm
-    from . import reporting
-except ImportError:  # python benchmarks/train_step.py
-    import benchmark as bm
-    import reporting
+if __package__ in (None, ""):  # python benchmarks/train_step.py: import this folder as the package
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "benchmarks"
+
+from . import cli, measure, reporting  # noqa: E402
+from .environment import environment  # noqa: E402
+from .gate import check_dropblock_output  # noqa: E402
+from .peers import raise_recompile_limit  # noqa: E402
+from .reporting import fmt  # noqa: E402
 
 # The paper's settings, used for the torchvision ResNets (timm models keep timm's own).
 PAPER_P, PAPER_BLOCK = 0.1, 7
@@ -194,7 +198,7 @@ def compiled_copy(model: nn.Module, scope: str, backend: str) -> nn.Module:
     model = copy.deepcopy(model)
     if scope == "model":
         return torch.compile(model, backend=backend, dynamic=False)
-    bm.raise_recompile_limit(512)  # one forward code per block class, one graph per (shape, variant)
+    raise_recompile_limit(512)  # one forward code per block class, one graph per (shape, variant)
     for block in _blocks(model):
         block.compile(backend=backend, dynamic=False)  # static: no dynamic-shape kernels across stages
     return model
@@ -255,7 +259,7 @@ def gate(variant: str, model: nn.Module, sites: Sequence[Site], setup: Setup, x:
     for site, (layer, xin) in zip(sites, site_inputs(model, sites, setup, x)):
         with torch.no_grad():
             yout = layer(xin)
-        result = bm.check_dropblock_output(xin, yout, site.p * site.gamma_scale, site.block_size,
+        result = check_dropblock_output(xin, yout, site.p * site.gamma_scale, site.block_size,
                                            shared_channels=shared, lenient_upper=variant.startswith("timm"))
         if not result.ok:
             return f"{site.path}: {result.reason}", ""
@@ -271,7 +275,7 @@ def dropblock_saved_bytes(model: nn.Module, sites: Sequence[Site], setup: Setup,
     input like its own (saved-tensor hooks; the input's own storage is not counted)."""
     total, numel = 0, 0
     for layer, xin in site_inputs(model, sites, setup, x):
-        total += bm.saved_bytes_for_backward(layer, xin)
+        total += measure.saved_bytes_for_backward(layer, xin)
         numel += xin.numel()
     return total, numel
 
@@ -282,51 +286,13 @@ def step_saved_bytes(model: nn.Module, setup: Setup, x: torch.Tensor, y: torch.T
         with torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16,
                             enabled=setup.autocast is not None):
             return F.cross_entropy(model(t), y)
-    return bm.saved_bytes_for_backward(loss, x)
-
-
-def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
-    """Peak CUDA memory of one step above what was allocated before it."""
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
-
-
-def interleaved_rounds(steps: Dict[Tuple[str, str], Callable[[], None]], rounds: int, device: torch.device,
-                       progress=None, label: str = "") -> Dict[Tuple[str, str], List[float]]:
-    """Milliseconds of each step in each round. Every round runs every step once, the order
-    rotated by one from round to round, so that no step always follows the same one."""
-    keys = list(steps)
-    times: Dict[Tuple[str, str], List[float]] = {k: [] for k in keys}
-    for r in range(rounds):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            bm._sync(device)
-            t0 = time.perf_counter()
-            steps[key]()
-            bm._sync(device)
-            times[key].append((time.perf_counter() - t0) * 1e3)
-        if progress:
-            progress(f"{label} round {r + 1}/{rounds}")
-    return times
-
-
-def _quantile(values: Sequence[float], q: float) -> float:
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    pos = q * (len(values) - 1)
-    lo, hi = int(pos), min(int(pos) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+    return measure.saved_bytes_for_backward(loss, x)
 
 
 def overhead_stats(times: Sequence[float], base: Sequence[float]) -> Tuple[float, float, float]:
     """Median, 25th and 75th percentile over the rounds of (time / base time of the same round - 1), in %."""
     ratios = [100.0 * (t / b - 1.0) for t, b in zip(times, base)]
-    return statistics.median(ratios), _quantile(ratios, 0.25), _quantile(ratios, 0.75)
+    return statistics.median(ratios), measure.quantile(ratios, 0.25), measure.quantile(ratios, 0.75)
 
 
 def _inputs(setup: Setup, seed: int):
@@ -385,14 +351,17 @@ def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> Lis
                 t0 = time.perf_counter()
                 for _ in range(cfg.warmup):  # the first compiles (forward and backward) or warms up
                     step()
-                bm._sync(setup.device)
+                measure.sync(setup.device)
                 if mode == "compile":
                     row["compile_s"] = time.perf_counter() - t0
                 steps[(variant, mode)] = step
             except Exception as exc:
                 row.update(status="ERROR", reason=f"{exc.__class__.__name__}: {exc}"[:300])
             progress(f"{spec.key} {mode} {variant} ready")
-    times = interleaved_rounds(steps, cfg.rounds, setup.device, progress, spec.key)
+    # Each round runs every step once, the order rotated by one from round to round.
+    times = measure.interleaved_rounds({key: (lambda i, step=step: step()) for key, step in steps.items()},
+                                       cfg.rounds, setup.device,
+                                       on_round=lambda r: progress(f"{spec.key} round {r + 1}/{cfg.rounds}"))
     for (variant, mode), ms in times.items():
         row = rows[(variant, mode)]
         row.update(step_ms=statistics.median(ms), step_min_ms=min(ms), rounds=len(ms))
@@ -400,7 +369,7 @@ def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> Lis
         if base_ms is not None:
             row["overhead_pct"], row["overhead_q25_pct"], row["overhead_q75_pct"] = overhead_stats(ms, base_ms)
         if setup.device.type == "cuda":
-            row["peak_bytes"] = peak_bytes(steps[(variant, mode)], setup.device)
+            row["peak_bytes"] = measure.peak_bytes(steps[(variant, mode)], setup.device)
     base_saved = None
     for variant, model in models.items():  # eager only: compiled graphs save what their partition chose
         saved, numel = dropblock_saved_bytes(model, sites, setup, x) if variant != "none" else (0, 0)
@@ -420,9 +389,9 @@ def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> Lis
 # --------------------------------------------------------------------------------------------
 
 def target_verdicts(rows: List[dict]) -> List[dict]:
-    """The issue's targets: ours (both mask modes) adds <= 5% to an eager and <= 2% to a compiled
-    step on the models at the paper's settings; ours costs less than each peer, in every
-    configuration (model and mode), in both mask modes."""
+    """This benchmark's targets (``TARGETS``): ours (both mask modes) adds <= 5% to an eager and
+    <= 2% to a compiled step on the models at the paper's settings; ours costs less than each
+    peer, in every configuration (model and mode), in both mask modes."""
     ok = [r for r in rows if r["status"] == "ok" and r.get("overhead_pct") == r.get("overhead_pct")
           and "overhead_pct" in r]
     by = {(r["model"], r["variant"], r["mode"]): r for r in ok}
@@ -445,7 +414,8 @@ def target_verdicts(rows: List[dict]) -> List[dict]:
             if mine is None:
                 continue
             cases += 1
-            margins.append((r["overhead_pct"] - mine["overhead_pct"], f"{r['model']} {r['mode']} {ours} vs {r['variant']}"))
+            margins.append((r["overhead_pct"] - mine["overhead_pct"],
+                            f"{r['model']} {r['mode']} {ours} vs {r['variant']}"))
             if mine["overhead_pct"] >= r["overhead_pct"]:  # paired by round: less noisy than the medians
                 failed.append(margins[-1][1])
     worst = min(margins, default=None)
@@ -456,7 +426,7 @@ def target_verdicts(rows: List[dict]) -> List[dict]:
 
 
 def _mb(v) -> str:
-    return bm._num(v / 2**20 if v == v else v, "{:.3g}") if isinstance(v, (int, float)) else "-"
+    return fmt(v / 2**20 if v == v else v, "{:.3g}") if isinstance(v, (int, float)) else "-"
 
 
 def markdown(result: dict) -> str:
@@ -500,15 +470,15 @@ def markdown(result: dict) -> str:
                 if r.get("status", "ok") != "ok":
                     notes.append(f"{m}: {r['status']}: {r['reason']}")
                 over = "-" if variant == "none" else (
-                    f"{bm._num(r.get('overhead_pct'), '{:+.1f}')} [{bm._num(r.get('overhead_q25_pct'), '{:+.1f}')}, "
-                    f"{bm._num(r.get('overhead_q75_pct'), '{:+.1f}')}]" if "overhead_pct" in r else "-")
-                cells += [bm._num(r.get("step_ms"), "{:.1f}"), over]
+                    f"{fmt(r.get('overhead_pct'), '{:+.1f}')} [{fmt(r.get('overhead_q25_pct'), '{:+.1f}')}, "
+                    f"{fmt(r.get('overhead_q75_pct'), '{:+.1f}')}]" if "overhead_pct" in r else "-")
+                cells += [fmt(r.get("step_ms"), "{:.1f}"), over]
             saved = first.get("dropblock_saved_bytes", float("nan"))
             cells.append("-" if variant == "none" else
-                         f"{_mb(saved)} ({bm._num(first.get('dropblock_saved_bytes_per_elem'), '{:.3g}')})")
+                         f"{_mb(saved)} ({fmt(first.get('dropblock_saved_bytes_per_elem'), '{:.3g}')})")
             cells.append("-" if variant == "none" else _mb(first.get("step_saved_extra_bytes", float("nan"))))
             if "compile" in modes:
-                cells.append(bm._num(by.get((model, variant, "compile"), {}).get("compile_s"), "{:.1f}"))
+                cells.append(fmt(by.get((model, variant, "compile"), {}).get("compile_s"), "{:.1f}"))
             if cuda:
                 cells += [_mb(by.get((model, variant, m), {}).get("peak_bytes", float("nan"))) for m in modes]
             if first.get("warning"):
@@ -518,7 +488,7 @@ def markdown(result: dict) -> str:
     lines += ["", "Targets (reported, not asserted):", ""]
     for v in result["targets"]:
         status = "not measured" if not v["measured"] else ("MET" if v["met"] == v["measured"] else "NOT MET")
-        worst = f"; worst {bm._num(v['worst'], '{:+.1f}')} pp ({v['worst_case']})" if v["worst"] is not None else ""
+        worst = f"; worst {fmt(v['worst'], '{:+.1f}')} pp ({v['worst_case']})" if v["worst"] is not None else ""
         lines.append(f"- {status}: {v['target']}: {v['met']} of {v['measured']}{worst}"
                      + (f"; failed: {', '.join(v['failed_cases'])}" if v["failed_cases"] and status != "MET" else ""))
     lines.append("")
@@ -543,29 +513,22 @@ def write_plot(result: dict, path: str) -> bool:
     width = 0.8 / max(len(variants), 1)
     for ax, mode in zip(axes[0], modes):
         models = per_mode[mode]
-        for i, variant in enumerate(variants):
+        for variant, xs in zip(variants, reporting.bar_offsets(len(variants), len(models))):
             values, low, high = [], [], []
             for model in models:
-                r = next((r for r in rows if r["model"] == model and r["variant"] == variant and r["mode"] == mode), None)
+                r = next((r for r in rows if (r["model"], r["variant"], r["mode"]) == (model, variant, mode)), None)
                 values.append(r["overhead_pct"] if r else float("nan"))
                 low.append(r["overhead_pct"] - r["overhead_q25_pct"] if r else 0.0)
                 high.append(r["overhead_q75_pct"] - r["overhead_pct"] if r else 0.0)
-            xs = [m + (i - (len(variants) - 1) / 2) * width for m in range(len(models))]
             ax.bar(xs, values, width=width, yerr=[low, high], capsize=2,
                    label=f"{VARIANTS[variant][0]} [{VARIANTS[variant][1]}]")
-        ax.axhline(0.0, color="black", linewidth=0.8)
         limit = TARGETS.get(mode)
         if limit is not None:
             ax.axhline(limit, color="gray", linestyle="--", linewidth=0.8)
         ax.set_yscale("symlog", linthresh=2.0, linscale=1.0)  # linear within +-2%, logarithmic beyond
-        ax.set_xticks(range(len(models)))
-        ax.set_xticklabels(models, fontsize=8)
-        ax.set_ylabel("training-step overhead over no DropBlock, %")
-        ax.set_title(f"{mode} (dashed: the target for ours)", fontsize=10)
-        ax.grid(axis="y", which="both", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
+        reporting.style_bar_axis(ax, models, ylabel="training-step overhead over no DropBlock, %",
+                                 title=f"{mode} (dashed: the target for ours)", baseline=0.0)
+    reporting.legend_below(fig, axes[0][0])
     reporting.save_figure(fig, path, "DropBlock in a training step", result["environment"], rect=(0, 0.1, 1, 0.95))
     return True
 
@@ -596,7 +559,7 @@ class Config:
     channels_last: Optional[bool] = None  # default: on for CUDA, off on the CPU
     threads: Optional[int] = None  # CPU default 2
     seed: int = 0
-    out: str = bm.DEFAULT_OUT
+    out: str = reporting.DEFAULT_OUT
     progress: bool = True
     quiet: bool = False
 
@@ -604,29 +567,30 @@ class Config:
 def _fit_batch(cfg: Config, setup: Setup) -> int:
     """The configured batch, halved until a no-DropBlock step of the largest model fits (CUDA)."""
     largest = max(cfg.models, key=lambda k: ("50" in k, k))
-    while True:
-        try:
-            model, _ = MODELS[largest].build(setup.classes, cfg.p)
-            model = _to_device(model.train(), setup)
-            make_step(model, setup, *_inputs(setup, cfg.seed))()
-            del model
-            torch.cuda.empty_cache()
-            return setup.batch
-        except torch.cuda.OutOfMemoryError:
-            if setup.batch == 1:
-                raise
-            torch.cuda.empty_cache()
-            setup.batch //= 2
+    model, _ = MODELS[largest].build(setup.classes, cfg.p)
+    model = _to_device(model.train(), setup)
+    try:
+        while True:
+            try:
+                make_step(model, setup, *_inputs(setup, cfg.seed))()
+                return setup.batch
+            except torch.cuda.OutOfMemoryError:
+                if setup.batch == 1:
+                    raise
+                setup.batch //= 2
+            finally:  # the step's activations and inputs go back to the device before the next try
+                torch.cuda.empty_cache()
+    finally:
+        del model
+        torch.cuda.empty_cache()
 
 
-def run_train_step(cfg: Config) -> dict:
-    """Measures every model of ``cfg``, writes CSV / JSON / markdown / PNG into ``cfg.out`` and
-    returns everything (``rows``, ``targets``, ``environment``, ``files``). The thread count and
-    cudnn.benchmark it sets are restored afterwards."""
-    wall0 = time.perf_counter()
+def plan(cfg: Config) -> Tuple[Setup, List[str]]:
+    """Checks ``cfg``'s names and fills in the device's defaults (in ``cfg``): on CUDA batch 128
+    (``_fit_batch`` halves it later until a step fits), bfloat16 autocast, channels_last, every
+    model also compiled, 20 rounds; on the CPU batch 2, float32, contiguous, ``CPU_COMPILE_MODELS``,
+    7 rounds. Returns the step's setup and notes on what was left out; measures nothing."""
     device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available here")
     for name, allowed in (("models", MODELS), ("variants", VARIANTS), ("modes", MODES)):
         for key in getattr(cfg, name):
             if key not in allowed:
@@ -647,11 +611,24 @@ def run_train_step(cfg: Config) -> dict:
         cfg.modes = [m for m in cfg.modes if m != "compile"]
     autocast = cfg.autocast if cfg.autocast is not None else ("bfloat16" if cuda else "float32")
     setup = Setup(device, cfg.batch if cfg.batch is not None else (128 if cuda else 2), cfg.image_size, cfg.classes,
-                  None if autocast == "float32" else bm.DTYPES[autocast],
+                  None if autocast == "float32" else getattr(torch, autocast),
                   cfg.channels_last if cfg.channels_last is not None else cuda)
+    return setup, skipped
+
+
+def run_train_step(cfg: Config) -> dict:
+    """Measures every model of ``cfg``, writes CSV / JSON / markdown / PNG into ``cfg.out`` and
+    returns everything (``rows``, ``targets``, ``environment``, ``files``). The thread count and
+    cudnn.benchmark it sets are restored afterwards."""
+    wall0 = time.perf_counter()
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here")
+    setup, skipped = plan(cfg)
+    cuda = device.type == "cuda"
     previous = (torch.get_num_threads(), torch.backends.cudnn.benchmark)
     total = sum(len(cfg.variants) * (1 + len(model_modes(cfg, key))) + cfg.rounds for key in cfg.models)
-    progress = bm._Progress(total, cfg.progress and not cfg.quiet)
+    progress = reporting.Progress(total, cfg.progress and not cfg.quiet)
     rows: List[dict] = []
     try:
         if device.type == "cpu" or cfg.threads is not None:
@@ -668,9 +645,9 @@ def run_train_step(cfg: Config) -> dict:
         progress.close()
         torch.set_num_threads(previous[0])
         torch.backends.cudnn.benchmark = previous[1]
-    env = bm.environment(device, threads)
+    env = environment(device, threads)
     env["wall_s"] = round(time.perf_counter() - wall0, 2)
-    result = {"environment": env, "config": bm._json_clean(asdict(cfg)), "models": list(cfg.models),
+    result = {"environment": env, "config": reporting.json_clean(asdict(cfg)), "models": list(cfg.models),
               "setup": {"batch": setup.batch, "image_size": setup.image_size,
                         "dtype": str(setup.autocast or torch.float32).replace("torch.", ""),
                         "memory_format": "channels_last" if setup.channels_last else "contiguous"},
@@ -679,24 +656,24 @@ def run_train_step(cfg: Config) -> dict:
     return result
 
 
-def _names(text: str) -> List[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+QUICK_MODELS = ("tv_resnet18",)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
-    ap.add_argument("--models", type=_names, default=list(DEFAULT_MODELS),
+    cli.add_quick(ap, f"one model ({','.join(QUICK_MODELS)}), eager only")
+    cli.add_device(ap)
+    ap.add_argument("--models", type=cli.names, default=list(DEFAULT_MODELS),
                     help=f"comma-separated, of {', '.join(MODELS)} (default {','.join(DEFAULT_MODELS)})")
-    ap.add_argument("--variants", type=_names, default=list(DEFAULT_VARIANTS),
+    ap.add_argument("--variants", type=cli.names, default=list(DEFAULT_VARIANTS),
                     help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
-    ap.add_argument("--modes", type=_names, default=list(MODES), help="eager,compile (default both)")
+    ap.add_argument("--modes", type=cli.names, default=list(MODES), help="eager,compile (default both)")
     ap.add_argument("--batch", type=int, default=None, help="default 2 on the CPU, 128 on CUDA (or what fits)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--p", type=float, default=PAPER_P, help="drop probability (timm's drop_block_rate too)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7 CPU, 20 CUDA)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per (variant, mode) first (default 2)")
-    ap.add_argument("--compile-models", type=_names, default=None,
+    cli.add_warmup(ap, 2, "steps of each (variant, mode)")
+    ap.add_argument("--compile-models", type=cli.names, default=None,
                     help="the models also measured compiled (default: all on CUDA, " + ",".join(CPU_COMPILE_MODELS)
                          + " on the CPU; 'all' for all)")
     ap.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
@@ -707,10 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                     help="channels_last model and input (the CUDA default)")
     ap.add_argument("--contiguous", dest="channels_last", action="store_false", help="contiguous (the CPU default)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU default 2)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=bm.DEFAULT_OUT, help="output folder (default benchmarks/results)")
-    ap.add_argument("--no-progress", action="store_true")
+    cli.add_threads(ap)
+    ap.add_argument("--seed", type=int, default=0, help="of the weights and the batch (default 0)")
+    cli.add_output(ap)
     return ap
 
 
@@ -718,17 +694,20 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
     args = build_parser().parse_args(argv)
     compile_models = () if args.compile_models is None else (None if args.compile_models == ["all"]
                                                              else args.compile_models)
-    return Config(device=args.device, models=args.models, compile_models=compile_models, variants=args.variants,
-                  modes=args.modes, batch=args.batch,
-                  image_size=args.image_size, p=args.p, rounds=args.rounds, warmup=args.warmup,
-                  compile_scope=args.compile_scope, compile_backend=args.compile_backend, autocast=args.autocast,
-                  channels_last=args.channels_last, threads=args.threads, seed=args.seed, out=args.out,
-                  progress=not args.no_progress)
+    cfg = Config(device=args.device, models=args.models, compile_models=compile_models, variants=args.variants,
+                 modes=args.modes, batch=args.batch, image_size=args.image_size, p=args.p, rounds=args.rounds,
+                 warmup=args.warmup, compile_scope=args.compile_scope, compile_backend=args.compile_backend,
+                 autocast=args.autocast, channels_last=args.channels_last, threads=args.threads, seed=args.seed,
+                 out=args.out, progress=not args.no_progress)
+    if args.quick:
+        cfg.models, cfg.modes = list(QUICK_MODELS), ["eager"]
+        cfg.rounds = args.rounds if args.rounds is not None else cli.QUICK_REPEATS
+        cfg.warmup = min(cfg.warmup, 1)
+    return cfg
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    run_train_step(config_from_args(argv))
-    return 0
+    return cli.main_of(run_train_step, config_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -1,36 +1,24 @@
-"""The training benchmarks (benchmarks/train_step.py, benchmarks/regularisation.py) on tiny sizes.
+"""The training-step benchmark (benchmarks/train_step.py) on tiny sizes.
 
-No timing assertions: the drivers run, build what they say, write valid files and give numbers in
-range; the regularisation experiment gives the same numbers twice.
+No timing assertions: the driver runs, builds what it says, writes valid files and gives numbers
+in range; its CUDA settings and batch fitting are checked without a GPU.
 """
 
 import csv
 import json
 import math
-import socket
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_helpers import assert_png
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import dropblock_cuda  # noqa: E402
-from benchmarks import regularisation as reg  # noqa: E402
-from benchmarks import train_step as ts  # noqa: E402
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+import dropblock_cuda
+from benchmarks import train_step as ts
 
 pytest.importorskip("timm")
 pytest.importorskip("torchvision")
 
-
-# --------------------------------------------------------------------------------------------
-# train_step
-# --------------------------------------------------------------------------------------------
 
 def _layers(model):
     return [m for m in model.modules() if isinstance(m, dropblock_cuda.DropBlock2d)]
@@ -147,8 +135,7 @@ def test_train_step_driver_writes_its_files(tmp_path):
     md = Path(files["md"]).read_text()
     assert data["environment"]["git_commit"] in md and "Targets" in md
     assert md.count("| timm_resnet18 |") == md.count("| tv_resnet18 |") == len(ts.VARIANTS)
-    png = Path(files["png"]).read_bytes()
-    assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+    assert_png(files["png"])
 
 
 def _tiny_specs(monkeypatch):
@@ -169,8 +156,8 @@ def test_train_step_compiled_blocks(tmp_path, monkeypatch, fresh_dynamo):
     _tiny_specs(monkeypatch)
     result = ts.run_train_step(ts.Config(models=["timm_resnet10t", "tv_resnet10"], variants=["ours", "ours_shared"],
                                          modes=["eager", "compile"], compile_models=None, image_size=160, batch=2,
-                                         classes=10, rounds=2, warmup=1, compile_backend="aot_eager", threads=1, progress=False, quiet=True,
-                                         out=str(tmp_path)))
+                                         classes=10, rounds=2, warmup=1, compile_backend="aot_eager", threads=1,
+                                         progress=False, quiet=True, out=str(tmp_path)))
     rows = result["rows"]
     assert len(rows) == 2 * 3 * 2 and all(r["status"] == "ok" for r in rows), rows
     for r in rows:
@@ -196,8 +183,8 @@ def test_train_step_reports_a_failed_peer_and_times_the_rest(tmp_path):
     # At 64 px torchvision's DropBlock2d clamps block 5 to the 4x4 stage-3 maps and refuses the
     # even size: reported as FAILED, not timed; the others run.
     result = ts.run_train_step(ts.Config(models=["timm_resnet18"], variants=["ours", "torchvision"], modes=["eager"],
-                                         image_size=64, batch=2, classes=10, rounds=1, warmup=0, threads=1, progress=False,
-                                         quiet=True, out=str(tmp_path)))
+                                         image_size=64, batch=2, classes=10, rounds=1, warmup=0, threads=1,
+                                         progress=False, quiet=True, out=str(tmp_path)))
     by = {r["variant"]: r for r in result["rows"]}
     assert set(by) == {"none", "ours", "torchvision"}  # none is always measured: the overheads are over it
     assert by["torchvision"]["status"] == "FAILED" and "odd" in by["torchvision"]["reason"]
@@ -237,101 +224,41 @@ def test_cpu_default_compiles_only_the_papers_resnet18(tmp_path, monkeypatch):
         ("timm_resnet18", "eager"), ("tv_resnet18", "eager"), ("tv_resnet18", "compile")]
 
 
-# --------------------------------------------------------------------------------------------
-# regularisation
-# --------------------------------------------------------------------------------------------
-
-def _tiny(tmp_path, **kw):
-    base = dict(datasets=["digits"], seeds=2, epochs=2, eval_points=2, limit=64, jobs=1, progress=False, quiet=True,
-                out=str(tmp_path))
-    base.update(kw)
-    return reg.Config(**base)
-
-
-def _numbers(result):
-    return [(r["dataset"], r["arm"], r["seed"], r["test_acc"], r["train_acc"], r["train_loss"], r["curves"])
-            for r in result["runs"]]
-
-
-def test_the_digits_ship_inside_scikit_learns_wheel_and_load_offline(monkeypatch):
-    pytest.importorskip("sklearn")
-    import importlib.resources
-
-    assert importlib.resources.files("sklearn.datasets.data").joinpath("digits.csv.gz").is_file()
-
-    def no_network(*args, **kwargs):
-        raise AssertionError("the loader tried to reach the network")
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    x_train, y_train, x_test, y_test = reg.digits_split(0, 20)
-    assert x_train.shape == (200, 1, 8, 8) and x_test.shape == (1597, 1, 8, 8)
-    assert torch.bincount(y_train).tolist() == [20] * 10
-    assert 0.0 <= float(x_train.min()) and float(x_train.max()) <= 1.0
-    # A stratified split by the seed: another seed draws other images.
-    assert not torch.equal(reg.digits_split(1, 20)[0], x_train)
+def test_cuda_plan_is_batch_128_bf16_autocast_channels_last():
+    # What the GPU check runs (train_step --device cuda), planned here without a GPU.
+    cfg = ts.config_from_args(["--device", "cuda", "--models", "timm_resnet50,tv_resnet50", "--modes", "eager",
+                               "--rounds", "10"])
+    setup, skipped = ts.plan(cfg)
+    assert (setup.device.type, setup.batch, setup.autocast, setup.channels_last) == \
+        ("cuda", 128, torch.bfloat16, True)
+    assert cfg.compile_models is None and cfg.rounds == 10 and cfg.variants[0] == "none" and skipped == []
+    cpu, _ = ts.plan(ts.Config())
+    assert (cpu.batch, cpu.autocast, cpu.channels_last) == (2, None, False)
+    # On CUDA the inputs and the model go channels_last, as the setup says.
+    x, y = ts._inputs(ts.Setup(torch.device("cpu"), 2, 32, 10, None, channels_last=True), seed=0)
+    assert x.is_contiguous(memory_format=torch.channels_last) and y.shape == (2,)
 
 
-def test_arrow_head_ships_inside_sktimes_wheel_and_loads_offline(monkeypatch):
-    pytest.importorskip("sktime")
-    import importlib.resources
-
-    assert importlib.resources.files("sktime.datasets").joinpath("data/ArrowHead/ArrowHead_TRAIN.ts").is_file()
-    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: (_ for _ in ()).throw(AssertionError("network")))
-    x_train, y_train, x_test, y_test = reg.arrow_head_split(0, 0)
-    assert x_train.shape == (36, 1, 251) and x_test.shape == (175, 1, 251)
-    assert set(y_train.tolist()) == set(y_test.tolist()) == {0, 1, 2}
-
-
-def test_regularisation_is_deterministic_and_writes_its_files(tmp_path):
-    pytest.importorskip("sklearn")
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
-    first = reg.run_experiment(_tiny(tmp_path / "a"))
-    second = reg.run_experiment(_tiny(tmp_path / "b", jobs=2))  # in two worker processes: the same numbers
-    assert _numbers(first) == _numbers(second)
-    assert len(first["runs"]) == 2 * len(reg.ARMS)
-    for r in first["runs"]:
-        assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["train_acc"] <= 1.0 and r["train_loss"] > 0
-        assert r["curves"]["epoch"] == [1, 2] and r["train_size"] == r["test_size"] == 64
-    ramped = [r for r in first["runs"] if r["arm"] == "dropblock"]
-    assert ramped and all(r["final_p"] == pytest.approx(0.1) for r in ramped)  # the ramp reached p
-    files = first["files"]
-    with open(files["csv"]) as fh:
-        reader = csv.DictReader(fh)
-        assert reader.fieldnames == reg.CSV_FIELDS
-        assert len(list(reader)) == len(first["runs"])
-    summary = {s["arm"]: s for s in json.loads(Path(files["json"]).read_text())["summary"]}
-    assert set(summary) == set(reg.ARMS) and all(s["seeds"] == 2 for s in summary.values())
-    assert summary["none"]["diff_vs_none_mean"] == 0.0
-    s = summary["dropblock"]
-    assert s["test_acc_min"] <= s["test_acc_mean"] <= s["test_acc_max"]
-    assert s["better_than_none"] + s["worse_than_none"] <= 2
-    md = Path(files["md"]).read_text()
-    assert md.count("| digits |") == len(reg.ARMS) and first["environment"]["git_commit"] in md
-    assert Path(files["png"]).read_bytes().startswith(PNG_SIGNATURE)
-    # The process's settings are restored.
-    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+def test_fit_batch_halves_until_a_step_fits(monkeypatch):
+    # _fit_batch's CUDA path on the CPU: a step of more than 32 images "runs out of memory".
+    def make_step(model, setup, x, y):
+        def step():
+            if x.shape[0] > 32:
+                raise torch.cuda.OutOfMemoryError("stand-in")
+        return step
+    monkeypatch.setattr(ts, "make_step", make_step)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    cfg = ts.Config(models=["tv_resnet18"], classes=10, image_size=32)
+    setup = ts.Setup(torch.device("cpu"), 128, 32, 10, None, channels_last=False)
+    assert ts._fit_batch(cfg, setup) == 32 and setup.batch == 32
 
 
-def test_regularisation_one_dimensional_path_uses_dropblock1d(tmp_path, monkeypatch):
-    # A stand-in 1-d dataset (no sktime needed): the DropBlock1d network, its ramp and the writers.
-    def split(seed, per_class):
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(48, 1, 40, generator=gen)
-        y = (x[:, 0, :20].mean(1) > 0).long()
-        return x[:32], y[:32], x[32:], y[32:]
-    monkeypatch.setitem(reg.DATASETS, "series", reg.Dataset("series", 1, "none", split, 0, 5, 3, 8, "synthetic",
-                                                             stem_kernel=7))
-    model = reg.SmallResNet(1, 1, 2, reg.make_regulariser("dropblock", 1, 0.1, 5))
-    assert [type(m) for m in model.modules() if isinstance(m, dropblock_cuda.DropBlock1d)] == \
-        [dropblock_cuda.DropBlock1d] * 2
-    result = reg.run_experiment(_tiny(tmp_path, datasets=["series"], seeds=1, limit=None))
-    assert {r["arm"] for r in result["runs"]} == set(reg.ARMS)
-    assert all(r["epochs"] == 2 and r["train_size"] == 32 for r in result["runs"])
-    assert result["datasets"]["series"]["block_size"] == 5
-
-
-def test_a_missing_package_skips_its_dataset(tmp_path, monkeypatch):
-    def split(seed, per_class):
-        raise ImportError("No module named 'nothing_here'")
-    monkeypatch.setitem(reg.DATASETS, "absent", reg.Dataset("absent", 1, "nothing_here", split, 0, 3, 1, 4, "absent"))
-    result = reg.run_experiment(_tiny(tmp_path, datasets=["absent"]))
-    assert result["runs"] == [] and "absent: needs nothing_here" in result["skipped"][0]
+def test_step_runs_under_autocast_and_channels_last(tmp_path):
+    # The CUDA step's settings (autocast, channels_last) on the CPU: bfloat16 autocast exists
+    # there too, so the step and the gate run as on a GPU, on a tiny batch.
+    result = ts.run_train_step(ts.Config(models=["tv_resnet18"], variants=["ours"], modes=["eager"], image_size=64,
+                                         batch=2, classes=10, rounds=1, warmup=0, threads=1, autocast="bfloat16",
+                                         channels_last=True, progress=False, quiet=True, out=str(tmp_path)))
+    assert result["setup"] == {"batch": 2, "image_size": 64, "dtype": "bfloat16", "memory_format": "channels_last"}
+    assert all(r["status"] == "ok" and r["step_ms"] > 0 for r in result["rows"]), result["rows"]
+    assert "peak_bytes" not in result["rows"][0]  # CUDA only
