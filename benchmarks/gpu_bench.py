@@ -42,7 +42,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 
 if __package__ in (None, ""):  # python benchmarks/gpu_bench.py: import this folder as the package
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[0]))))
     __package__ = "benchmarks"
 
 from . import cli, measure  # noqa: E402

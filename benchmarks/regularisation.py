@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if __package__ in (None, ""):  # python benchmarks/regularisation.py: import this folder as the package
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[0]))))
     __package__ = "benchmarks"
 
 from . import cli, reporting  # noqa: E402

@@ -3,17 +3,23 @@
     compute-sanitizer --tool memcheck python benchmarks/sanitizer_smoke.py
 
 Covers the mask kernels (both paths, window and scatter; 1d/2d/3d, per-channel and shared, wide
-blocks, ragged word tails, a count over several blocks, keys on the device and on the host) and the apply kernels (every
-dtype, contiguous with each vector width (offsets of 1, 2 and 4 elements), channels_last tiles, strided, in place).
-Exits non-zero when a result differs from the CPU kernels. `--device cpu` runs the same on the
-CPU kernels (a dry run of the script itself, done by tests/test_benchmark.py); `--quick` keeps
-float32 only (enough for racecheck).
+blocks, ragged word tails, a count over several blocks, keys on the device and on the host) and
+the apply kernels (every dtype, contiguous with each vector width (offsets of 1, 2 and 4
+elements), channels_last tiles, strided, in place). Exits non-zero when a result differs from the
+CPU kernels. `--device cpu` runs the same on the CPU kernels (a dry run of the script itself, done
+by tests/test_gpu_check.py); `--quick` keeps float32 only (enough for racecheck). It stays a
+script, not a pytest file: compute-sanitizer runs it as one short process (benchmarks/gpu_check.sh).
 """
 
 import argparse
 import sys
 
 import torch
+
+
+def probability(p, device):
+    """The drop probability as the ops take it: a float64 scalar tensor."""
+    return torch.tensor(p, dtype=torch.float64, device=device)
 
 
 def main(device="cuda", quick=False):
@@ -50,15 +56,18 @@ def main(device="cuda", quick=False):
                 y = fns[len(block)](x, 0.3, block, shared_channels=shared)
                 y.backward(torch.ones_like(y))
                 # A key from a CPU generator reaches the kernels by value.
-                fns[len(block)](x.detach(), 0.3, block, shared_channels=shared, generator=torch.Generator().manual_seed(5))
+                fns[len(block)](x.detach(), 0.3, block, shared_channels=shared,
+                                generator=torch.Generator().manual_seed(5))
                 seed = 1234
-                m_cpu, s_cpu = ops.drop_block_mask(x_cpu, torch.tensor(seed), torch.tensor(0.3, dtype=torch.float64, device=x_cpu.device), list(block), 1e-6, shared)
+                m_cpu, s_cpu = ops.drop_block_mask(x_cpu, torch.tensor(seed), probability(0.3, x_cpu.device),
+                                                   list(block), 1e-6, shared)
                 seed_gpu = torch.tensor(seed, device=device)
-                p_gpu = torch.tensor(0.3, dtype=torch.float64, device=device)
+                p_gpu = probability(0.3, device)
                 for kernel in ("scatter", "window", "auto"):  # both mask paths; the default's mask is used below
                     ops._set_cuda_mask_kernel(kernel)
                     m, s = ops.drop_block_mask(x.detach(), seed_gpu, p_gpu, list(block), 1e-6, shared)
-                    check(torch.equal(m.cpu(), m_cpu), f"mask {shape} block {block} {dtype} shared={shared} kernel={kernel}")
+                    check(torch.equal(m.cpu(), m_cpu),
+                          f"mask {shape} block {block} {dtype} shared={shared} kernel={kernel}")
                 expected = ops.drop_block_apply(x_cpu, m_cpu, s_cpu, shared)
                 views = {
                     "contiguous": x.detach(),
@@ -78,7 +87,8 @@ def main(device="cuda", quick=False):
     for shape in ((0, 3, 4, 4), (2, 0, 4, 4)):
         for shared in (False, True):
             x = torch.empty(shape, device=device)
-            m, s = ops.drop_block_mask(x, torch.tensor(1, device=device), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 3], 1e-6, shared)
+            m, s = ops.drop_block_mask(x, torch.tensor(1, device=device), probability(0.3, x.device), [3, 3], 1e-6,
+                                       shared)
             ops.drop_block_apply(x, m, s, shared)
     if device == "cuda":
         torch.cuda.synchronize()

@@ -1,5 +1,5 @@
-"""The main benchmark, ``python -m benchmarks`` (benchmarks/benchmark.py): the sweep on tiny
-shapes, its writers and its flags; the implementations registry (benchmarks/peers.py)."""
+"""The main benchmark, ``python -m benchmarks`` (benchmarks/benchmark.py and its report.py): the
+sweep on tiny shapes, its writers and its flags; the implementations registry (benchmarks/peers.py)."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ from benchmark_helpers import PNG_SIGNATURE, assert_png
 
 import dropblock_cuda
 from benchmarks import benchmark as bm
-from benchmarks import cli, peers
+from benchmarks import cli, peers, report
 from benchmarks.measure import Timing
 
 # The columns of benchmarks/results/results.csv: other tools and the README read them, so a
@@ -35,7 +35,7 @@ def test_failed_implementation_is_reported_not_timed():
     assert by["ours"]["status"] == "ok" and by["ours"]["fwd_ms"] > 0
     assert by["bad"]["status"] == "FAILED" and by["bad"]["reason"]
     assert by["bad"]["fwd_ms"] != by["bad"]["fwd_ms"]  # nan: not timed
-    assert "FAILED" in bm.format_table(rows)
+    assert "FAILED" in report.format_table(rows)
 
 
 def test_registry_lists_ours_in_both_modes_and_notes_what_it_leaves_out():
@@ -59,7 +59,7 @@ def test_writers_produce_valid_files(tmp_path):
     files = result["files"]
     with open(files["csv"]) as fh:
         reader = csv.DictReader(fh)
-        assert reader.fieldnames == RESULTS_CSV_COLUMNS == bm.CSV_FIELDS
+        assert reader.fieldnames == RESULTS_CSV_COLUMNS == report.CSV_FIELDS
         rows = list(reader)
     impls = {r["impl"] for r in rows}
     assert {"floor", "ours", "ours_shared", "article"} <= impls
@@ -85,7 +85,7 @@ def test_writers_produce_valid_files(tmp_path):
 def test_plot_skips_cleanly_without_rows(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "empty.png"
-    assert bm.write_plot([], str(path))
+    assert report.write_plot([], str(path))
     assert path.read_bytes().startswith(PNG_SIGNATURE)
 
 

@@ -182,3 +182,14 @@ def test_quick_takes_the_shared_number_of_repeats_everywhere():
 def test_names_and_ints():
     assert cli.names(" a, b,,c ") == ["a", "b", "c"] and cli.ints("7, 3") == [7, 3]
     assert cli.main_of(lambda cfg: cfg, lambda argv: types.SimpleNamespace(argv=argv), ["x"]) == 0
+
+
+@pytest.mark.parametrize("path", ["benchmarks/measure.py", "benchmarks/train_step.py", "benchmarks/gpu_bench.py",
+                                  "benchmarks/benchmark.py"])
+def test_cuda_only_code_binds_every_name_it_uses(path):
+    # The CUDA branches of these files run on a GPU machine only: a name used there but never
+    # bound would be a NameError in the GPU check, not here.
+    from benchmark_helpers import ROOT
+    from test_static_checks import unbound_names
+
+    assert unbound_names((ROOT / path).read_text(), path) == []
