@@ -112,8 +112,10 @@ def test_gpu_check_runs_the_training_step_at_its_cuda_settings(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line.split() for line in log.read_text().splitlines() if "benchmarks.train_step" in line]
     configs = [ts.config_from_args(words[words.index("benchmarks.train_step") + 1:]) for words in lines]
-    assert [(c.device, list(c.models), list(c.modes), c.rounds) for c in configs] == [
-        ("cuda", ["timm_resnet50", "tv_resnet50"], ["eager"], 10), ("cuda", ["tv_resnet50"], ["compile"], 10)]
+    assert [(c.device, list(c.models), list(c.modes), c.rounds, c.warmup) for c in configs] == [
+        ("cuda", ["timm_resnet50", "tv_resnet50"], ["eager"], 10, 1), ("cuda", ["tv_resnet50"], ["compile"], 10, 2)]
+    assert list(configs[0].variants) == list(ts.DEFAULT_VARIANTS)
+    assert list(configs[1].variants) == ["ours", "torchvision"]  # the step without DropBlock is added to both
     assert all((c.batch, c.autocast, c.channels_last, c.progress) == (None, None, None, False) for c in configs)
     assert [c.out.split(os.sep)[-1] for c in configs] == ["train_step", "train_step_compiled"]
     steps = summary_lines((tmp_path / "logs" / "summary.txt").read_text())
