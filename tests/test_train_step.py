@@ -262,3 +262,21 @@ def test_step_runs_under_autocast_and_channels_last(tmp_path):
     assert result["setup"] == {"batch": 2, "image_size": 64, "dtype": "bfloat16", "memory_format": "channels_last"}
     assert all(r["status"] == "ok" and r["step_ms"] > 0 for r in result["rows"]), result["rows"]
     assert "peak_bytes" not in result["rows"][0]  # CUDA only
+
+
+def test_cuda_rows_report_the_steps_peak_memory(tmp_path, monkeypatch):
+    # The markdown of a CUDA run (rows stood in for): a peak-memory column per mode, in MB.
+    def measure_model(spec, cfg, setup, progress):
+        return [{"model": spec.key, "variant": v, "label": ts.VARIANTS[v][0], "masks": ts.VARIANTS[v][1],
+                 "mode": "eager", "status": "ok", "reason": "", "warning": "", "step_ms": 100.0 + i,
+                 "overhead_pct": float(i), "overhead_q25_pct": float(i), "overhead_q75_pct": float(i),
+                 "dropblock_saved_bytes": 0, "dropblock_saved_bytes_per_elem": 0.0, "step_saved_extra_bytes": 0,
+                 "peak_bytes": (3 + i) * 2**20} for i, v in enumerate(cfg.variants)]
+    monkeypatch.setattr(ts, "measure_model", measure_model)
+    result = ts.run_train_step(ts.Config(models=["tv_resnet18"], variants=["ours"], modes=["eager"], quiet=True,
+                                         out=str(tmp_path)))
+    md = Path(result["files"]["md"]).read_text()
+    assert "eager peak MB" in md
+    assert [line.split(" | ")[-2] for line in md.splitlines() if line.startswith("| tv_resnet18 |")] == ["3", "4"]
+    with open(result["files"]["csv"]) as fh:
+        assert [row["peak_bytes"] for row in csv.DictReader(fh)] == [str(3 * 2**20), str(4 * 2**20)]
