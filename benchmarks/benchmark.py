@@ -395,10 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--block-sizes", type=cli.ints, default=None, help="comma-separated (default 3,5,7)")
     ap.add_argument("--batch", type=int, default=None, help="batch for CxHxW shapes (default 2 CPU, 32 CUDA)")
     ap.add_argument("--p", type=float, default=0.1, help="drop probability (default 0.1)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7 CPU, 50 CUDA)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help=f"timed repeats (default 7 CPU, 50 CUDA; {cli.QUICK_REPEATS} with --quick)")
     cli.add_warmup(ap, 1)
-    ap.add_argument("--max-time", type=float, default=0.6,
-                    help="CPU: stop repeating one measurement after this many seconds (min 3 repeats)")
+    ap.add_argument("--max-time", type=float, default=None,
+                    help="CPU: stop repeating one measurement after this many seconds, min 3 repeats (default 0.6, "
+                         "0.3 with --quick)")
     cli.add_threads(ap)
     cli.add_output(ap)
     ap.add_argument("--no-headline", action="store_true",
@@ -412,16 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
-    args = build_parser().parse_args(argv)
+    # Without --quick the repeats stay unset: run_benchmark gives the device's default.
+    args = cli.resolve_defaults(build_parser().parse_args(argv), full=dict(repeats=None, max_time=0.6),
+                                quick=dict(repeats=cli.QUICK_REPEATS, max_time=0.3))
     cfg = Config(device=args.device, p=args.p, warmup=args.warmup, max_time_s=args.max_time,
                  threads=args.threads, out=args.out, headline=not args.no_headline, compile=not args.no_compile,
                  compile_static=args.compile_static, progress=not args.no_progress, seed=args.seed, batch=args.batch,
                  repeats=args.repeats, only=args.only or None)
     if args.quick:
         cfg.shapes, cfg.dtypes, cfg.block_sizes = [RESNET50_STAGES[0]], ["float32"], [7]
-        cfg.repeats = args.repeats if args.repeats is not None else cli.QUICK_REPEATS
         cfg.headline_repeats = cfg.repeats
-        cfg.max_time_s = min(cfg.max_time_s, 0.3)
     if args.dtype is not None:
         cfg.dtypes = args.dtype
     if args.shapes is not None:

@@ -4,7 +4,8 @@ every command (``python -m benchmarks``, ``benchmarks.gpu_bench``, ``benchmarks.
 
 ``--quick`` is everywhere a smoke run: ``QUICK_REPEATS`` timed repeats (rounds, seeds) and the
 smallest set of cases that still runs every code path of the command; it shows that the command
-works on a machine, its numbers are not the ones to quote.
+works on a machine, its numbers are not the ones to quote. It changes defaults only: a flag
+given explicitly keeps its value (``resolve_defaults``).
 """
 
 import argparse
@@ -31,14 +32,25 @@ def add_quick(ap: argparse.ArgumentParser, cases: str) -> None:
                     help=f"smoke run: {QUICK_REPEATS} repeats and {cases} (numbers not to quote)")
 
 
+def resolve_defaults(args: argparse.Namespace, full: dict, quick: dict) -> argparse.Namespace:
+    """Fills in every flag of ``full`` left unset (None): from ``quick`` under --quick (where it
+    has the key), else from ``full``. Returns ``args``."""
+    for key, value in full.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick.get(key, value) if args.quick else value)
+    return args
+
+
 def add_device(ap: argparse.ArgumentParser, default: str = "cpu", cpu_note: str = "") -> None:
     other = "cuda[:i]" if default == "cpu" else "cpu" + (f" ({cpu_note})" if cpu_note else "")
     ap.add_argument("--device", default=default, help=f"{default} (default) or {other}")
 
 
-def add_warmup(ap: argparse.ArgumentParser, default: int, what: str = "calls") -> None:
-    ap.add_argument("--warmup", type=int, default=default,
-                    help=f"untimed {what} before each measurement is timed (default {default})")
+def add_warmup(ap: argparse.ArgumentParser, default: int, what: str = "calls", quick: Optional[int] = None) -> None:
+    """--warmup; with ``quick`` the flag is left unset (None) for ``resolve_defaults``."""
+    shown = f"default {default}" + (f", {quick} with --quick" if quick is not None else "")
+    ap.add_argument("--warmup", type=int, default=None if quick is not None else default,
+                    help=f"untimed {what} before each measurement is timed ({shown})")
 
 
 def add_threads(ap: argparse.ArgumentParser, default: Optional[int] = None, note: str = "CPU default 2") -> None:

@@ -59,12 +59,14 @@ def build_parser():
     cli.add_quick(parser, "batch 8, 2 calls per repeat")
     cli.add_device(parser, "cuda", "a dry run of the script on the CPU kernels")
     cli.add_output(parser, progress=False)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=None, help="default 128, 8 with --quick")
     parser.add_argument("--blocks", default=list(BLOCKS), type=cli.ints,
                         help="block sizes, comma-separated (default 7,3)")
-    parser.add_argument("--repeats", type=int, default=9, help="timed batches per measurement (median taken)")
-    parser.add_argument("--calls", type=int, default=5, help="calls per timed batch")
-    cli.add_warmup(parser, 3)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed batches per measurement, the median taken (default 9, {cli.QUICK_REPEATS} with "
+                             "--quick)")
+    parser.add_argument("--calls", type=int, default=None, help="calls per timed batch (default 5, 2 with --quick)")
+    cli.add_warmup(parser, 3, quick=1)
     parser.add_argument("--no-torchvision", action="store_true")
     parser.add_argument("--compiled-only", action="store_true",
                         help="only the copy, our forward+backward and the compiled peer's (a step of its own "
@@ -76,10 +78,8 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        args.batch, args.repeats, args.calls, args.warmup = 8, cli.QUICK_REPEATS, 2, 1
-    return args
+    return cli.resolve_defaults(build_parser().parse_args(argv), full=dict(batch=128, repeats=9, calls=5, warmup=3),
+                                quick=dict(batch=8, repeats=cli.QUICK_REPEATS, calls=2, warmup=1))
 
 
 @dataclass(frozen=True)

@@ -458,10 +458,12 @@ QUICK_DATASETS = ("digits",)
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.regularisation", description=__doc__.split("\n\n")[0])
     cli.add_quick(ap, f"one dataset ({','.join(QUICK_DATASETS)}); the repeats are seeds")
-    ap.add_argument("--datasets", type=cli.names, default=list(DATASETS),
-                    help=f"comma-separated, of {', '.join(DATASETS)}")
+    ap.add_argument("--datasets", type=cli.names, default=None,
+                    help=f"comma-separated, of {', '.join(DATASETS)} (default all; {','.join(QUICK_DATASETS)} with "
+                         "--quick)")
     ap.add_argument("--arms", type=cli.names, default=list(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
-    ap.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help=f"seeds per arm (default 5, {cli.QUICK_REPEATS} with --quick)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--p", type=float, default=0.1, help="drop rate of every regulariser (default 0.1)")
     ap.add_argument("--epochs", type=int, default=None, help="override every dataset's epochs")
@@ -472,15 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
-    args = build_parser().parse_args(argv)
+    args = cli.resolve_defaults(build_parser().parse_args(argv), full=dict(datasets=list(DATASETS), seeds=5),
+                                quick=dict(datasets=list(QUICK_DATASETS), seeds=cli.QUICK_REPEATS))
     for name in args.datasets:
         if name not in DATASETS:
             raise SystemExit(f"--datasets: {name!r} is not one of {', '.join(DATASETS)}")
     cfg = Config(datasets=args.datasets, arms=args.arms, seeds=args.seeds, first_seed=args.first_seed, p=args.p,
                  epochs=args.epochs, threads=args.threads, jobs=args.jobs, out=args.out,
                  progress=not args.no_progress)
-    if args.quick:
-        cfg.datasets, cfg.seeds = list(QUICK_DATASETS), cli.QUICK_REPEATS
     return cfg
 
 

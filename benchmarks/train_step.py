@@ -663,16 +663,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
     cli.add_quick(ap, f"one model ({','.join(QUICK_MODELS)}), eager only")
     cli.add_device(ap)
-    ap.add_argument("--models", type=cli.names, default=list(DEFAULT_MODELS),
-                    help=f"comma-separated, of {', '.join(MODELS)} (default {','.join(DEFAULT_MODELS)})")
+    ap.add_argument("--models", type=cli.names, default=None,
+                    help=f"comma-separated, of {', '.join(MODELS)} (default {','.join(DEFAULT_MODELS)}; "
+                         f"{','.join(QUICK_MODELS)} with --quick)")
     ap.add_argument("--variants", type=cli.names, default=list(DEFAULT_VARIANTS),
                     help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
-    ap.add_argument("--modes", type=cli.names, default=list(MODES), help="eager,compile (default both)")
+    ap.add_argument("--modes", type=cli.names, default=None, help="eager,compile (default both; eager with --quick)")
     ap.add_argument("--batch", type=int, default=None, help="default 2 on the CPU, 128 on CUDA (or what fits)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--p", type=float, default=PAPER_P, help="drop probability (timm's drop_block_rate too)")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7 CPU, 20 CUDA)")
-    cli.add_warmup(ap, 2, "steps of each (variant, mode)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help=f"interleaved rounds (default 7 CPU, 20 CUDA; {cli.QUICK_REPEATS} with --quick)")
+    cli.add_warmup(ap, 2, "steps of each (variant, mode)", quick=1)
     ap.add_argument("--compile-models", type=cli.names, default=None,
                     help="the models also measured compiled (default: all on CUDA, " + ",".join(CPU_COMPILE_MODELS)
                          + " on the CPU; 'all' for all)")
@@ -691,7 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
-    args = build_parser().parse_args(argv)
+    # Without --quick the rounds stay unset: plan() gives the device's default.
+    quick = dict(models=list(QUICK_MODELS), modes=["eager"], rounds=cli.QUICK_REPEATS, warmup=1)
+    args = cli.resolve_defaults(build_parser().parse_args(argv), quick=quick,
+                                full=dict(models=list(DEFAULT_MODELS), modes=list(MODES), rounds=None, warmup=2))
     compile_models = () if args.compile_models is None else (None if args.compile_models == ["all"]
                                                              else args.compile_models)
     cfg = Config(device=args.device, models=args.models, compile_models=compile_models, variants=args.variants,
@@ -699,10 +704,6 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
                  warmup=args.warmup, compile_scope=args.compile_scope, compile_backend=args.compile_backend,
                  autocast=args.autocast, channels_last=args.channels_last, threads=args.threads, seed=args.seed,
                  out=args.out, progress=not args.no_progress)
-    if args.quick:
-        cfg.models, cfg.modes = list(QUICK_MODELS), ["eager"]
-        cfg.rounds = args.rounds if args.rounds is not None else cli.QUICK_REPEATS
-        cfg.warmup = min(cfg.warmup, 1)
     return cfg
 
 

@@ -179,6 +179,29 @@ def test_quick_takes_the_shared_number_of_repeats_everywhere():
     assert (quick.seeds, quick.datasets) == (cli.QUICK_REPEATS, list(regularisation.QUICK_DATASETS))
 
 
+def test_quick_changes_defaults_never_an_explicit_flag():
+    assert bm.config_from_args(["--quick", "--max-time", "1"]).max_time_s == 1.0
+    assert bm.config_from_args([]).max_time_s == 0.6 and bm.config_from_args(["--quick"]).max_time_s == 0.3
+    args = gpu_bench.parse_args(["--quick", "--batch", "16", "--warmup", "0"])
+    assert (args.batch, args.repeats, args.warmup) == (16, cli.QUICK_REPEATS, 0)
+    assert vars(gpu_bench.parse_args([])).items() >= {"batch": 128, "repeats": 9, "calls": 5, "warmup": 3}.items()
+    quick = ts.config_from_args(["--quick", "--models", "tv_resnet50", "--rounds", "5"])
+    assert (quick.models, quick.modes, quick.rounds, quick.warmup) == (["tv_resnet50"], ["eager"], 5, 1)
+    full = ts.config_from_args([])
+    assert (list(full.models), list(full.modes), full.rounds, full.warmup) == \
+        (list(ts.DEFAULT_MODELS), list(ts.MODES), None, 2)  # rounds: the device's default, set by plan()
+    assert regularisation.config_from_args(["--quick", "--seeds", "1"]).seeds == 1
+    assert regularisation.config_from_args([]).seeds == 5
+
+
+def test_resolve_defaults():
+    import argparse
+
+    args = argparse.Namespace(quick=True, a=None, b=None, c=7)
+    assert vars(cli.resolve_defaults(args, full=dict(a=1, b=2, c=3), quick=dict(a=10))) == \
+        dict(quick=True, a=10, b=2, c=7)
+
+
 def test_names_and_ints():
     assert cli.names(" a, b,,c ") == ["a", "b", "c"] and cli.ints("7, 3") == [7, 3]
     assert cli.main_of(lambda cfg: cfg, lambda argv: types.SimpleNamespace(argv=argv), ["x"]) == 0
