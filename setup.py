@@ -64,7 +64,9 @@ def extension():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "autograd", "*.cpp"))
                      + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # at::parallel_for is OpenMP in the header: without -fopenmp it silently runs on one thread.
-    cxx_flags = ["-O3", "-fopenmp"]
+    # -ffp-contract=off: the count table of the mask law is a fixed sequence of IEEE double
+    # operations that must round as on the GPU (see csrc/mask_logic.h): no fused multiply-adds.
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
     with_cuda, reason = should_build_cuda()
     if not with_cuda:
         print(f"dropblock_cuda: building the CPU ops only ({reason})", file=sys.stderr)

@@ -9,14 +9,16 @@
 //   * plane q is (n, c) for per-channel masks, n for shared masks;
 //   * b = min(block_size, size) per dimension; a seed may only sit at 0 <= i <= size - b;
 //   * the logical index of element (q, z, y, x) is g = q * D*H*W + (z*H + y)*W + x;
-//   * position g is a seed with probability T / 2^32, T = round(gamma * 2^32) capped at 2^32,
-//     decided by a 32-bit uniform u(g) < T whose top 8 bits come from stream 0 (byte g % 16 of
-//     Philox(counter = (g / 16, stream 0), key)) and whose low 24 bits come from stream 1
-//     (low 24 bits of word 0 of Philox(counter = (g, stream 1), key)). Stream 1 is only drawn
-//     when the top byte ties with T's, so most positions cost 1/16 of a Philox call;
+//   * seeds are drawn per chunk of kChunk = 256 logical indices (chunk c: [256c, 256c + 256)),
+//     each position a seed independently with probability gamma: chunk c draws its count
+//     K ~ Binomial(256, gamma) by comparing word 0 of Philox(counter = (c, 0), key) with a table
+//     of cumulative bounds rint(CDF(k) * 2^32) (make_count_table), then K distinct positions as
+//     the first distinct bytes of the words that follow (words 1..3, then the words of
+//     Philox((c, 1), key), (c, 2), ...), or, for K > 128, the 256 - K positions that are not seeds;
+//   * only seeds where a whole block fits count (0 <= i <= size - b in every dimension);
 //   * a seed at (z, y, x) drops the block [z, z+bd) x [y, y+bh) x [x, x+bw);
 //   * the packed mask holds one KEEP bit per logical element: bit g % 64 of 64-bit word g / 64;
-//     kernels set it to all ones and clear the blocks of the seeds (clear_blocks).
+//     kernels set it to all ones and clear the blocks of the seeds (clear_chunk_blocks).
 #include <cmath>
 #include <cstdint>
 
@@ -91,114 +93,225 @@ DROPBLOCK_UNROLL
   return {{c0, c1, c2, c3}};
 }
 
-// Seed probability T / 2^32 split at the byte drawn first: `top` is T >> 24 (0..256, where 256
-// means every valid position is a seed) and `low` is T's low 24 bits.
-struct SeedThreshold {
-  uint32_t top;
-  uint32_t low;
+// ---- the seed draw: one chunk of kChunk logical indices at a time ----
+//
+// i.i.d. Bernoulli(gamma) seeds over a chunk are exactly "a count K ~ Binomial(kChunk, gamma),
+// then a uniform K-subset of the chunk's positions". Drawing them that way costs randomness in
+// proportion to the seeds: one Philox call per chunk while K <= 12 (nearly always at DropBlock's
+// rates, gamma ~ p / b^2), instead of bits for every position.
+
+constexpr int kChunk = 256;  // one random byte is one uniform position of a chunk
+
+// IEEE double operations each rounded once, never fused into an FMA: the count table must have
+// the same bits on every device (host builds also pass -ffp-contract=off).
+C10_HOST_DEVICE inline double mul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+C10_HOST_DEVICE inline double add_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+C10_HOST_DEVICE inline double div_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// The factors (kChunk - k) / (k + 1) of the binomial recurrence P(k + 1) = P(k) * h / (1 - h) *
+// (kChunk - k) / (k + 1), each the IEEE quotient of two exact integers, folded at compile time (on
+// the device a division inside the table's loop is a subroutine call, which spills).
+struct BinomialSteps {
+  double v[kChunk];
+  constexpr BinomialSteps() : v() {
+    for (int k = 0; k < kChunk; ++k) {
+      v[k] = static_cast<double>(kChunk - k) / static_cast<double>(k + 1);
+    }
+  }
+};
+#if defined(__CUDACC__)
+static __constant__ BinomialSteps kDeviceBinomialSteps = BinomialSteps();
+#endif
+constexpr BinomialSteps kBinomialSteps{};
+
+C10_HOST_DEVICE inline double binomial_step(int k) {
+#ifdef __CUDA_ARCH__
+  return kDeviceBinomialSteps.v[k];
+#else
+  return kBinomialSteps.v[k];
+#endif
+}
+
+// The seed count's table: the count m drawn from a 32-bit uniform word u is the number of
+// bounds[k] <= u, k < size, where bounds[k] = rint(CDF(k) * 2^32) of Binomial(kChunk, h), kept
+// while below 2^32 (so size <= kChunk and m <= size). h = gamma, or, when `mirrored` (gamma > 1/2),
+// h = 1 - gamma and m counts the non-seeds (K = kChunk - m): (1 - h)^kChunk then never underflows.
+struct CountTable {
+  int size;
+  bool mirrored;
 };
 
-// T = round(gamma * 2^32) with gamma = min(p * gamma_factor, 1), where gamma_factor =
-// prod(S / (b * (S - b + 1))) comes from the geometry (see mask_params.h). Computed on the host
-// for CPU tensors and in the mask kernels for CUDA tensors (which may read p from device memory,
-// so that a scheduled p neither syncs nor recompiles). IEEE double arithmetic makes both the same.
-C10_HOST_DEVICE inline SeedThreshold make_seed_threshold(double p, double gamma_factor) {
-  double gamma = p * gamma_factor;
-  if (!(gamma > 0.0)) {  // also NaN
-    return {0, 0};
+// gamma = min(p * gamma_factor, 1) (0 for NaN or p <= 0), where gamma_factor =
+// prod(S / (b * (S - b + 1))) comes from the geometry (see mask_params.h).
+C10_HOST_DEVICE inline double seed_rate(double p, double gamma_factor) {
+  const double gamma = mul_rn(p, gamma_factor);
+  return gamma > 0.0 ? (gamma < 1.0 ? gamma : 1.0) : 0.0;
+}
+
+// Fills bounds[0 .. size) for seed rate gamma (in [0, 1]) by one fixed sequence of IEEE double
+// operations: on the host for CPU tensors, inside the mask kernels (per CTA, in shared memory)
+// for CUDA tensors, so that a p on the device neither syncs nor recompiles. Stops at the first
+// bound of 2^32 (every later one is 2^32 too): a handful of steps at DropBlock's rates.
+C10_HOST_DEVICE inline CountTable make_count_table(double gamma, uint64_t* bounds) {
+  CountTable t{0, gamma > 0.5};
+  if (!(gamma > 0.0)) {
+    return t;  // no seeds: m = 0 = K
   }
-  if (gamma >= 1.0) {
-    return {256, 0};
-  }
-  const uint64_t t = static_cast<uint64_t>(rint(gamma * 4294967296.0));
-  if (t >= (uint64_t(1) << 32)) {
-    return {256, 0};
-  }
-  return {static_cast<uint32_t>(t >> 24), static_cast<uint32_t>(t & 0xFFFFFFu)};
-}
-
-C10_HOST_DEVICE inline bool never_seeds(SeedThreshold t) {
-  return t.top == 0 && t.low == 0;
-}
-
-// The bytes of `word` below n (n <= 128), flagged by 0x80 in their byte: exact and branch-free
-// ((b | 0x80) - n never borrows from the next byte, and its top bit says b's low 7 bits >= n).
-C10_HOST_DEVICE inline uint32_t bytes_below(uint32_t word, uint32_t n) {
-  const uint32_t low7_at_least_n = ((word | 0x80808080u) - 0x01010101u * n) & 0x80808080u;
-  return ~word & ~low7_at_least_n & 0x80808080u;
-}
-
-// Byte flags (0x80 per byte) to lane bits (bit j for byte j).
-C10_HOST_DEVICE inline uint32_t byte_flags_to_lanes(uint32_t flags) {
-  return ((flags >> 7) & 1u) | ((flags >> 14) & 2u) | ((flags >> 21) & 4u) | ((flags >> 28) & 8u);
-}
-
-// The 16 positions of a stream-0 draw (bit j <-> logical index 16*k + j) whose top byte is
-// below T's (seeds) or equal to it (ties, decided by the position's stream-1 draw).
-struct DrawClasses {
-  uint32_t seeds;
-  uint32_t ties;
-};
-
-// classify_draw for top <= 127 (gamma < 1/2, the usual case): branch-free, so that batched host
-// loops vectorise it.
-C10_HOST_DEVICE inline DrawClasses classify_draw_small_top(const Philox4& r, uint32_t top) {
-  DrawClasses c{0, 0};
+  const double h = t.mirrored ? add_rn(1.0, -gamma) : gamma;  // exact for gamma > 1/2 (Sterbenz)
+  const double q = add_rn(1.0, -h);
+  double pmf = q;
 DROPBLOCK_UNROLL
-  for (int w = 0; w < 4; ++w) {
-    const uint32_t below = bytes_below(r.word[w], top);
-    const uint32_t below_or_equal = bytes_below(r.word[w], top + 1);
-    c.seeds |= byte_flags_to_lanes(below) << (4 * w);
-    c.ties |= byte_flags_to_lanes(below_or_equal & ~below) << (4 * w);
+  for (int i = 0; i < 8; ++i) {
+    pmf = mul_rn(pmf, pmf);  // q^256
   }
-  return c;
+  const double ratio = div_rn(h, q);
+  double cdf = pmf;
+  for (int k = 0; k < kChunk; ++k) {
+    const double bound = rint(mul_rn(cdf, 4294967296.0));
+    if (!(bound < 4294967296.0)) {
+      break;
+    }
+    bounds[k] = static_cast<uint64_t>(bound);
+    t.size = k + 1;
+    pmf = mul_rn(mul_rn(pmf, ratio), binomial_step(k));
+    cdf = add_rn(cdf, pmf);
+  }
+  return t;
 }
 
-C10_HOST_DEVICE inline DrawClasses classify_draw(const Philox4& r, SeedThreshold t) {
-  if (t.top <= 127) {
-    return classify_draw_small_top(r, t.top);
-  }
-  DrawClasses c{0, 0};
-  if (t.top >= 256) {
-    c.seeds = 0xFFFFu;
-    return c;
-  }
-DROPBLOCK_UNROLL
-  for (int w = 0; w < 4; ++w) {
-DROPBLOCK_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t byte = (r.word[w] >> (8 * j)) & 0xFFu;
-      const uint32_t lane = 1u << (4 * w + j);
-      if (byte < t.top) {
-        c.seeds |= lane;
-      } else if (byte == t.top) {
-        c.ties |= lane;
+C10_HOST_DEVICE inline bool never_seeds(CountTable t) {
+  return t.size == 0 && !t.mirrored;
+}
+
+// The seed count K of a chunk whose first word is u: the number of bounds <= u, then the mirror.
+// Short tables (DropBlock's rates: about 10 bounds at gamma = 0.0026) are scanned from the start,
+// which stops after K + 1 steps (a warp after its largest K, about 3); long ones are searched in
+// 9 halving steps. The table is the launch's, so every lane takes the same branch.
+C10_HOST_DEVICE inline int seed_count(uint32_t u, const uint64_t* bounds, CountTable t) {
+  int below = 0;  // bounds[0 .. below) <= u
+  if (t.size <= 16) {
+    while (below < t.size && bounds[below] <= u) {
+      ++below;
+    }
+  } else {
+    for (int step = 256; step > 0; step >>= 1) {
+      if (below + step <= t.size && bounds[below + step - 1] <= u) {
+        below += step;
       }
     }
   }
-  return c;
+  return t.mirrored ? kChunk - below : below;
 }
 
-// A tie at logical index g is a seed when the low 24 bits of word 0 of its stream-1 draw,
-// Philox(counter = (g, 1), key), are below T's low 24 bits.
-C10_HOST_DEVICE inline bool tie_is_seed(uint32_t stream1_word0, SeedThreshold t) {
-  return (stream1_word0 & 0xFFFFFFu) < t.low;
+// A subset of the positions 0 .. 255 of a chunk: bit i % 64 of word i / 64. Named words, not an
+// array, so that the device keeps them in registers (a dynamically indexed array goes to local
+// memory).
+struct ChunkBits {
+  uint64_t w0, w1, w2, w3;
+};
+
+C10_HOST_DEVICE inline bool any(const ChunkBits& s) {
+  return (s.w0 | s.w1 | s.w2 | s.w3) != 0;
 }
 
-// Seed bits of the 16 logical indices 16*k .. 16*k+15 (bit j <-> index 16*k + j), before any
-// validity test: callers keep only the bits of positions where a block fits.
-C10_HOST_DEVICE inline uint32_t seed_bits_of_group(uint64_t k, PhiloxKey key, SeedThreshold t) {
-  DrawClasses c = classify_draw(philox4x32_10(k, /*stream=*/0, key), t);
-  for (uint32_t v = c.ties; v != 0; v &= v - 1) {
-    int lane = 0;
-    while (((v >> lane) & 1u) == 0) {
-      ++lane;
+// The chunk's positions are drawn as the first `need` distinct bytes of a stream of candidates:
+// bytes 0..3 (low byte first) of words 1, 2, 3 of Philox(counter = (chunk, 0), key), then of
+// words 0..3 of Philox(counter = (chunk, 1), key), (chunk, 2), ... The first distinct values of
+// an i.i.d. uniform stream form a uniform subset. need = min(K, 256 - K): for K > 128 the drawn
+// positions are the non-seeds.
+struct PositionDraw {
+  ChunkBits chosen;
+  int have;
+  int need;
+
+  C10_HOST_DEVICE bool done() const {
+    return have >= need;
+  }
+  // Takes the 4 candidate bytes of `word` in order.
+  C10_HOST_DEVICE void take(uint32_t word) {
+#ifdef __CUDA_ARCH__
+    // Selects, not a reference to the chosen word: the four words stay in registers.
+DROPBLOCK_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t b = (word >> (8 * j)) & 0xFFu;
+      const uint64_t bit = uint64_t(1) << (b & 63);
+      const uint32_t q = b >> 6;
+      const uint64_t old = q == 0 ? chosen.w0 : q == 1 ? chosen.w1 : q == 2 ? chosen.w2 : chosen.w3;
+      const uint64_t add = (have < need && (old & bit) == 0) ? bit : 0;
+      chosen.w0 |= q == 0 ? add : 0;
+      chosen.w1 |= q == 1 ? add : 0;
+      chosen.w2 |= q == 2 ? add : 0;
+      chosen.w3 |= q == 3 ? add : 0;
+      have += add != 0;
     }
-    if (tie_is_seed(philox4x32_10(16 * k + lane, /*stream=*/1, key).word[0], t)) {
-      c.seeds |= 1u << lane;
+#else
+    for (int j = 0; j < 4 && have < need; ++j) {
+      const uint32_t b = (word >> (8 * j)) & 0xFFu;
+      const uint64_t bit = uint64_t(1) << (b & 63);
+      const uint32_t q = b >> 6;
+      uint64_t& w = q == 0 ? chosen.w0 : q == 1 ? chosen.w1 : q == 2 ? chosen.w2 : chosen.w3;
+      if ((w & bit) == 0) {
+        w |= bit;
+        ++have;
+      }
+    }
+#endif
+  }
+};
+
+// The draw of a chunk from its first Philox call (counter (chunk, 0)): the count, then the
+// candidates of words 1..3. Callers continue with further calls while !done().
+C10_HOST_DEVICE inline PositionDraw start_position_draw(const Philox4& first, const uint64_t* bounds, CountTable t,
+                                                        int& count) {
+  count = seed_count(first.word[0], bounds, t);
+  PositionDraw d{{0, 0, 0, 0}, 0, count <= kChunk / 2 ? count : kChunk - count};
+  if (d.need > 0) {
+    d.take(first.word[1]);
+    d.take(first.word[2]);
+    d.take(first.word[3]);
+  }
+  return d;
+}
+
+// The seeds of the chunk once its draw is done.
+C10_HOST_DEVICE inline ChunkBits finish_position_draw(const PositionDraw& d, int count) {
+  if (count <= kChunk / 2) {
+    return d.chosen;
+  }
+  return {~d.chosen.w0, ~d.chosen.w1, ~d.chosen.w2, ~d.chosen.w3};
+}
+
+// The seeds of chunk `chunk` (bit i <-> logical index kChunk * chunk + i), before any validity
+// test: the scalar statement of the draw, which the CPU's batched draw must equal.
+C10_HOST_DEVICE inline ChunkBits seeds_of_chunk(uint64_t chunk, PhiloxKey key, const uint64_t* bounds, CountTable t) {
+  int count = 0;
+  PositionDraw d = start_position_draw(philox4x32_10(chunk, 0, key), bounds, t, count);
+  for (uint64_t call = 1; !d.done(); ++call) {
+    const Philox4 r = philox4x32_10(chunk, call, key);
+DROPBLOCK_UNROLL
+    for (int w = 0; w < 4; ++w) {
+      d.take(r.word[w]);
     }
   }
-  return c.seeds;
+  return finish_position_draw(d, count);
 }
 
 // Geometry of the mask: planes of D x H x W with clamped block sizes.
@@ -342,49 +455,26 @@ C10_HOST_DEVICE inline void position_in_plane(const SeedGrid& s, int64_t g, int6
   y = line - z * H;
 }
 
-// The seeds among `bits` (bit i <-> logical index 16k + i) that sit where a whole block fits.
-// Walks the group row by row (two rows at most once W >= 16), not position by position.
-C10_HOST_DEVICE inline uint32_t seeds_where_blocks_fit(const SeedGrid& s, uint64_t k, uint32_t bits) {
-  const int64_t g0 = static_cast<int64_t>(16 * k);
-  if (bits == 0 || g0 >= s.total) {
-    return 0;
-  }
-  const int64_t H = s.size[1], W = s.size[2];
-  int64_t z, y, x;
-  position_in_plane(s, g0, z, y, x);
-  uint32_t valid = 0;
-  for (int64_t lane = 0; lane < 16 && lane < s.total - g0;) {
-    const int64_t in_row = W - x < 16 - lane ? W - x : 16 - lane;  // lanes [lane, lane + in_row) share a row
-    if (y < s.extent[1] && z < s.extent[0] && x < s.extent[2]) {
-      const int64_t fit = s.extent[2] - x < in_row ? s.extent[2] - x : in_row;
-      valid |= static_cast<uint32_t>(low_bits(fit) << lane);
-    }
-    lane += in_row;
-    x = 0;
-    if (++y == H) {
-      y = 0;
-      if (++z == s.size[0]) {
-        z = 0;
-      }
-    }
-  }
-  return bits & valid;
+// Bits [offset, offset + n) of a chunk's bits (1 <= n <= 64, offset + n <= 256) as bits 0 .. n-1.
+C10_HOST_DEVICE inline uint64_t chunk_bits(const ChunkBits& s, int64_t offset, int64_t n) {
+  const int q = static_cast<int>(offset >> 6), shift = static_cast<int>(offset & 63);
+  const uint64_t lo = q == 0 ? s.w0 : q == 1 ? s.w1 : q == 2 ? s.w2 : s.w3;
+  const uint64_t hi = q == 0 ? s.w1 : q == 1 ? s.w2 : q == 2 ? s.w3 : 0;
+  const uint64_t bits = shift == 0 ? lo : (lo >> shift) | (hi << (64 - shift));
+  return bits & low_bits(n);
 }
 
-// Block expansion: clears the blocks of `seeds` (bit i <-> logical index 16k + i, each a seed
-// where its block fits) through clear(word, bits). A seed at g drops g + (dz*H + dy)*W + dx for
-// dz < bd, dy < bh, dx < bw; blocks never leave their rows, so the offsets are the same for
-// every seed and the group's 16-bit pattern, widened by bw - 1, is cleared row by row.
+// Clears the blocks of the seeds `bits` (bit i <-> logical index g + i, each where its block fits,
+// all in one row). A seed at g drops g + (dz*H + dy)*W + dx for dz < bd, dy < bh, dx < bw: blocks
+// never leave their rows, so the same offsets serve every seed and the pattern of seeds, widened by
+// bw - 1 (at most 64 bits: callers pass at most 65 - bw positions when bw <= 48), is cleared row
+// by row; wider blocks are cleared seed by seed.
 template <typename Clear>
-C10_HOST_DEVICE inline void clear_blocks(const SeedGrid& s, uint64_t k, uint32_t seeds, const Clear& clear) {
-  if (seeds == 0) {
-    return;
-  }
-  const int64_t g0 = static_cast<int64_t>(16 * k);
+C10_HOST_DEVICE inline void clear_row_blocks(const SeedGrid& s, int64_t g, uint64_t bits, const Clear& clear) {
   const int64_t H = s.size[1], W = s.size[2];
   const int64_t bd = s.block[0], bh = s.block[1], bw = s.block[2];
   if (bw <= 48) {
-    uint64_t pattern = seeds;  // at most 16 + 47 bits
+    uint64_t pattern = bits;
     for (int64_t covered = 1; covered < bw;) {
       const int64_t step = covered < bw - covered ? covered : bw - covered;
       pattern |= pattern << step;
@@ -392,7 +482,7 @@ C10_HOST_DEVICE inline void clear_blocks(const SeedGrid& s, uint64_t k, uint32_t
     }
     for (int64_t dz = 0; dz < bd; ++dz) {
       for (int64_t dy = 0; dy < bh; ++dy) {
-        const int64_t pos = g0 + (dz * H + dy) * W;
+        const int64_t pos = g + (dz * H + dy) * W;
         const int shift = static_cast<int>(pos & 63);
         clear(pos >> 6, pattern << shift);
         if (shift != 0) {
@@ -402,14 +492,53 @@ C10_HOST_DEVICE inline void clear_blocks(const SeedGrid& s, uint64_t k, uint32_t
     }
     return;
   }
-  for (uint32_t v = seeds; v != 0; v &= v - 1) {
-    int lane = 0;
-    while (((v >> lane) & 1u) == 0) {
-      ++lane;
-    }
+  for (uint64_t v = bits; v != 0; v &= v - 1) {
+#ifdef __CUDA_ARCH__
+    const int lane = __ffsll(static_cast<long long>(v)) - 1;
+#else
+    const int lane = __builtin_ctzll(v);
+#endif
     for (int64_t dz = 0; dz < bd; ++dz) {
       for (int64_t dy = 0; dy < bh; ++dy) {
-        clear_range(g0 + lane + (dz * H + dy) * W, bw, clear);
+        clear_range(g + lane + (dz * H + dy) * W, bw, clear);
+      }
+    }
+  }
+}
+
+// Block expansion of a chunk: clears through clear(word, bits) the blocks of its seeds (bit i <->
+// logical index kChunk * chunk + i) that sit where a whole block fits, walking the chunk row by row
+// (a row's seeds at once, in pieces of up to 65 - bw positions): no per-position work.
+template <typename Clear>
+C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk, const ChunkBits& seeds,
+                                               const Clear& clear) {
+  const int64_t g0 = static_cast<int64_t>(chunk) * kChunk;
+  if (g0 >= s.total) {
+    return;
+  }
+  const int64_t H = s.size[1], W = s.size[2];
+  const int64_t n = s.total - g0 < kChunk ? s.total - g0 : kChunk;
+  const int64_t piece = s.block[2] <= 48 ? 65 - s.block[2] : 64;
+  int64_t z, y, x;
+  position_in_plane(s, g0, z, y, x);
+  for (int64_t i = 0; i < n;) {
+    const int64_t in_row = W - x < n - i ? W - x : n - i;  // chunk positions [i, i + in_row) share a row
+    if (y < s.extent[1] && z < s.extent[0] && x < s.extent[2]) {
+      const int64_t fit = s.extent[2] - x < in_row ? s.extent[2] - x : in_row;
+      for (int64_t j = 0; j < fit; j += piece) {
+        const int64_t len = fit - j < piece ? fit - j : piece;
+        const uint64_t bits = chunk_bits(seeds, i + j, len);
+        if (bits != 0) {
+          clear_row_blocks(s, g0 + i + j, bits, clear);
+        }
+      }
+    }
+    i += in_row;
+    x = 0;
+    if (++y == H) {
+      y = 0;
+      if (++z == s.size[0]) {
+        z = 0;
       }
     }
   }

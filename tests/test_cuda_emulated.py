@@ -162,10 +162,12 @@ MASK_CASES = [
     ((2, 3, 3001), (60,), 0.3),  # blocks wider than 48
     ((2, 2, 5, 300), (3, 100), 0.5),
     ((2, 3, 9, 10, 11), (3, 3, 3), 0.2),
-    ((3, 7, 129, 131), (5, 5), 0.3),  # three count blocks, 43 windows taken in turns, a partial last word
+    ((3, 7, 129, 131), (5, 5), 0.3),  # three count CTAs, windows taken in turns, a partial last word
     ((2, 8, 56, 56), (7, 7), 0.1),  # blocks across window edges, windows that start mid-plane
     ((1, 2, 40, 300), (30, 3), 0.3),  # blocks reach back 8702 indices: further than a window
     ((1, 1, 8, 8, 300), (4, 4, 3), 0.5),  # 3d, reach 8102
+    ((2, 3, 1000), (1,), 0.5),  # K near 128: many Philox calls per chunk
+    ((2, 3, 999), (1,), 0.8),  # the mirrored table
 ]
 
 
@@ -181,24 +183,24 @@ def test_emulated_mask_kernels_give_the_cpu_mask(emulated, shape, block, p, shar
 
 
 def test_emulated_auto_mask_kernel_is_the_window_unless_blocks_reach_further_back(emulated):
-    # block_reach = ((bd - 1) * H + bh - 1) * W + bw - 1 against a quarter of a window of 128 * 64
-    # mask bits: 2048.
+    # block_reach = ((bd - 1) * H + bh - 1) * W + bw - 1 against a halo of 64 chunks of 256 indices
+    # (a quarter of a window's 256 draws): 16384. The emulation's small windows choose the same.
     assert auto_mask_kernel(emulated, (128, 256, 56, 56), (7, 7)) == "window"  # reach 342
     assert auto_mask_kernel(emulated, (128, 2048, 7, 7), (7, 7), shared=True) == "window"  # reach 48
     assert auto_mask_kernel(emulated, (2, 3, 3001), (60,)) == "window"
-    assert auto_mask_kernel(emulated, (1, 1, 2049), (2049,)) == "window"  # reach 2048: the limit
-    assert auto_mask_kernel(emulated, (1, 1, 2050), (2050,)) == "scatter"
-    assert auto_mask_kernel(emulated, (1, 2, 40, 300), (30, 3)) == "scatter"
-    assert auto_mask_kernel(emulated, (1, 1, 8, 16, 16), (7, 7, 7)) == "window"  # reach 1638
-    assert auto_mask_kernel(emulated, (1, 1, 16, 32, 32), (7, 7, 7)) == "scatter"  # reach 6342
-    mask, scale = emulated_mask(emulated, (2, 2, 9000), (2050,), 0.01, 5, False)  # auto: scatter
-    expected_mask, expected_scale = cpu_mask((2, 2, 9000), (2050,), 0.01, 5, False)
+    assert auto_mask_kernel(emulated, (1, 1, 16385), (16385,)) == "window"  # reach 16384: the limit
+    assert auto_mask_kernel(emulated, (1, 1, 16386), (16386,)) == "scatter"
+    assert auto_mask_kernel(emulated, (1, 2, 40, 300), (30, 3)) == "window"  # reach 8702
+    assert auto_mask_kernel(emulated, (1, 1, 16, 32, 32), (7, 7, 7)) == "window"  # reach 6342
+    assert auto_mask_kernel(emulated, (1, 1, 16, 64, 64), (7, 7, 7)) == "scatter"  # reach 24966
+    mask, scale = emulated_mask(emulated, (2, 2, 20000), (16386,), 0.01, 5, False)  # auto: scatter
+    expected_mask, expected_scale = cpu_mask((2, 2, 20000), (16386,), 0.01, 5, False)
     assert torch.equal(mask, expected_mask) and scale.item() == expected_scale.item()
 
 
 @pytest.mark.parametrize("kernel", ["scatter", "window"])
 def test_emulated_count_over_many_blocks_and_p_zero(emulated, kernel):
-    shape = (4, 64, 40, 40)  # 1600 words: 4 count blocks or 13 windows, a last block that adds them up
+    shape = (4, 64, 40, 40)  # 1600 words: 4 count CTAs or hundreds of windows, a last CTA that adds them up
     mask, scale = emulated_mask(emulated, shape, (7, 7), 0.2, 11, False, kernel=kernel)
     expected_mask, expected_scale = cpu_mask(shape, (7, 7), 0.2, 11, False)
     assert torch.equal(mask, expected_mask) and scale.item() == expected_scale.item()

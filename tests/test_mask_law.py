@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import dropblock_cuda
 from helpers import mask_of, reference_mask
-from reference import drop_probability_per_position, philox4x32_10, seed_probability, threshold, uniform32
+from reference import (CHUNK, count_distribution, count_table, drop_probability_per_position, effective_gamma,
+                       philox4x32_10, seed_flags, seed_probability)
 
 
 def test_reference_philox_known_answers():
@@ -37,6 +38,9 @@ CASES = [
     ((1, 1, 40, 40, 40), (3, 3, 3), 0.3, False),  # a volume split into depth slabs
     ((2, 3, 12, 12), (3, 3), 1.0, False),  # gamma = 1: every valid position seeds
     ((4, 8, 56, 56), (7, 7), 0.1, True),
+    ((1, 3, 1000), (1,), 0.5, False),  # K near 128: many Philox calls per chunk for its positions
+    ((2, 2, 700), (1,), 0.93, False),  # gamma > 1/2: the mirrored table, the non-seeds drawn
+    ((1, 1, 999), (1,), 0.55, False),  # K on both sides of 128, a partial last chunk
 ]
 
 
@@ -155,17 +159,45 @@ def test_small_maps_are_not_over_dropped():
     assert abs(rate - expected) <= binomial_tolerance(expected, planes * 196 / 49)
 
 
-def test_seed_threshold_is_exact_for_top_byte_ties():
-    # gamma such that T's top byte is hit often: the tie-break stream decides.
-    key = 99
-    g = np.arange(200000, dtype=np.uint64)
-    u = uniform32(g, key)
-    t = threshold(0.5 + 3 / 2**24)
-    x = torch.empty(1, 1, g.size)
-    gamma = seed_probability([g.size], [1], 0.5 + 3 / 2**24)
-    assert threshold(gamma) == t
-    keep, _ = mask_of(x, key, 0.5 + 3 / 2**24, (1,))
-    np.testing.assert_array_equal(~keep[0], u < np.uint64(t))
+@pytest.mark.parametrize("gamma", [1e-9, 1e-4, 0.0026, 0.1, 0.3, 0.5, 0.5 + 2**-20, 0.7, 0.999, 1.0])
+def test_count_table_is_the_binomial_quantised_to_2_pow_minus_32(gamma):
+    # The reference's table against the binomial computed another way (log-space, math.comb):
+    # every cumulative bound within one quantum (plus double rounding) of round(CDF * 2^32).
+    k = np.arange(CHUNK + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pmf = np.array([math.lgamma(CHUNK + 1) - math.lgamma(i + 1) - math.lgamma(CHUNK - i + 1) for i in k])
+        log_pmf = log_pmf + k * (math.log(gamma) if gamma > 0 else -np.inf)
+        log_pmf = log_pmf + (CHUNK - k) * (math.log1p(-gamma) if gamma < 1 else -np.inf)
+    exact = np.nan_to_num(np.exp(log_pmf))
+    if gamma == 1.0:
+        exact = (k == CHUNK).astype(float)
+    got = count_distribution(gamma)
+    assert got.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(np.cumsum(got), np.cumsum(exact), rtol=0, atol=4 * 2.0**-32 + 1e-12)
+    assert effective_gamma(gamma) == pytest.approx(gamma, rel=1e-6, abs=2.0**-32)
+    bounds, mirrored = count_table(gamma)
+    assert mirrored == (gamma > 0.5)
+    assert bounds == sorted(bounds) and all(0 <= b < 2**32 for b in bounds)
+
+
+@pytest.mark.parametrize("gamma", [0.004, 0.05, 0.5, 0.7])
+def test_seed_counts_per_chunk_and_positions_in_a_chunk_follow_the_law(gamma):
+    # Block size 1 on a 1d map: the dropped positions are the seeds themselves. K per chunk is
+    # Binomial(256, gamma) (histogram against the table), and every offset in a chunk is a seed
+    # with probability gamma (the K-subset is uniform).
+    chunks = 6000
+    keep, _ = mask_of(torch.empty(1, 1, chunks * CHUNK), 77, gamma, (1,))
+    seeds = ~keep.reshape(chunks, CHUNK)
+    counts = np.bincount(seeds.sum(axis=1), minlength=CHUNK + 1)
+    expected = count_distribution(gamma) * chunks
+    tolerance = np.vectorize(binomial_tolerance)(count_distribution(gamma), chunks) * chunks
+    assert np.all(np.abs(counts - expected) <= tolerance)
+    rate = seeds.mean(axis=0)
+    gamma_eff = effective_gamma(gamma)
+    assert np.all(np.abs(rate - gamma_eff) <= binomial_tolerance(gamma_eff, chunks))
+    # Pairs inside a chunk are independent: P(offsets 0 and 255 both seeds) = gamma^2.
+    both = (seeds[:, 0] & seeds[:, -1]).mean()
+    assert abs(both - gamma_eff**2) <= binomial_tolerance(gamma_eff**2, chunks)
 
 
 def test_shared_mask_is_the_same_for_every_channel():
@@ -195,14 +227,13 @@ def test_64bit_logical_indices():
     mask, _ = torch.ops.dropblock_cuda.drop_block_mask(x, seed, torch.tensor(p, dtype=torch.float64, device=x.device), [b], 1e-6, False)
     bits = mask.numpy()
     gamma = seed_probability([length], [b], p)
-    t = np.uint64(threshold(gamma))
     for start in (2**31 - 64, 2**32 - 64, 2 * length - 200):
         # Plane 1 starts at `length`; positions of the window and the seeds that reach them.
         g = np.arange(start - b + 1, start + 128, dtype=np.int64)
         g = g[g < 2 * length]
         in_plane = g % length
         valid = in_plane <= length - b
-        seeds = (uniform32(g.astype(np.uint64), key) < t) & valid & (g >= 0)
+        seeds = seed_flags(np.maximum(g, 0).astype(np.uint64), key, gamma) & valid & (g >= 0)
         for i, gi in enumerate(g):
             if gi < start:
                 continue

@@ -22,13 +22,13 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
                                                         bool shared_channels) {
   const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
   const CudaMaskKernel kernel = requested_cuda_mask_kernel();
-  // A p on the device stays there (no sync, no range check): the kernel turns it into the seed
-  // threshold; p < 0 or NaN seeds nowhere, and gamma = min(p * gamma_factor, 1) caps the rest. A
+  // A p on the device stays there (no sync, no range check): the kernels turn it into the seed
+  // count table; p < 0 or NaN seeds nowhere, and gamma = min(p * gamma_factor, 1) caps the rest. A
   // seed or p on the host is read here and passed by value.
   const std::optional<double> host_p = check_mask_args(input, seed, p, eps);
   const cuda::ScalarArg<double> p_arg =
       host_p ? cuda::ScalarArg<double>{nullptr, *host_p} : cuda::ScalarArg<double>{p.const_data_ptr<double>(), 0.0};
-  const cuda::ScalarArg<int64_t> seed_arg = seed.is_cpu()
+  const cuda::ScalarArg<int64_t> key_arg = seed.is_cpu()
                                                 ? cuda::ScalarArg<int64_t>{nullptr, seed.item<int64_t>()}
                                                 : cuda::ScalarArg<int64_t>{seed.const_data_ptr<int64_t>(), 0};
   const c10::cuda::CUDAGuard guard(input.device());
@@ -46,11 +46,20 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
   }
   const int64_t words = bytes / 8;
   at::Tensor scratch = at::empty({cuda::mask_count_scratch_elements(words)}, input.options().dtype(at::kLong));
-  const int64_t multiplier = shared_channels ? input.size(1) : 1;
-  C10_CUDA_CHECK(cuda::launch_mask(g, p_arg, gamma_factor(g), seed_arg,
-                                    reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>()), words, multiplier,
-                                    input.numel(), eps, scale.data_ptr<double>(), scratch.data_ptr<int64_t>(),
-                                    kernel, c10::cuda::getCurrentCUDAStream()));
+  cuda::MaskParams params{};
+  params.geometry = g;
+  params.p = p_arg;
+  params.gamma_factor = gamma_factor(g);
+  params.key = key_arg;
+  params.mask = reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>());
+  params.mask_words = words;
+  params.count_multiplier = shared_channels ? input.size(1) : 1;
+  params.numel = input.numel();
+  params.eps = eps;
+  params.scale = scale.data_ptr<double>();
+  params.scratch = scratch.data_ptr<int64_t>();
+  params.kernel = kernel;
+  C10_CUDA_CHECK(cuda::launch_mask(params, c10::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {mask, scale};
 }

@@ -31,14 +31,26 @@ int64_t mask_count_scratch_elements(int64_t mask_words);
 // reach back too far for a window (see ../cuda_mask_kernel.h).
 CudaMaskKernel choose_mask_kernel(const MaskGeometry& geometry, CudaMaskKernel requested);
 
-// Fills the packed KEEP mask (`mask_words` 64-bit words, bit-identical to the CPU kernel) for the
-// key `seed` and drop probability `p`, then writes the float64 scale
-// numel / (eps + kept) to `scale` (kept = popcount * `count_multiplier`; numel == 0 -> 1).
-// `scratch` holds mask_count_scratch_elements(mask_words) int64. Requires mask_words > 0.
-// Returns the error of the launch set-up (the kernels' own errors surface at the next check).
-cudaError_t launch_mask(const MaskGeometry& geometry, ScalarArg<double> p, double gamma_factor, ScalarArg<int64_t> seed,
-                        uint64_t* mask, int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps,
-                        double* scale, int64_t* scratch, CudaMaskKernel kernel, cudaStream_t stream);
+// Everything the mask kernels need, one documented field each (after flash-attention's params
+// structs): the launcher's only argument besides the stream.
+struct MaskParams {
+  MaskGeometry geometry;    // planes of D x H x W, clamped block sizes
+  ScalarArg<double> p;      // drop probability (a device p is not range-checked: NaN / <= 0 seed nowhere)
+  double gamma_factor;      // seed rate per unit of p: gamma = min(p * gamma_factor, 1) (mask_params.h)
+  ScalarArg<int64_t> key;   // the Philox key (the ops' `seed` argument)
+  uint64_t* mask;           // out: the packed KEEP mask, `mask_words` 64-bit words, bit-identical to the CPU's
+  int64_t mask_words;       // > 0
+  int64_t count_multiplier; // kept = popcount * count_multiplier (C for a mask shared by the channels)
+  int64_t numel;            // elements of the input: scale = numel / (eps + kept), 1 when numel == 0
+  double eps;
+  double* scale;            // out: one float64 on the device
+  int64_t* scratch;         // mask_count_scratch_elements(mask_words) int64 on the device
+  CudaMaskKernel kernel;    // the path asked for (kAuto: the geometry decides)
+};
+
+// Fills the mask and writes the scale by the law of ../mask_logic.h. Returns the error of the
+// launch set-up (the kernels' own errors surface at the next check).
+cudaError_t launch_mask(const MaskParams& params, cudaStream_t stream);
 
 enum class ScalarKind : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
 

@@ -1,25 +1,31 @@
 // CUDA kernels of the mask op. No ATen here (compile time, and the minimal toolkits that lack
 // cuBLAS headers): the glue in dropblock_cuda.cpp passes raw pointers and plain sizes.
 //
-// Mask (the same bits as the CPU kernel, by the law in mask_logic.h), by one of two paths:
+// The mask (the same bits as the CPU kernel, by the law in mask_logic.h: seeds drawn per chunk of
+// 256 logical indices) comes by one of two paths:
 //   window (the usual one, when a block reaches back at most kWindowMaxReach logical indices): one
-//     kernel. A CUDA block owns a window of kWindowWords mask words in shared memory: it draws the
-//     seed bits of the window and of the `block_reach` indices before it (whose blocks may reach
-//     into it), clears their blocks inside the window, writes the words once and counts them. The
-//     mask is written once, with no global atomics and no fill; only the count's finished-block
-//     counter is zeroed first (cudaMemsetAsync of 8 bytes);
+//     kernel. A CTA (CUDA thread block) owns a window of whole chunks of the mask in shared memory:
+//     its threads draw one chunk each, the window's and those of the `block_reach` indices before
+//     it (whose blocks may reach into it), clear their blocks inside the window, then write the
+//     words once and count them. The mask is written once, with no global atomics and no fill;
+//     only the count's finished-CTA counter is zeroed first (cudaMemsetAsync of 8 bytes);
 //   scatter (blocks that reach further back, e.g. large 3d volumes, where the halo would dwarf the
 //     window): 1. the packed mask is set to all ones (cudaMemsetAsync); 2. seed kernel: one thread
-//     per Philox group of 16 logical indices clears the blocks of its seeds with 64-bit atomicAnd;
-//     3. count kernel: popcount of every word.
-//   Both use the very functions the CPU kernel runs (seed_bits_of_group, seeds_where_blocks_fit,
-//   clear_blocks) and end the same way: one partial sum per block; the last block to finish sums
-//   them and writes the scale. Seeds are rare (gamma ~ p / b^d), so nearly all the work is one
-//   Philox call per 16 elements: the minimum the law allows.
+//     per chunk clears the blocks of its seeds with 64-bit atomicAnd; 3. count kernel: popcount
+//     of every word.
+//   Both run the functions the CPU kernel runs (make_count_table, seeds_of_chunk,
+//   clear_chunk_blocks) and end the same way: one partial sum per CTA; the last CTA to finish sums
+//   them and writes the scale. Every CTA first computes the count table into shared memory (one
+//   thread, a few dozen double operations at DropBlock's rates), from p read on the device if it
+//   lives there.
 // Nothing is read back to the host: a key or p on the device is read by the kernels and the
 // scale is written by them, so the ops are safe to capture in a CUDA graph. A key or p that
 // lives on the host is passed by value instead (no copy, no extra kernel).
 //
+// Work per chunk (sm_90 SASS of seeds_of_chunk, p = 0.1, block 7): one Philox4x32-10 call
+// (about 110 instructions: 10 rounds of 2 IMAD.WIDE + 4 LOP3/IADD) and the 9-step count search
+// for every chunk; the position draw and the block clearing for the ~half of the chunks that hold
+// a seed. The earlier law spent 16 Philox calls and 16 classifications on the same 256 indices.
 #include "dropblock_kernels.h"
 
 #include <algorithm>
@@ -41,29 +47,42 @@ namespace {
 
 constexpr int64_t kCountBlocks = 1024;
 
-// The window mask kernel: mask words per window (8192 logical indices: 2 Philox groups per
-// thread and window, plus the halo). Its grid is the number of its blocks resident at once on the
-// device (each takes windows in turn), at most kWindowBlocks, which the emulation build in tests
-// lowers so that a few windows already need turns.
-constexpr int kWindowWords = 128;
-constexpr int64_t kWindowBits = int64_t(kWindowWords) * 64;
+// The window kernel: chunks drawn per window, one per thread (the emulation build in tests lowers
+// it, so that small masks already span many windows). A window holds kWindowDraws - halo chunks,
+// the halo being the chunks before it whose blocks reach into it; at least a quarter of the draws.
+#ifndef DROPBLOCK_WINDOW_DRAWS
+#define DROPBLOCK_WINDOW_DRAWS 256
+#endif
+constexpr int64_t kWindowDraws = DROPBLOCK_WINDOW_DRAWS;
+static_assert(kWindowDraws >= 4 && kWindowDraws % 4 == 0, "a window holds a quarter of its draws at least");
+constexpr int kWindowWordsMax = static_cast<int>(kWindowDraws * kChunk / 64);
+// Its grid is the number of its CTAs resident at once on the device (each takes windows in turn),
+// at most kWindowBlocks, which the emulation build also lowers so that windows need turns.
 #ifndef DROPBLOCK_WINDOW_BLOCKS
 #define DROPBLOCK_WINDOW_BLOCKS 4096
 #endif
 constexpr int64_t kWindowBlocks = DROPBLOCK_WINDOW_BLOCKS;
-static_assert(kWindowBlocks >= 1, "the window kernel needs a block");
-// kAuto takes the window kernel while the halo (blocks reaching back into a window) adds at most
-// a quarter to its Philox work: about what the scatter path's fill and count passes cost instead.
-constexpr int64_t kWindowMaxReach = kWindowBits / 4;
+static_assert(kWindowBlocks >= 1, "the window kernel needs a CTA");
+// kAuto takes the window kernel while the halo is at most a quarter of the draws of a full-size
+// (256-draw) window: about what the scatter path's fill and count passes cost instead. Fixed, so
+// that the emulation chooses as the GPU does.
+constexpr int64_t kWindowMaxReach = 64 * kChunk;
 
 int count_blocks(int64_t mask_words) {
   const int64_t blocks = ceil_div(mask_words, kThreads * 8);
   return static_cast<int>(blocks < 1 ? 1 : (blocks > kCountBlocks ? kCountBlocks : blocks));
 }
 
-// The most blocks the window kernel may launch for this mask (its scratch is sized for them).
+// Chunks per window for blocks that reach `reach` indices back.
+int64_t window_chunks(int64_t reach) {
+  const int64_t halo = ceil_div(reach, kChunk);
+  return kWindowDraws - halo >= kWindowDraws / 4 ? kWindowDraws - halo : kWindowDraws / 4;
+}
+
+// The most CTAs the window kernel may launch for this mask (its scratch is sized for them): at
+// least one window of the smallest size per CTA.
 int window_blocks_at_most(int64_t mask_words) {
-  const int64_t blocks = ceil_div(mask_words, kWindowWords);
+  const int64_t blocks = ceil_div(mask_words, kWindowDraws / 4 * (kChunk / 64));
   return static_cast<int>(blocks < 1 ? 1 : (blocks > kWindowBlocks ? kWindowBlocks : blocks));
 }
 
@@ -71,19 +90,35 @@ int window_blocks_at_most(int64_t mask_words) {
 // Mask
 // ------------------------------------------------------------------------------------------
 
+// What the mask kernels read: MaskParams with the geometry turned into the seed grid.
+struct MaskArgs {
+  SeedGrid grid;
+  ScalarArg<double> p;
+  double gamma_factor;
+  ScalarArg<int64_t> key;
+  uint64_t* mask;
+  int64_t mask_words;
+  int64_t count_multiplier;
+  int64_t numel;
+  double eps;
+  double* scale;
+  int64_t* scratch;
+  int64_t window_chunks;  // window kernel only
+};
+
 template <typename T>
 __device__ __forceinline__ T read(ScalarArg<T> arg) {
   return arg.device != nullptr ? *arg.device : arg.value;
 }
 
-// Draws the seed bits of Philox group k and clears the blocks of those where a block fits.
-template <typename Clear>
-__device__ __forceinline__ void clear_blocks_of_group(const SeedGrid& grid, int64_t k, PhiloxKey key,
-                                                      SeedThreshold threshold, const Clear& clear) {
-  const uint32_t bits = seed_bits_of_group(static_cast<uint64_t>(k), key, threshold);
-  if (bits != 0) {
-    clear_blocks(grid, static_cast<uint64_t>(k), seeds_where_blocks_fit(grid, static_cast<uint64_t>(k), bits), clear);
+// The count table of this launch, into shared memory by thread 0; every thread of the CTA calls it.
+__device__ __forceinline__ CountTable shared_count_table(const MaskArgs& a, uint64_t* bounds) {
+  __shared__ CountTable table;
+  if (threadIdx.x == 0) {
+    table = make_count_table(seed_rate(read(a.p), a.gamma_factor), bounds);
   }
+  __syncthreads();
+  return table;
 }
 
 // Word w of `words` as counted: the bits past the last logical element (total_bits) cleared.
@@ -92,23 +127,24 @@ __device__ __forceinline__ uint64_t without_bits_past_end(uint64_t v, int64_t w,
 }
 
 // Scatter path, step 2 (after the fill): the blocks of every seed, cleared with global atomics.
-__global__ void __launch_bounds__(kThreads) seed_kernel(SeedGrid grid, double gamma_factor, ScalarArg<int64_t> seed,
-                                                        ScalarArg<double> drop_probability,
-                                                        uint64_t* __restrict__ mask,
-                                                        unsigned long long* __restrict__ count_finished) {
+__global__ void __launch_bounds__(kThreads) seed_kernel(MaskArgs a) {
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    *count_finished = 0;  // the count kernel's finished-block counter, which runs next on the stream
+    *reinterpret_cast<unsigned long long*>(a.scratch) = 0;  // the count kernel's finished-CTA counter, next
   }
-  const SeedThreshold threshold = make_seed_threshold(read(drop_probability), gamma_factor);
-  if (never_seeds(threshold)) {
+  __shared__ uint64_t bounds[kChunk];
+  const CountTable table = shared_count_table(a, bounds);
+  if (never_seeds(table)) {
     return;
   }
-  const PhiloxKey key = make_key(static_cast<uint64_t>(read(seed)));
-  const AtomicClear clear{mask};
-  const int64_t groups = (grid.total + 15) / 16;
+  const PhiloxKey key = make_key(static_cast<uint64_t>(read(a.key)));
+  const AtomicClear clear{a.mask};
+  const int64_t chunks = ceil_div(a.grid.total, kChunk);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < groups; k += stride) {
-    clear_blocks_of_group(grid, k, key, threshold, clear);
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += stride) {
+    const ChunkBits seeds = seeds_of_chunk(static_cast<uint64_t>(c), key, bounds, table);
+    if (any(seeds)) {
+      clear_chunk_blocks(a.grid, static_cast<uint64_t>(c), seeds, clear);
+    }
   }
 }
 
@@ -133,20 +169,19 @@ __device__ __forceinline__ int64_t block_sum(int64_t value) {
 }
 
 // The end of both mask paths: `sum` is this thread's count of kept bits. One partial sum per
-// block goes to scratch[1 ..]; the last block to finish (counted in scratch[0], zeroed before the
-// kernel) adds the partials and writes the scale (keep_scale). Every thread of the block calls it,
+// CTA goes to scratch[1 ..]; the last CTA to finish (counted in scratch[0], zeroed before the
+// kernel) adds the partials and writes the scale (keep_scale). Every thread of the CTA calls it,
 // last in the kernel.
-__device__ __forceinline__ void publish_count(int64_t sum, int64_t* scratch, int64_t multiplier, int64_t numel,
-                                              double eps, double* __restrict__ scale) {
+__device__ __forceinline__ void publish_count(int64_t sum, const MaskArgs& a) {
   sum = block_sum(sum);
-  volatile int64_t* partials = scratch + 1;
+  volatile int64_t* partials = a.scratch + 1;
   __shared__ bool last_block;
   if (threadIdx.x == 0) {
     partials[blockIdx.x] = sum;
-    __threadfence();  // this block's partial is visible device-wide before it counts as finished
-    const bool last = atomicAdd(reinterpret_cast<unsigned long long*>(scratch), 1ull) == gridDim.x - 1;
+    __threadfence();  // this CTA's partial is visible device-wide before it counts as finished
+    const bool last = atomicAdd(reinterpret_cast<unsigned long long*>(a.scratch), 1ull) == gridDim.x - 1;
     if (last) {
-      __threadfence();  // and the last block sees every partial counted before its own
+      __threadfence();  // and the last CTA sees every partial counted before its own
     }
     last_block = last;
   }
@@ -160,36 +195,34 @@ __device__ __forceinline__ void publish_count(int64_t sum, int64_t* scratch, int
   }
   kept = block_sum(kept);
   if (threadIdx.x == 0) {
-    *scale = keep_scale(numel, kept * multiplier, eps);
+    *a.scale = keep_scale(a.numel, kept * a.count_multiplier, a.eps);
   }
 }
 
 // Scatter path, step 3: popcount of the mask (clearing the bits past the last element).
-__global__ void __launch_bounds__(kThreads) count_kernel(uint64_t* __restrict__ mask, int64_t words,
-                                                         int64_t total_bits, int64_t* scratch,
-                                                         int64_t multiplier, int64_t numel, double eps,
-                                                         double* __restrict__ scale) {
+__global__ void __launch_bounds__(kThreads) count_kernel(MaskArgs a) {
   int64_t sum = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < words; w += stride) {
-    const uint64_t v = without_bits_past_end(mask[w], w, words, total_bits);
-    if (w == words - 1) {
-      mask[w] = v;
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < a.mask_words; w += stride) {
+    const uint64_t v = without_bits_past_end(a.mask[w], w, a.mask_words, a.grid.total);
+    if (w == a.mask_words - 1) {
+      a.mask[w] = v;
     }
     sum += __popcll(v);
   }
-  publish_count(sum, scratch, multiplier, numel, eps, scale);
+  publish_count(sum, a);
 }
 
 // Clears bits of one window of the mask, held in shared memory as 32-bit halves of its words
 // (a 32-bit atomicAnd is a native shared-memory operation; a 64-bit one is a compare-and-swap
-// loop). Bits outside the window belong to other windows, whose blocks draw the same seeds.
+// loop). Bits outside the window belong to other windows, whose CTAs draw the same seeds.
 struct WindowClear {
-  uint32_t* halves;  // 2 * kWindowWords: low half of word i at 2i, high half at 2i + 1
+  uint32_t* halves;  // 2 * window words: low half of word i at 2i, high half at 2i + 1
   int64_t first_word;
+  int64_t words;
   __device__ void operator()(int64_t w, uint64_t bits) const {
     const int64_t i = w - first_word;
-    if (i < 0 || i >= kWindowWords) {
+    if (i < 0 || i >= words) {
       return;
     }
     // Blocks of two seeds may overlap: atomics.
@@ -202,51 +235,53 @@ struct WindowClear {
   }
 };
 
-// Window path: the whole mask and its count in one kernel (see the top of this file).
-__global__ void __launch_bounds__(kThreads) window_mask_kernel(SeedGrid grid, double gamma_factor,
-                                                               ScalarArg<int64_t> seed,
-                                                               ScalarArg<double> drop_probability,
-                                                               uint64_t* __restrict__ mask, int64_t words,
-                                                               int64_t* scratch, int64_t multiplier, int64_t numel,
-                                                               double eps, double* __restrict__ scale) {
-  __shared__ uint32_t window[2 * kWindowWords];
-  const SeedThreshold threshold = make_seed_threshold(read(drop_probability), gamma_factor);
-  const bool seeds = !never_seeds(threshold);
-  const PhiloxKey key = make_key(static_cast<uint64_t>(read(seed)));
-  const int64_t reach = block_reach(grid);
-  const int64_t windows = ceil_div(words, kWindowWords);
+// Window path: the whole mask and its count in one kernel (see the top of this file). At least
+// 2 CTAs per SM: without the bound ptxas holds the kernel to 64 registers and spills; it needs
+// about 80 (the chunk's 256 seed bits, Philox, the seed grid), 3 CTAs of 256 threads per SM.
+__global__ void __launch_bounds__(kThreads, 2) window_mask_kernel(MaskArgs a) {
+  __shared__ uint32_t window[2 * kWindowWordsMax];
+  __shared__ uint64_t bounds[kChunk];
+  const CountTable table = shared_count_table(a, bounds);
+  const bool seeds = !never_seeds(table);
+  const PhiloxKey key = make_key(static_cast<uint64_t>(read(a.key)));
+  const SeedGrid& grid = a.grid;
+  const int64_t halo = ceil_div(block_reach(grid), kChunk);
+  const int64_t window_words = a.window_chunks * (kChunk / 64);
+  const int64_t windows = ceil_div(a.mask_words, window_words);
   int64_t sum = 0;
   for (int64_t win = blockIdx.x; win < windows; win += gridDim.x) {
-    const int64_t first_word = win * kWindowWords;
-    for (int i = threadIdx.x; i < 2 * kWindowWords; i += blockDim.x) {
+    const int64_t first_word = win * window_words;
+    for (int i = threadIdx.x; i < 2 * window_words; i += blockDim.x) {
       window[i] = ~0u;
     }
     __syncthreads();
     if (seeds) {
-      // Seeds from `reach` indices before the window to its end; groups of 16 that straddle
-      // either edge are drawn whole (WindowClear writes nothing outside the window).
-      const int64_t first_bit = first_word * 64;
-      const int64_t end_bit = first_bit + kWindowBits < grid.total ? first_bit + kWindowBits : grid.total;
-      const int64_t first_group = (first_bit > reach ? first_bit - reach : 0) / 16;
-      const int64_t end_group = ceil_div(end_bit, 16);
-      const WindowClear clear{window, first_word};
-      for (int64_t k = first_group + threadIdx.x; k < end_group; k += blockDim.x) {
-        clear_blocks_of_group(grid, k, key, threshold, clear);
+      // The window's chunks and the halo's before them (a window starts on a chunk).
+      const int64_t first_chunk = win * a.window_chunks;
+      const int64_t end_chunk = ceil_div(first_word * 64 + window_words * 64 < grid.total
+                                             ? first_word * 64 + window_words * 64 : grid.total, kChunk);
+      const WindowClear clear{window, first_word, window_words};
+      for (int64_t c = (first_chunk > halo ? first_chunk - halo : 0) + threadIdx.x; c < end_chunk;
+           c += blockDim.x) {
+        const ChunkBits s = seeds_of_chunk(static_cast<uint64_t>(c), key, bounds, table);
+        if (any(s)) {
+          clear_chunk_blocks(grid, static_cast<uint64_t>(c), s, clear);
+        }
       }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < kWindowWords; i += blockDim.x) {
+    for (int i = threadIdx.x; i < window_words; i += blockDim.x) {
       const int64_t w = first_word + i;
-      if (w < words) {
-        const uint64_t v =
-            without_bits_past_end((static_cast<uint64_t>(window[2 * i + 1]) << 32) | window[2 * i], w, words, grid.total);
-        mask[w] = v;
+      if (w < a.mask_words) {
+        const uint64_t v = without_bits_past_end((static_cast<uint64_t>(window[2 * i + 1]) << 32) | window[2 * i], w,
+                                                 a.mask_words, grid.total);
+        a.mask[w] = v;
         sum += __popcll(v);
       }
     }
     __syncthreads();  // every word is read before the next window overwrites them
   }
-  publish_count(sum, scratch, multiplier, numel, eps, scale);
+  publish_count(sum, a);
 }
 
 // The window kernel's grid: as many blocks as the device holds at once (so that every block takes
@@ -311,30 +346,28 @@ CudaMaskKernel choose_mask_kernel(const MaskGeometry& g, CudaMaskKernel requeste
   return choose_mask_kernel(make_seed_grid(g), requested);
 }
 
-cudaError_t launch_mask(const MaskGeometry& g, ScalarArg<double> drop_probability, double gamma_factor,
-                        ScalarArg<int64_t> seed, uint64_t* mask, int64_t mask_words, int64_t count_multiplier,
-                        int64_t numel, double eps, double* scale, int64_t* scratch, CudaMaskKernel kernel,
-                        cudaStream_t stream) {
-  const SeedGrid grid = make_seed_grid(g);
-  if (choose_mask_kernel(grid, kernel) == CudaMaskKernel::kWindow) {
-    const cudaError_t zero = cudaMemsetAsync(scratch, 0, sizeof(int64_t), stream);  // the finished-block counter
+cudaError_t launch_mask(const MaskParams& params, cudaStream_t stream) {
+  MaskArgs a{make_seed_grid(params.geometry), params.p, params.gamma_factor, params.key, params.mask,
+             params.mask_words, params.count_multiplier, params.numel, params.eps, params.scale, params.scratch, 0};
+  if (choose_mask_kernel(a.grid, params.kernel) == CudaMaskKernel::kWindow) {
+    const cudaError_t zero = cudaMemsetAsync(a.scratch, 0, sizeof(int64_t), stream);  // the finished-CTA counter
     if (zero != cudaSuccess) {
       return zero;
     }
-    const int most = window_blocks_at_most(mask_words), resident = resident_window_blocks(stream);
-    launch(window_mask_kernel, dim3(most < resident ? most : resident), kThreads, stream, grid, gamma_factor, seed,
-           drop_probability, mask, mask_words, scratch, count_multiplier, numel, eps, scale);
+    a.window_chunks = window_chunks(block_reach(a.grid));
+    const int64_t windows = ceil_div(a.mask_words, a.window_chunks * (kChunk / 64));
+    const int resident = resident_window_blocks(stream);
+    const int64_t ctas = windows < resident ? windows : resident;  // <= window_blocks_at_most: the scratch holds them
+    launch(window_mask_kernel, dim3(static_cast<unsigned>(ctas)), kThreads, stream, a);
     return cudaSuccess;
   }
-  const cudaError_t fill = cudaMemsetAsync(mask, 0xFF, static_cast<size_t>(mask_words) * sizeof(uint64_t), stream);
+  const cudaError_t fill = cudaMemsetAsync(a.mask, 0xFF, static_cast<size_t>(a.mask_words) * sizeof(uint64_t), stream);
   if (fill != cudaSuccess) {
     return fill;
   }
   // mask_words > 0, so grid.total > 0: the seed kernel always runs (and zeroes scratch[0]).
-  launch(seed_kernel, dim3(grid_for(ceil_div(grid.total, 16), kThreads)), kThreads, stream, grid, gamma_factor, seed,
-         drop_probability, mask, reinterpret_cast<unsigned long long*>(scratch));
-  launch(count_kernel, dim3(count_blocks(mask_words)), kThreads, stream, mask, mask_words, grid.total, scratch,
-         count_multiplier, numel, eps, scale);
+  launch(seed_kernel, dim3(grid_for(ceil_div(a.grid.total, kChunk), kThreads)), kThreads, stream, a);
+  launch(count_kernel, dim3(count_blocks(a.mask_words)), kThreads, stream, a);
   return cudaSuccess;
 }
 

@@ -4,6 +4,8 @@
 #define DROPBLOCK_CUDA_EMULATION
 // Few window blocks, so that small masks already take windows in turns.
 #define DROPBLOCK_WINDOW_BLOCKS 3
+// Small windows (8 chunks drawn each), so that masks of a few thousand bits span many windows.
+#define DROPBLOCK_WINDOW_DRAWS 8
 #include "cuda_emulation.h"
 
 #include "cuda/mask_kernels.cu"
@@ -63,10 +65,11 @@ int emulated_mask(const int64_t* geometry, double p, int p_on_device, double gam
                   double eps, double* scale, int64_t* scratch, int kernel) {
   const MaskGeometry g = geometry_from(geometry);
   const ScalarArg<double> p_arg = p_on_device ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
-  const ScalarArg<int64_t> seed_arg = seed_on_device ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
-  return static_cast<int>(dropblock::cuda::launch_mask(g, p_arg, gamma_factor, seed_arg, mask, mask_words,
-                                                       count_multiplier, numel, eps, scale, scratch,
-                                                       static_cast<dropblock::CudaMaskKernel>(kernel), nullptr));
+  const ScalarArg<int64_t> key_arg = seed_on_device ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
+  dropblock::cuda::MaskParams params{g,    p_arg, gamma_factor, key_arg, mask,    mask_words,
+                                     count_multiplier, numel, eps,     scale, scratch,
+                                     static_cast<dropblock::CudaMaskKernel>(kernel)};
+  return static_cast<int>(dropblock::cuda::launch_mask(params, nullptr));
 }
 
 // The path kAuto takes (dropblock::CudaMaskKernel) for this geometry.

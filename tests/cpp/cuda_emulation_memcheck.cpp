@@ -5,6 +5,7 @@
 // prints "ok" and exits 0 when nothing is reported.
 #define DROPBLOCK_CUDA_EMULATION
 #define DROPBLOCK_WINDOW_BLOCKS 3  // windows taken in turns from a few on
+#define DROPBLOCK_WINDOW_DRAWS 8   // small windows
 #include "cuda_emulation.h"
 
 #include <cstdio>
@@ -40,14 +41,14 @@ void run_mask(const Sizes& sizes, int64_t block, bool shared) {
   std::vector<uint64_t> mask(words);
   std::vector<int64_t> scratch(dropblock::cuda::mask_count_scratch_elements(words));
   double scale = 0.0, p = 0.3;
-  int64_t seed = 12345;
+  int64_t key = 12345;
   for (auto kernel : {dropblock::CudaMaskKernel::kScatter, dropblock::CudaMaskKernel::kWindow}) {
     for (bool in_memory : {false, true}) {
       const ScalarArg<double> p_arg = in_memory ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
-      const ScalarArg<int64_t> seed_arg =
-          in_memory ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
-      dropblock::cuda::launch_mask(g, p_arg, 0.05, seed_arg, mask.data(), words, shared ? sizes[1] : 1,
-                                   product(sizes), 1e-6, &scale, scratch.data(), kernel, nullptr);
+      const ScalarArg<int64_t> key_arg = in_memory ? ScalarArg<int64_t>{&key, 0} : ScalarArg<int64_t>{nullptr, key};
+      const dropblock::cuda::MaskParams params{g,         p_arg,  0.05, key_arg, mask.data(), words, shared ? sizes[1] : 1,
+                                               product(sizes), 1e-6, &scale, scratch.data(), kernel};
+      dropblock::cuda::launch_mask(params, nullptr);
     }
   }
 }
