@@ -247,8 +247,13 @@ struct PositionDraw {
   }
   // Takes the 4 candidate bytes of `word` in order.
   C10_HOST_DEVICE void take(uint32_t word) {
-#ifdef __CUDA_ARCH__
-    // Selects, not a reference to the chosen word: the four words stay in registers.
+#if defined(__CUDA_ARCH__) || defined(DROPBLOCK_CUDA_EMULATION)  // the emulation runs the device's form
+    // Selects, not a reference to the chosen word: the four words stay in registers. About 38
+    // instructions a byte, so a word is skipped once the draw is done (after its first word for
+    // K <= 4: nearly every chunk at DropBlock's rates).
+    if (have >= need) {
+      return;
+    }
 DROPBLOCK_UNROLL
     for (int j = 0; j < 4; ++j) {
       const uint32_t b = (word >> (8 * j)) & 0xFFu;

@@ -62,7 +62,7 @@ MASK_CASES = [
     ((1, 1, 64, 64), (1, 1), 0.5),  # b = 1: dropout
     ((2, 3, 40, 40), (7, 7), 1.0),
     ((2, 3, 40, 40), (3, 3), 1.0),
-    ((3, 4, 7, 7), (7, 7), 1.0),  # gamma = 1: every valid position seeds (threshold top = 256)
+    ((3, 4, 7, 7), (7, 7), 1.0),  # gamma = 1: every valid position seeds (the mirrored table is empty: K = 256)
     ((2, 3, 33, 33), (5, 5), 0.0),
     ((2, 3, 1000), (7,), 0.1),
     ((2, 3, 3001), (60,), 0.3),  # block wider than 49

@@ -22,10 +22,14 @@
 // scale is written by them, so the ops are safe to capture in a CUDA graph. A key or p that
 // lives on the host is passed by value instead (no copy, no extra kernel).
 //
-// Work per chunk (sm_90 SASS of seeds_of_chunk, p = 0.1, block 7): one Philox4x32-10 call
-// (about 110 instructions: 10 rounds of 2 IMAD.WIDE + 4 LOP3/IADD) and the 9-step count search
-// for every chunk; the position draw and the block clearing for the ~half of the chunks that hold
-// a seed. The earlier law spent 16 Philox calls and 16 classifications on the same 256 indices.
+// Instruction budget per chunk of 256 positions and thread (sm_90 SASS of window_mask_kernel,
+// cuobjdump -sass, nvcc 13.0; 80 registers, no spill): the first Philox4x32-10 call and the loop
+// set-up about 85 instructions (20 IMAD.WIDE: 10 unrolled rounds), the count scan about 5 a step
+// (K + 1 steps; a warp takes its largest K, about 3), so about 120 for a chunk without seeds;
+// a chunk with seeds adds about 38 per candidate byte of its first word (4 for K <= 4) and the
+// clearing of its blocks (a row walk of the chunk, then per seed row bd * bh shared-memory
+// atomics of 32 bits). The law before this one spent a Philox call and a classification with a
+// tie and a seed branch per 16 positions: about 500 instructions per 16 positions.
 #include "dropblock_kernels.h"
 
 #include <algorithm>
