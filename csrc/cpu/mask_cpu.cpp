@@ -63,6 +63,32 @@ void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* bound
       pending[waiting++] = i;
     }
   }
+  if (waiting == 0) {  // DropBlock's rates: every chunk's positions came from its first call
+    for (int i = 0; i < n; ++i) {
+      seeds[i] = finish_position_draw(draws[i], counts[i]);
+    }
+    return;
+  }
+  // Chunks that need many more candidates (dense seeds, e.g. block size 1 at p = 1/2: about 180
+  // bytes each) go on with a byte per position, which costs a couple of cycles a candidate where
+  // the bit set's read-modify-write chain costs tens; filling and folding the bytes costs about
+  // as much as 30 candidates, so the others stay with the bit set.
+  constexpr int kDenseNeed = 48;
+  static thread_local uint8_t seen[kChunkBatch][kChunk];
+  for (int j = 0; j < waiting; ++j) {
+    if (draws[pending[j]].need <= kDenseNeed) {
+      continue;
+    }
+    const ChunkBits& s = draws[pending[j]].chosen;
+    const uint64_t words[4] = {s.w0, s.w1, s.w2, s.w3};
+    for (int b = 0; b < kChunk; ++b) {
+      seen[j][b] = static_cast<uint8_t>((words[b >> 6] >> (b & 63)) & 1u);
+    }
+  }
+  int slot[kChunkBatch];  // seen[] row of each pending chunk
+  for (int j = 0; j < waiting; ++j) {
+    slot[j] = j;
+  }
   for (uint32_t call = 1; waiting > 0; ++call) {
     for (int j = 0; j < waiting; ++j) {
       const uint64_t chunk = first + static_cast<uint64_t>(pending[j]);
@@ -75,12 +101,37 @@ void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* bound
     int still = 0;
     for (int j = 0; j < waiting; ++j) {
       PositionDraw& d = draws[pending[j]];
-      d.take(c0[j]);
-      d.take(c1[j]);
-      d.take(c2[j]);
-      d.take(c3[j]);
+      if (d.need <= kDenseNeed) {
+        d.take(c0[j]);
+        d.take(c1[j]);
+        d.take(c2[j]);
+        d.take(c3[j]);
+        if (!d.done()) {
+          pending[still] = pending[j];
+          slot[still] = slot[j];
+          ++still;
+        }
+        continue;
+      }
+      uint8_t* flags = seen[slot[j]];
+      const uint32_t words[4] = {c0[j], c1[j], c2[j], c3[j]};
+      int have = d.have;
+      for (int b = 0; b < 16 && have < d.need; ++b) {
+        const uint32_t position = (words[b >> 2] >> (8 * (b & 3))) & 0xFFu;
+        have += 1 - flags[position];
+        flags[position] = 1;
+      }
+      d.have = have;
       if (!d.done()) {
-        pending[still++] = pending[j];
+        pending[still] = pending[j];
+        slot[still] = slot[j];
+        ++still;
+      } else {
+        uint64_t w[4] = {0, 0, 0, 0};
+        for (int b = 0; b < kChunk; ++b) {
+          w[b >> 6] |= static_cast<uint64_t>(flags[b]) << (b & 63);
+        }
+        d.chosen = {w[0], w[1], w[2], w[3]};
       }
     }
     waiting = still;
