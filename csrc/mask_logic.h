@@ -460,6 +460,22 @@ C10_HOST_DEVICE inline void position_in_plane(const SeedGrid& s, int64_t g, int6
   y = line - z * H;
 }
 
+C10_HOST_DEVICE inline int popcount64(uint64_t v) {
+#ifdef __CUDA_ARCH__
+  return __popcll(v);
+#else
+  return __builtin_popcountll(v);
+#endif
+}
+
+C10_HOST_DEVICE inline int lowest_bit64(uint64_t v) {
+#ifdef __CUDA_ARCH__
+  return __ffsll(static_cast<long long>(v)) - 1;
+#else
+  return __builtin_ctzll(v);
+#endif
+}
+
 // Bits [offset, offset + n) of a chunk's bits (1 <= n <= 64, offset + n <= 256) as bits 0 .. n-1.
 C10_HOST_DEVICE inline uint64_t chunk_bits(const ChunkBits& s, int64_t offset, int64_t n) {
   const int q = static_cast<int>(offset >> 6), shift = static_cast<int>(offset & 63);
@@ -498,11 +514,7 @@ C10_HOST_DEVICE inline void clear_row_blocks(const SeedGrid& s, int64_t g, uint6
     return;
   }
   for (uint64_t v = bits; v != 0; v &= v - 1) {
-#ifdef __CUDA_ARCH__
-    const int lane = __ffsll(static_cast<long long>(v)) - 1;
-#else
-    const int lane = __builtin_ctzll(v);
-#endif
+    const int lane = lowest_bit64(v);
     for (int64_t dz = 0; dz < bd; ++dz) {
       for (int64_t dy = 0; dy < bh; ++dy) {
         clear_range(g + lane + (dz * H + dy) * W, bw, clear);
@@ -510,6 +522,34 @@ C10_HOST_DEVICE inline void clear_row_blocks(const SeedGrid& s, int64_t g, uint6
     }
   }
 }
+
+// Clears the block of one seed at logical index g (where its block fits): bd * bh rows of bw bits,
+// walked by adding the row and plane strides (no multiply per row).
+template <typename Clear>
+C10_HOST_DEVICE inline void clear_one_block(const SeedGrid& s, int64_t g, const Clear& clear) {
+  const int64_t H = s.size[1], W = s.size[2];
+  const int64_t bd = s.block[0], bh = s.block[1], bw = s.block[2];
+  int64_t plane_row = g;
+  for (int64_t dz = 0; dz < bd; ++dz, plane_row += H * W) {
+    int64_t pos = plane_row;
+    for (int64_t dy = 0; dy < bh; ++dy, pos += W) {
+      if (bw <= 48) {
+        const uint64_t pattern = low_bits(bw);
+        const int shift = static_cast<int>(pos & 63);
+        clear(pos >> 6, pattern << shift);
+        if (shift + bw > 64) {
+          clear((pos >> 6) + 1, pattern >> (64 - shift));
+        }
+      } else {
+        clear_range(pos, bw, clear);
+      }
+    }
+  }
+}
+
+// A chunk with at most this many seeds has them placed one by one (a division to find each one's
+// position); more, and the chunk is walked row by row (its seeds of a row at once).
+constexpr int kSparseChunkSeeds = 4;
 
 // Block expansion of a chunk: clears through clear(word, bits) the blocks of its seeds (bit i <->
 // logical index kChunk * chunk + i) that sit where a whole block fits, walking the chunk row by row
@@ -523,8 +563,26 @@ C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk
   }
   const int64_t H = s.size[1], W = s.size[2];
   const int64_t n = s.total - g0 < kChunk ? s.total - g0 : kChunk;
-  const int64_t piece = s.block[2] <= 48 ? 65 - s.block[2] : 64;
   int64_t z, y, x;
+  if (popcount64(seeds.w0) + popcount64(seeds.w1) + popcount64(seeds.w2) + popcount64(seeds.w3) <=
+      kSparseChunkSeeds) {
+    const uint64_t words[4] = {seeds.w0, seeds.w1, seeds.w2, seeds.w3};
+DROPBLOCK_UNROLL
+    for (int q = 0; q < 4; ++q) {
+      for (uint64_t v = words[q]; v != 0; v &= v - 1) {
+        const int64_t i = 64 * q + lowest_bit64(v);
+        if (i >= n) {
+          return;
+        }
+        position_in_plane(s, g0 + i, z, y, x);
+        if (z < s.extent[0] && y < s.extent[1] && x < s.extent[2]) {
+          clear_one_block(s, g0 + i, clear);
+        }
+      }
+    }
+    return;
+  }
+  const int64_t piece = s.block[2] <= 48 ? 65 - s.block[2] : 64;
   position_in_plane(s, g0, z, y, x);
   for (int64_t i = 0; i < n;) {
     const int64_t in_row = W - x < n - i ? W - x : n - i;  // chunk positions [i, i + in_row) share a row

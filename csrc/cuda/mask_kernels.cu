@@ -23,7 +23,7 @@
 // lives on the host is passed by value instead (no copy, no extra kernel).
 //
 // Instruction budget per chunk of 256 positions and thread (sm_90 SASS of window_mask_kernel,
-// cuobjdump -sass, nvcc 13.0; 80 registers, no spill): the first Philox4x32-10 call and the loop
+// cuobjdump -sass, nvcc 13.0; 90 registers, no spill): the first Philox4x32-10 call and the loop
 // set-up about 85 instructions (20 IMAD.WIDE: 10 unrolled rounds), the count scan about 5 a step
 // (K + 1 steps; a warp takes its largest K, about 3), so about 120 for a chunk without seeds;
 // a chunk with seeds adds about 38 per candidate byte of its first word (4 for K <= 4) and the
@@ -241,7 +241,7 @@ struct WindowClear {
 
 // Window path: the whole mask and its count in one kernel (see the top of this file). At least
 // 2 CTAs per SM: without the bound ptxas holds the kernel to 64 registers and spills; it needs
-// about 80 (the chunk's 256 seed bits, Philox, the seed grid), 3 CTAs of 256 threads per SM.
+// about 90 (the chunk's 256 seed bits, Philox, the seed grid): 2 CTAs of 256 threads per SM.
 __global__ void __launch_bounds__(kThreads, 2) window_mask_kernel(MaskArgs a) {
   __shared__ uint32_t window[2 * kWindowWordsMax];
   __shared__ uint64_t bounds[kChunk];
