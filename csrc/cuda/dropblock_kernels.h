@@ -9,7 +9,6 @@
 
 #include "../cuda_mask_kernel.h"
 #include "../mask_logic.h"
-#include "apply_indexing.h"
 
 namespace dropblock {
 namespace cuda {
@@ -39,15 +38,6 @@ CudaMaskKernel choose_mask_kernel(const MaskGeometry& geometry, CudaMaskKernel r
 cudaError_t launch_mask(const MaskGeometry& geometry, ScalarArg<double> p, double gamma_factor, ScalarArg<int64_t> seed,
                         uint64_t* mask, int64_t mask_words, int64_t count_multiplier, int64_t numel, double eps,
                         double* scale, int64_t* scratch, CudaMaskKernel kernel, cudaStream_t stream);
-
-enum class ScalarKind : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
-
-// out = keep ? in * scale : 0 (in the op math type: float for half / bfloat16) for an input of
-// `dim` (3 to 5) dimensions (N, C, *spatial) with element strides `in_strides` / `out_strides`.
-// `out` may alias `in` when the strides are equal (in place). `scale` is read on the device.
-void launch_apply(ScalarKind kind, const void* in, void* out, int dim, const int64_t* sizes,
-                  const int64_t* in_strides, const int64_t* out_strides, const uint64_t* mask, const double* scale,
-                  bool shared_channels, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace dropblock
