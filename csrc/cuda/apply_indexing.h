@@ -192,33 +192,58 @@ struct StridedPlan {
   bool same_strides;   // the input's offsets are the output's (in place, or a dense input and its empty_like)
 };
 
-// Offsets of element e (in visiting order) in the input, the output and the mask. kOutDense and
-// kSameStrides (valid when the plan says so) skip the arithmetic the plan makes unnecessary.
-template <bool kOutDense, bool kSameStrides, typename index_t>
-C10_HOST_DEVICE inline void strided_offsets(const StridedPlan<index_t>& p, index_t e, index_t& in_offset,
-                                            index_t& out_offset, index_t& bit) {
-  index_t rest = e;
-  in_offset = 0;
-  out_offset = 0;
-  bit = 0;
+// Offsets of the N elements e[0 .. N) (in visiting order) in the input, the output and the mask.
+// kOutDense and kSameStrides (valid when the plan says so) skip the arithmetic the plan makes
+// unnecessary. The N elements go through each dim together, so that the dim's test and its
+// divider's constants are paid once per N elements; an element past numel gets harmless garbage
+// (unsigned wrap-around, never out of bounds: the kernel only uses offsets of elements it has).
+template <int N, bool kOutDense, bool kSameStrides, typename index_t>
+C10_HOST_DEVICE inline void strided_offsets_n(const StridedPlan<index_t>& p, const index_t (&e)[N],
+                                              index_t (&in_offset)[N], index_t (&out_offset)[N], index_t (&bit)[N]) {
+  index_t rest[N];
+DROPBLOCK_UNROLL
+  for (int u = 0; u < N; ++u) {
+    rest[u] = e[u];
+    in_offset[u] = 0;
+    out_offset[u] = 0;
+    bit[u] = 0;
+  }
 DROPBLOCK_UNROLL
   for (int d = kMaxApplyDims - 1; d >= 1; --d) {
     if (d < p.dims) {
-      const index_t q = p.by_size[d].divide(rest);
-      const index_t coordinate = p.by_size[d].remainder(rest, q);
-      rest = q;
-      bit += coordinate * p.bit_stride[d];
-      if (!kOutDense) {
-        out_offset += coordinate * p.out_stride[d];
-      }
-      if (!kSameStrides) {
-        in_offset += coordinate * p.in_stride[d];
+DROPBLOCK_UNROLL
+      for (int u = 0; u < N; ++u) {
+        const index_t q = p.by_size[d].divide(rest[u]);
+        const index_t coordinate = p.by_size[d].remainder(rest[u], q);
+        rest[u] = q;
+        bit[u] += coordinate * p.bit_stride[d];
+        if (!kOutDense) {
+          out_offset[u] += coordinate * p.out_stride[d];
+        }
+        if (!kSameStrides) {
+          in_offset[u] += coordinate * p.in_stride[d];
+        }
       }
     }
   }
-  bit += rest * p.bit_stride[0];
-  out_offset = kOutDense ? e : out_offset + rest * p.out_stride[0];
-  in_offset = kSameStrides ? out_offset : in_offset + rest * p.in_stride[0];
+DROPBLOCK_UNROLL
+  for (int u = 0; u < N; ++u) {
+    bit[u] += rest[u] * p.bit_stride[0];
+    out_offset[u] = kOutDense ? e[u] : out_offset[u] + rest[u] * p.out_stride[0];
+    in_offset[u] = kSameStrides ? out_offset[u] : in_offset[u] + rest[u] * p.in_stride[0];
+  }
+}
+
+// The same for one element.
+template <bool kOutDense, bool kSameStrides, typename index_t>
+C10_HOST_DEVICE inline void strided_offsets(const StridedPlan<index_t>& p, index_t e, index_t& in_offset,
+                                            index_t& out_offset, index_t& bit) {
+  const index_t es[1] = {e};
+  index_t in[1], out[1], bits[1];
+  strided_offsets_n<1, kOutDense, kSameStrides>(p, es, in, out, bits);
+  in_offset = in[0];
+  out_offset = out[0];
+  bit = bits[0];
 }
 
 template <typename index_t>

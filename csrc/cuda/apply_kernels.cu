@@ -204,21 +204,25 @@ __global__ void __launch_bounds__(kThreads)
   const index_t base = static_cast<index_t>(blockIdx.x) * (kThreads * kStridedUnroll) + threadIdx.x;
   // The innermost dim's bit stride: 1 when memory's innermost dim is the mask's too.
   const index_t inner_bits = p.plan.bit_stride[p.plan.dims - 1];
+  index_t first[kStridedUnroll], in_offsets[kStridedUnroll], out_offsets[kStridedUnroll], bits[kStridedUnroll];
+#pragma unroll
+  for (int u = 0; u < kStridedUnroll; ++u) {
+    first[u] = (base + u * kThreads) * V;
+  }
+  strided_offsets_n<kStridedUnroll, kOutDense, kSameStrides>(p.plan, first, in_offsets, out_offsets, bits);
   Pack<T, V> data[kStridedUnroll];
   uint32_t keep[kStridedUnroll];
-  index_t out_offsets[kStridedUnroll];
 #pragma unroll
   for (int u = 0; u < kStridedUnroll; ++u) {
     const index_t i = base + u * kThreads;
     if (i < items) {
-      index_t in_offset, bit;
-      strided_offsets<kOutDense, kSameStrides>(p.plan, i * V, in_offset, out_offsets[u], bit);
+      const index_t bit = bits[u];
       if (V == 1) {
-        data[u].v[0] = p.in[in_offset];
+        data[u].v[0] = p.in[in_offsets[u]];
         keep[u] = keep_bit32(p.mask, bit);
       } else {
         // V divides the innermost size: the vector's elements are consecutive along that dim.
-        data[u] = *reinterpret_cast<const Pack<T, V>*>(p.in + in_offset);
+        data[u] = *reinterpret_cast<const Pack<T, V>*>(p.in + in_offsets[u]);
         if (inner_bits == 1) {
           keep[u] = static_cast<uint32_t>(keep_bits(p.mask, static_cast<int64_t>(bit), V));
         } else {

@@ -120,6 +120,19 @@ void check_strided(const std::string& name, const Sizes& sizes, const Sizes& in_
     in_memory_order = in_memory_order && static_cast<int64_t>(out) > previous_out;
     previous_out = static_cast<int64_t>(out);
   }
+  // Three elements at once (the kernel's several per thread), the last ones past numel ignored.
+  for (int64_t e = 0; e < p.numel; e += 3) {
+    const index_t es[3] = {static_cast<index_t>(e), static_cast<index_t>(e + 1), static_cast<index_t>(e + 2)};
+    index_t in[3], out[3], bit[3];
+    dropblock::cuda::strided_offsets_n<3, false, false>(p, es, in, out, bit);
+    for (int u = 0; u < 3 && e + u < p.numel; ++u) {
+      if (Triple(static_cast<int64_t>(in[u]), static_cast<int64_t>(out[u]), static_cast<int64_t>(bit[u])) !=
+          visited[e + u]) {
+        fail(label + ": three at once differ at " + std::to_string(e + u));
+        return;
+      }
+    }
+  }
   std::vector<Triple> expected = expected_triples(sizes, in_strides, out_strides, shared);
   std::sort(visited.begin(), visited.end());
   std::sort(expected.begin(), expected.end());
