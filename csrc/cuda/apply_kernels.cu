@@ -91,6 +91,8 @@ struct ContiguousPlan {
 };
 
 // Elements [0, n) of contiguous input and output, V per vector, kUnroll vectors per thread.
+// Budget (sm_90 SASS, whole kernel, per-channel mask): float V = 4: 195 instructions for the 16
+// elements of a thread (12 each, tail and set-up included), half V = 8: 266 for 32 (8.3).
 // Mask bit of element e: e, or (e / (C * S)) * S + e % S when the channels share the mask (then
 // V <= S, and a vector's bits come in at most two runs: shared_keep_bits). kSingleValue: the input
 // is one value expanded over the whole shape (the gradient of y.sum()): read once per thread.
@@ -186,12 +188,17 @@ void launch_contiguous_any(const T* in, T* out, const ApplyParams& a, int64_t nu
 
 constexpr int kStridedUnroll = 4;
 
-// Budget (sm_90 SASS, 32-bit indices, 3 dims after merging, float): per element 2 divisions of 3
-// instructions, 1 multiply-add per offset that is not known (bit; input and output unless
-// kOutDense / kSameStrides), the mask word's load and bit (about 6), the element's load, scale,
-// select and store (about 6): about 20 with both flags, 30 without, against about 190 for the
-// runtime divisions this replaced. With V > 1 (both tensors dense alike: a transposed view and
-// its empty_like output) one decomposition serves V elements and the data moves in vectors.
+// Budget (sm_90 SASS from nvcc 13.0 -O3, float, 32-bit indices, 3 dims after merging: e.g. the
+// transposed view (N * C, W, H) of a contiguous map): per element 2 divisions of 2 instructions
+// (IMAD.HI, SHF), the remainder (1 IMAD) and 1 multiply-add per offset still unknown (the mask bit;
+// the output's unless kOutDense, the input's unless kSameStrides), the mask's 32-bit word and bit
+// (about 6), the element's load, scale, select and store (about 6), the dims' tests and constants
+// once per kStridedUnroll items. Measured on the path a 3-dim plan takes, V = 1: 150 instructions
+// per 4 elements (37.5 each) with both flags, 166 and 168 with one (out dense / same strides);
+// each further dim adds 6 per element. V = 4 (both dense alike, memory's innermost size a multiple
+// of 4, bits gathered 56 apart as for x.transpose(2, 3)): about 20 per element; half V = 8: about
+// 15. The kernel this replaced ran a runtime 32-bit division (about 25 instructions with its
+// branch) per dim, every dim of the input, one element per thread: about 185 per element.
 // kStridedUnroll items per thread, all loaded before any is stored: several loads in flight per
 // thread (each element is still read and written by one thread: in place is safe).
 template <typename T, typename index_t, int V, bool kOutDense, bool kSameStrides>
@@ -299,11 +306,14 @@ void launch_strided_any(const T* in, T* out, const ApplyParams& a, cudaStream_t 
 // Channels last
 // ------------------------------------------------------------------------------------------
 
-// Budget (sm_90 SASS, float, V = 4): per vector of 4 channels at one position one 16-byte load
-// and store, 4 multiplies, 4 bit tests and selects and the address step: about 6 instructions per
-// element, against about 43 for the per-element division and scalar accesses this replaced. The
-// thread's keep words (V per-channel words, or the shared row's one) are read once per tile.
-// kUnroll positions per round, all loaded before any is stored.
+// Budget (sm_90 SASS from nvcc 13.0 -O3): per vector of V channels at one position one 16-byte
+// load and store, V multiplies, V bit tests (two 32-bit LOP3: the keep words are 64 positions
+// wide) and selects, the address steps. Measured main loop (kUnroll positions of one vector each):
+// float V = 4: 143 instructions per 16 elements (8.9 each), 116 with a shared mask (7.3); half
+// V = 8: 254 per 32 (7.9), shared 191 (6.0). The kernel this replaced divided each element's tile
+// index by the channel count (a 64-bit multiply-high) and moved it alone: 173 per 4 elements
+// (43 each). The thread's keep words (V per-channel words, or the shared row's one) are read once
+// per tile. kUnroll positions per round, all loaded before any is stored.
 template <typename T, int V, bool kShared>
 __global__ void __launch_bounds__(kThreads) apply_channels_last_kernel(const ApplyKernelParams<T, ChannelsLastPlan> p) {
   static_assert(kThreads == kTileThreads, "the plan's rows assume kThreads threads per CTA");
