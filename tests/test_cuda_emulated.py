@@ -305,10 +305,12 @@ def test_emulated_channels_last_tiles_run_every_vector_width(emulated, dtype, sh
     # C = 16, 20, 18, 17 and offsets of 1 and 2 elements: every width of every element size (16-bit:
     # 8, 4, 2, 1; float32: 4, 2, 1; float64: 2, 1), each checked against the CPU, out of place and in place.
     widths = set()
-    for channels, offset in [(16, 0), (20, 0), (18, 0), (17, 0), (16, 1), (16, 2), (300, 0)]:
-        shape = (2, channels, 5, 3)
+    for channels, offset, spatial in [(16, 0, (5, 3)), (20, 0, (5, 3)), (18, 0, (5, 3)), (17, 0, (5, 3)),
+                                      (16, 1, (5, 3)), (16, 2, (5, 3)), (300, 0, (5, 3)), (18, 0, (7,)),
+                                      (17, 0, (2, 3, 4)), (24, 4, (2, 3, 4))]:
+        shape = (2, channels, *spatial)
         x = offset_copy(make_input(shape, dtype, "channels_last"), offset)
-        mask, scale = cpu_mask(shape, (3, 3), 0.3, 7, shared)
+        mask, scale = cpu_mask(shape, (3,) * len(spatial), 0.3, 7, shared)
         expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
         out = emulated_apply(emulated, x, mask, scale, shared, out=offset_copy(torch.empty_like(x), offset))
         assert torch.equal(out, expected), (channels, offset)
@@ -339,8 +341,32 @@ def test_emulated_transposed_views_move_vectors(emulated, dtype):
             path, width = last_apply(emulated, dtype)
             assert (path, width) == ("strided", widest(dtype, 8, offset)), (offset, shared)
             widths.add(width)
+            inplace = x.clone()  # clone keeps the transposed strides, not the offset
+            inplace = offset_copy(inplace, offset)
+            emulated_apply(emulated, inplace, mask, scale, shared, out=inplace)
+            assert torch.equal(inplace, expected) and last_apply(emulated, dtype) == (path, width)
     element_size = torch.empty((), dtype=dtype).element_size()
     assert widths == {v for v in (1, 2, 4, 8) if v * element_size <= 16}
+
+
+@pytest.mark.parametrize("dtype", list(KINDS), ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_emulated_apply_into_an_output_with_gaps(emulated, dtype, layout):
+    # An output that is not dense (every other element of a larger tensor): the strided kernel with
+    # every offset computed (neither out_dense nor, for a differently laid out input, same_strides).
+    for shape in [(2, 3, 17, 19), (2, 16, 3, 4, 5), (2, 3, 50)]:
+        x = make_input(shape, dtype, layout)
+        big = torch.full([2 * s for s in shape], 7.0, dtype=dtype)
+        out = big[tuple(slice(None, None, 2) for _ in shape)]
+        for shared in (False, True):
+            mask, scale = cpu_mask(shape, (3,) * (len(shape) - 2), 0.3, 9, shared)
+            expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
+            emulated_apply(emulated, x, mask, scale, shared, out=out)
+            assert torch.equal(out, expected)
+            assert last_apply(emulated, dtype) == ("strided", 1)
+        untouched = big.clone()
+        untouched[tuple(slice(None, None, 2) for _ in shape)] = 7.0
+        assert bool((untouched == 7.0).all()), "wrote outside the output's elements"
 
 
 EXPANDED_CASES = [
