@@ -97,7 +97,7 @@ struct ContiguousPlan {
 // V <= S, and a vector's bits come in at most two runs: shared_keep_bits). kSingleValue: the input
 // is one value expanded over the whole shape (the gradient of y.sum()): read once per thread.
 template <typename T, int V, bool kShared, bool kSingleValue>
-__global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const ApplyKernelParams<T, ContiguousPlan> p) {
+__device__ __forceinline__ void apply_contiguous(const ApplyKernelParams<T, ContiguousPlan>& p) {
   using acc_t = typename Math<T>::acc;
   const acc_t scale = static_cast<acc_t>(*p.scale);
   const int64_t n = p.plan.n;
@@ -142,12 +142,28 @@ __global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const ApplyK
   }
 }
 
+// Two kernels rather than a flag, so that the contiguous kernel keeps its name and template
+// (apply_contiguous_kernel<T, V, kShared>: the GPU tests read its width from the profiler).
+template <typename T, int V, bool kShared>
+__global__ void __launch_bounds__(kThreads) apply_contiguous_kernel(const ApplyKernelParams<T, ContiguousPlan> p) {
+  apply_contiguous<T, V, kShared, false>(p);
+}
+
+template <typename T, int V, bool kShared>
+__global__ void __launch_bounds__(kThreads) apply_single_value_kernel(const ApplyKernelParams<T, ContiguousPlan> p) {
+  apply_contiguous<T, V, kShared, true>(p);
+}
+
 template <typename T, int V, bool kShared, bool kSingleValue>
 void launch_contiguous(const ApplyKernelParams<T, ContiguousPlan>& p, cudaStream_t stream) {
   const int64_t vectors = p.plan.n / V;
   const int64_t ctas = vectors == 0 ? 1 : ceil_div(vectors, kThreads * kUnroll);
-  launch(apply_contiguous_kernel<T, V, kShared, kSingleValue>, dim3(static_cast<unsigned>(ctas)), kThreads, stream,
-         p);
+  const dim3 grid(static_cast<unsigned>(ctas));
+  if constexpr (kSingleValue) {
+    launch(apply_single_value_kernel<T, V, kShared>, grid, kThreads, stream, p);
+  } else {
+    launch(apply_contiguous_kernel<T, V, kShared>, grid, kThreads, stream, p);
+  }
 }
 
 // The widest vector the output's (and, unless it is one value, the input's) alignment allows.

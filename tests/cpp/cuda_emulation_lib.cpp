@@ -47,10 +47,10 @@ ApplyKernelInfo apply_kernel_info(const void* kernel) {
   auto widths = [&](auto v) {
     constexpr int V = decltype(v)::value;
     if constexpr (V * sizeof(T) <= 16) {  // the widths the launchers can pick: at most 16 bytes
-      match(&apply_contiguous_kernel<T, V, false, false>, kContiguous, V);
-      match(&apply_contiguous_kernel<T, V, true, false>, kContiguous, V);
-      match(&apply_contiguous_kernel<T, V, false, true>, kSingleValue, V);
-      match(&apply_contiguous_kernel<T, V, true, true>, kSingleValue, V);
+      match(&apply_contiguous_kernel<T, V, false>, kContiguous, V);
+      match(&apply_contiguous_kernel<T, V, true>, kContiguous, V);
+      match(&apply_single_value_kernel<T, V, false>, kSingleValue, V);
+      match(&apply_single_value_kernel<T, V, true>, kSingleValue, V);
       match(&apply_channels_last_kernel<T, V, false>, kChannelsLast, V);
       match(&apply_channels_last_kernel<T, V, true>, kChannelsLast, V);
       match(&apply_strided_kernel<T, uint32_t, V, true, true>, kStrided, V);
