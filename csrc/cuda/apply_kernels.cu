@@ -7,7 +7,8 @@
 //  * channels-last tiles: both dense with the channels innermost and 16 channels or more: each
 //    thread keeps a group of V channels (a 16-byte vector where C allows) over a tile of positions;
 //  * strided: anything else, in the output's memory order, several elements per thread, indices
-//    by multiply-high division (apply_indexing.h); vectors where both tensors are dense alike.
+//    by multiply-high division (apply_indexing.h); vectors into a dense output where the input is
+//    laid out alike or repeats one value along the innermost dim.
 // Every kernel takes one argument, an ApplyKernelParams holding the pointers and its path's plan.
 // Words: a CTA is a CUDA thread block; a "block" is a dropped DropBlock block.
 #include "apply_kernels.h"
@@ -213,14 +214,17 @@ constexpr int kStridedUnroll = 4;
 // per 4 elements (37.5 each) with both flags, 166 and 168 with one (out dense / same strides);
 // each further dim adds 6 per element. V = 4 (both dense alike, memory's innermost size a multiple
 // of 4, bits gathered 56 apart as for x.transpose(2, 3)): about 20 per element; half V = 8: about
-// 15. The kernel this replaced ran a runtime 32-bit division (about 25 instructions with its
+// 15; an input that repeats one value along the innermost dim is read once per vector. The
+// kernel this replaced ran a runtime 32-bit division (about 25 instructions with its
 // branch) per dim, every dim of the input, one element per thread: about 185 per element.
 // kStridedUnroll items per thread, all loaded before any is stored: several loads in flight per
 // thread (each element is still read and written by one thread: in place is safe).
 template <typename T, typename index_t, int V, bool kOutDense, bool kSameStrides>
 __global__ void __launch_bounds__(kThreads)
     apply_strided_kernel(const ApplyKernelParams<T, StridedPlan<index_t>> p) {
-  static_assert(V == 1 || (kOutDense && kSameStrides), "vectors only where both tensors are dense alike");
+  // V > 1: the output dense, the input laid out alike (kSameStrides) or one value along the
+  // innermost dim (its stride 0: the launcher checks), V dividing that dim's size.
+  static_assert(V == 1 || kOutDense, "vectors only into a dense output");
   using acc_t = typename Math<T>::acc;
   const acc_t scale = static_cast<acc_t>(*p.scale);
   const index_t items = static_cast<index_t>(p.plan.numel / V);
@@ -245,14 +249,20 @@ __global__ void __launch_bounds__(kThreads)
         keep[u] = keep_bit32(p.mask, bit);
       } else {
         // V divides the innermost size: the vector's elements are consecutive along that dim.
-        data[u] = *reinterpret_cast<const Pack<T, V>*>(p.in + in_offsets[u]);
+        if (kSameStrides) {
+          data[u] = *reinterpret_cast<const Pack<T, V>*>(p.in + in_offsets[u]);
+        } else {
+          data[u].v[0] = p.in[in_offsets[u]];  // one value along the innermost dim: lane 0 serves all
+        }
         if (inner_bits == 1) {
           keep[u] = static_cast<uint32_t>(keep_bits(p.mask, static_cast<int64_t>(bit), V));
         } else {
+          // The vector's bits lie inner_bits apart: one 32-bit word each.
           keep[u] = 0;
+          index_t at = bit;
 #pragma unroll
-          for (int j = 0; j < V; ++j) {
-            keep[u] |= static_cast<uint32_t>(keep_bit32(p.mask, bit + j * inner_bits)) << j;
+          for (int j = 0; j < V; ++j, at += inner_bits) {
+            keep[u] |= static_cast<uint32_t>(keep_bit32(p.mask, at)) << j;
           }
         }
       }
@@ -265,7 +275,7 @@ __global__ void __launch_bounds__(kThreads)
       Pack<T, V> result;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        result.v[j] = apply_one(data[u].v[j], (keep[u] >> j) & 1u, scale);
+        result.v[j] = apply_one(data[u].v[V == 1 || kSameStrides ? j : 0], (keep[u] >> j) & 1u, scale);
       }
       if (V == 1) {
         p.out[out_offsets[u]] = result.v[0];
@@ -283,6 +293,23 @@ void launch_strided(const ApplyKernelParams<T, StridedPlan<index_t>>& p, cudaStr
          dim3(static_cast<unsigned>(ceil_div(items, kThreads * kStridedUnroll))), kThreads, stream, p);
 }
 
+template <typename T, bool kSameStrides, typename Fits>
+void launch_strided_widest(const ApplyKernelParams<T, StridedPlan<uint32_t>>& p, const Fits& fits,
+                           cudaStream_t stream) {
+  // 16 bytes, but 8 for 16-bit elements repeated along the innermost dim: ptxas spills 8 bytes in
+  // that kernel at 16.
+  constexpr int kWidest = (kSameStrides || sizeof(T) != 2 ? 16 : 8) / sizeof(T);
+  if (kWidest >= 8 && fits(8)) {
+    launch_strided<T, uint32_t, (kWidest >= 8 ? 8 : 1), true, kSameStrides>(p, stream);
+  } else if (kWidest >= 4 && fits(4)) {
+    launch_strided<T, uint32_t, (kWidest >= 4 ? 4 : 1), true, kSameStrides>(p, stream);
+  } else if (kWidest >= 2 && fits(2)) {
+    launch_strided<T, uint32_t, 2, true, kSameStrides>(p, stream);
+  } else {
+    launch_strided<T, uint32_t, 1, true, kSameStrides>(p, stream);
+  }
+}
+
 template <typename T>
 void launch_strided_any(const T* in, T* out, const ApplyParams& a, cudaStream_t stream) {
   if (!strided_fits_32bit(a.dim, a.sizes, a.in_strides, a.out_strides)) {
@@ -294,20 +321,20 @@ void launch_strided_any(const T* in, T* out, const ApplyParams& a, cudaStream_t 
   const StridedPlan<uint32_t> plan =
       make_strided_plan<uint32_t>(a.dim, a.sizes, a.in_strides, a.out_strides, a.shared_channels);
   const ApplyKernelParams<T, StridedPlan<uint32_t>> p{in, out, a.mask, a.scale, plan};
-  if (plan.out_dense && plan.same_strides) {
-    // Both dense alike: vectors along the innermost dim where its size and the alignment allow.
+  // Vectors along the innermost dim where the output is dense and the input either laid out alike
+  // or one value along that dim (expanded: e.g. the gradient of y.sum((2, 3), keepdim=True)), and
+  // the dim's size and the alignment allow.
+  const bool inner_broadcast = plan.in_stride[plan.dims - 1] == 0;
+  if (plan.out_dense && (plan.same_strides || inner_broadcast)) {
     constexpr int kWidest = 16 / sizeof(T);
-    const uintptr_t addresses = reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out);
+    const uintptr_t addresses =
+        reinterpret_cast<uintptr_t>(out) | (plan.same_strides ? reinterpret_cast<uintptr_t>(in) : 0);
     const uint32_t inner = plan.by_size[plan.dims - 1].divisor;
     auto fits = [&](int v) { return v <= kWidest && inner % v == 0 && addresses % (v * sizeof(T)) == 0; };
-    if (fits(8)) {
-      launch_strided<T, uint32_t, (kWidest >= 8 ? 8 : 1), true, true>(p, stream);
-    } else if (fits(4)) {
-      launch_strided<T, uint32_t, (kWidest >= 4 ? 4 : 1), true, true>(p, stream);
-    } else if (fits(2)) {
-      launch_strided<T, uint32_t, 2, true, true>(p, stream);
+    if (plan.same_strides) {
+      launch_strided_widest<T, true>(p, fits, stream);
     } else {
-      launch_strided<T, uint32_t, 1, true, true>(p, stream);
+      launch_strided_widest<T, false>(p, fits, stream);
     }
   } else if (plan.out_dense) {
     launch_strided<T, uint32_t, 1, true, false>(p, stream);

@@ -54,13 +54,13 @@ ApplyKernelInfo apply_kernel_info(const void* kernel) {
       match(&apply_channels_last_kernel<T, V, false>, kChannelsLast, V);
       match(&apply_channels_last_kernel<T, V, true>, kChannelsLast, V);
       match(&apply_strided_kernel<T, uint32_t, V, true, true>, kStrided, V);
+      match(&apply_strided_kernel<T, uint32_t, V, true, false>, kStrided, V);
     }
   };
   widths(std::integral_constant<int, 1>{});
   widths(std::integral_constant<int, 2>{});
   widths(std::integral_constant<int, 4>{});
   widths(std::integral_constant<int, 8>{});
-  match(&apply_strided_kernel<T, uint32_t, 1, true, false>, kStrided, 1);
   match(&apply_strided_kernel<T, uint32_t, 1, false, true>, kStrided, 1);
   match(&apply_strided_kernel<T, uint32_t, 1, false, false>, kStrided, 1);
   match(&apply_strided_kernel<T, uint64_t, 1, false, false>, kStrided64, 1);
