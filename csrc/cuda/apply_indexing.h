@@ -177,7 +177,7 @@ inline IndexDivider<index_t> make_index_divider(uint64_t d) {
 // dims sorted by decreasing output stride, then neighbours merged wherever the outer one's input,
 // output and mask-bit strides are all the inner one's times its size (a dense pair of dims is one
 // dim). A transposed (N, C, W, H) view of a contiguous map becomes 3 dims (N * C, W, H): 2 divisions
-// per element instead of 3.
+// per element, where a walk over the input's own 4 dims takes 3 (4 for the kernel this replaced).
 template <typename index_t>
 struct StridedPlan {
   int dims;                                 // 1 .. kMaxApplyDims; [0] outermost, [dims - 1] innermost
