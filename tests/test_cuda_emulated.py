@@ -80,8 +80,10 @@ def emulated(tmp_path_factory, ubsan_log):
     lib.emulated_mask.argtypes = [ptr, dbl, i32, dbl, i64, i32, ptr, i64, i64, i64, dbl, ptr, ptr, i32]
     lib.emulated_mask.restype = i32
     lib.emulated_auto_mask_kernel.argtypes, lib.emulated_auto_mask_kernel.restype = [ptr], i32
-    lib.emulated_apply.argtypes = [i32, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i32]
-    lib.emulated_apply.restype = None
+    lib.emulated_apply.argtypes, lib.emulated_apply.restype = [i32, ctypes.POINTER(ApplyParams)], None
+    lib.emulated_apply_params_size.argtypes, lib.emulated_apply_params_size.restype = [], i64
+    assert lib.emulated_apply_params_size() == ctypes.sizeof(ApplyParams), "ApplyParams mirror out of date"
+    lib.emulated_last_apply_path.argtypes, lib.emulated_last_apply_path.restype = [i32], i32
     lib.emulated_last_apply_vector_width.argtypes, lib.emulated_last_apply_vector_width.restype = [i32], i32
     return lib
 
@@ -138,13 +140,35 @@ def auto_mask_kernel(lib, shape, block, shared=False):
     return {value: name for name, value in MASK_KERNELS.items()}[chosen]
 
 
+MAX_APPLY_DIMS = 5
+
+
+class ApplyParams(ctypes.Structure):
+    """dropblock::cuda::ApplyParams (csrc/cuda/apply_kernels.h), field for field."""
+    _fields_ = [("input", ctypes.c_void_p), ("out", ctypes.c_void_p), ("mask", ctypes.c_void_p),
+                ("scale", ctypes.c_void_p), ("dim", ctypes.c_int), ("sizes", ctypes.c_int64 * MAX_APPLY_DIMS),
+                ("in_strides", ctypes.c_int64 * MAX_APPLY_DIMS), ("out_strides", ctypes.c_int64 * MAX_APPLY_DIMS),
+                ("shared_channels", ctypes.c_bool)]
+
+
+# The apply paths the emulation reports (ApplyPath in tests/cpp/cuda_emulation_lib.cpp).
+APPLY_PATHS = {"other": 0, "contiguous": 1, "single_value": 2, "channels_last": 3, "strided": 4, "strided64": 5}
+
+
 def emulated_apply(lib, x, mask, scale, shared, out=None):
     out = torch.empty_like(x) if out is None else out
-    dim = x.dim()
-    array = ctypes.c_int64 * dim
-    lib.emulated_apply(KINDS[x.dtype], x.data_ptr(), out.data_ptr(), dim, array(*x.shape), array(*x.stride()),
-                       array(*out.stride()), mask.data_ptr(), scale.data_ptr(), int(shared))
+    params = ApplyParams(input=x.data_ptr(), out=out.data_ptr(), mask=mask.data_ptr(), scale=scale.data_ptr(),
+                         dim=x.dim(), sizes=(ctypes.c_int64 * MAX_APPLY_DIMS)(*x.shape),
+                         in_strides=(ctypes.c_int64 * MAX_APPLY_DIMS)(*x.stride()),
+                         out_strides=(ctypes.c_int64 * MAX_APPLY_DIMS)(*out.stride()), shared_channels=shared)
+    lib.emulated_apply(KINDS[x.dtype], ctypes.byref(params))
     return out
+
+
+def last_apply(lib, dtype):
+    """(path name, vector width) of the apply kernel the latest emulated launch ran."""
+    path = lib.emulated_last_apply_path(KINDS[dtype])
+    return {v: k for k, v in APPLY_PATHS.items()}[path], lib.emulated_last_apply_vector_width(KINDS[dtype])
 
 
 def cpu_mask(shape, block, p, seed, shared):
@@ -233,16 +257,150 @@ def test_emulated_apply_kernels_give_the_cpu_output(emulated, shape, block, dtyp
     expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
     out = emulated_apply(emulated, x, mask, scale, shared)  # into empty_like(x), as the op does
     assert torch.equal(out, expected)
+    path, width = last_apply(emulated, dtype)
+    assert path == expected_path(x, layout)
     if layout in ELEMENT_OFFSETS:  # the contiguous kernel, at the vector width the layout allows
-        assert emulated.emulated_last_apply_vector_width(KINDS[dtype]) == expected_width(x, layout, shared)
+        assert width == expected_width(x, layout, shared)
+    elif path == "channels_last":
+        assert width == channels_last_width(dtype, shape[1])
     inplace = x.clone() if layout in ("contiguous", "channels_last") else make_input(shape, dtype, layout)
     emulated_apply(emulated, inplace, mask, scale, shared, out=inplace)
     assert torch.equal(inplace, expected)
 
 
+def expected_path(x, layout):
+    if layout in ELEMENT_OFFSETS:
+        return "contiguous"
+    if layout == "channels_last" and x.shape[1] >= 16 and math.prod(x.shape[2:]) > 1:
+        return "channels_last"
+    return "strided"
+
+
 def expected_width(x, layout, shared):
     plane = math.prod(x.shape[2:]) if shared and x.shape[1] != 1 else None
     return contiguous_vector_width(x.dtype, ELEMENT_OFFSETS[layout], plane)
+
+
+def widest(dtype, divides, offset_elements=0):
+    """The widest V of 8, 4, 2, 1 with V elements at most 16 bytes, V dividing `divides` and the
+    address `offset_elements` past an aligned allocation a multiple of V elements."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return next(v for v in (8, 4, 2, 1) if v * size <= 16 and divides % v == 0 and offset_elements % v == 0)
+
+
+def channels_last_width(dtype, channels, offset_elements=0):
+    """The channels-last tiles' vector: V channels, V dividing C, on aligned memory."""
+    return widest(dtype, channels, offset_elements)
+
+
+def offset_copy(x, offset_elements):
+    """x's values and strides in memory `offset_elements` past an allocation's start."""
+    span = 1 + sum((s - 1) * st for s, st in zip(x.shape, x.stride()))
+    storage = torch.zeros(span + offset_elements, dtype=x.dtype)
+    view = storage[offset_elements:].as_strided(x.shape, x.stride())
+    return view.copy_(x)
+
+
+@pytest.mark.parametrize("dtype", list(KINDS), ids=str)
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+def test_emulated_channels_last_tiles_run_every_vector_width(emulated, dtype, shared):
+    # C = 16, 20, 18, 17 and offsets of 1 and 2 elements: every width of every element size (16-bit:
+    # 8, 4, 2, 1; float32: 4, 2, 1; float64: 2, 1), each checked against the CPU, out of place and in place.
+    widths = set()
+    for channels, offset, spatial in [(16, 0, (5, 3)), (20, 0, (5, 3)), (18, 0, (5, 3)), (17, 0, (5, 3)),
+                                      (16, 1, (5, 3)), (16, 2, (5, 3)), (300, 0, (5, 3)), (18, 0, (7,)),
+                                      (17, 0, (2, 3, 4)), (24, 4, (2, 3, 4))]:
+        shape = (2, channels, *spatial)
+        x = offset_copy(make_input(shape, dtype, "channels_last"), offset)
+        mask, scale = cpu_mask(shape, (3,) * len(spatial), 0.3, 7, shared)
+        expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
+        out = emulated_apply(emulated, x, mask, scale, shared, out=offset_copy(torch.empty_like(x), offset))
+        assert torch.equal(out, expected), (channels, offset)
+        path, width = last_apply(emulated, dtype)
+        assert (path, width) == ("channels_last", channels_last_width(dtype, channels, offset)), (channels, offset)
+        widths.add(width)
+        emulated_apply(emulated, x, mask, scale, shared, out=x)
+        assert torch.equal(x, expected)
+    element_size = torch.empty((), dtype=dtype).element_size()
+    assert widths == {v for v in (1, 2, 4, 8) if v * element_size <= 16}
+
+
+@pytest.mark.parametrize("dtype", list(KINDS), ids=str)
+def test_emulated_transposed_views_move_vectors(emulated, dtype):
+    # A transposed view of contiguous memory (x.transpose(2, 3), as the GPU benchmark runs) and its
+    # empty_like are dense alike: the strided kernel moves vectors along memory's innermost dim
+    # (here 8 long) and gathers the keep bits 16 apart.
+    widths = set()
+    for offset in (0, 1, 2, 4):
+        base = make_input((2, 3, 16, 8), dtype, "contiguous")
+        x = offset_copy(base, offset).transpose(2, 3)
+        for shared in (False, True):
+            mask, scale = cpu_mask(x.shape, (3, 3), 0.3, 11, shared)
+            expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
+            out = emulated_apply(emulated, x, mask, scale, shared,
+                                 out=offset_copy(torch.empty_like(base), offset).transpose(2, 3))
+            assert torch.equal(out, expected), (offset, shared)
+            path, width = last_apply(emulated, dtype)
+            assert (path, width) == ("strided", widest(dtype, 8, offset)), (offset, shared)
+            widths.add(width)
+            inplace = x.clone()  # clone keeps the transposed strides, not the offset
+            inplace = offset_copy(inplace, offset)
+            emulated_apply(emulated, inplace, mask, scale, shared, out=inplace)
+            assert torch.equal(inplace, expected) and last_apply(emulated, dtype) == (path, width)
+    element_size = torch.empty((), dtype=dtype).element_size()
+    assert widths == {v for v in (1, 2, 4, 8) if v * element_size <= 16}
+
+
+@pytest.mark.parametrize("dtype", list(KINDS), ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_emulated_apply_into_an_output_with_gaps(emulated, dtype, layout):
+    # An output that is not dense (every other element of a larger tensor): the strided kernel with
+    # every offset computed (neither out_dense nor, for a differently laid out input, same_strides).
+    for shape in [(2, 3, 17, 19), (2, 16, 3, 4, 5), (2, 3, 50)]:
+        x = make_input(shape, dtype, layout)
+        big = torch.full([2 * s for s in shape], 7.0, dtype=dtype)
+        out = big[tuple(slice(None, None, 2) for _ in shape)]
+        for shared in (False, True):
+            mask, scale = cpu_mask(shape, (3,) * (len(shape) - 2), 0.3, 9, shared)
+            expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
+            emulated_apply(emulated, x, mask, scale, shared, out=out)
+            assert torch.equal(out, expected)
+            assert last_apply(emulated, dtype) == ("strided", 1)
+        untouched = big.clone()
+        untouched[tuple(slice(None, None, 2) for _ in shape)] = 7.0
+        assert bool((untouched == 7.0).all()), "wrote outside the output's elements"
+
+
+EXPANDED_CASES = [
+    # shape, what the input is expanded from, the path, what the vector width divides (the output's
+    # innermost run the input repeats or follows; 8: any width)
+    ((2, 3, 17, 19), (), "single_value", 8),  # the gradient of y.sum(): one value
+    ((2, 20, 9, 11), (1, 1, 1, 1), "single_value", 8),
+    ((4, 5, 7, 7), (4, 5, 1, 1), "strided", 49),  # the gradient of y.sum((2, 3), keepdim=True): odd runs
+    ((2, 16, 3, 4, 5), (1, 16, 1, 1, 1), "strided", 60),  # one value per channel over runs of 60
+    ((2, 3, 50), (2, 1, 50), "strided", 1),  # channels that read the same memory
+    ((2, 4, 8, 8), (2, 4, 1, 1), "strided", 64),  # runs of 64: 16-bit vectors capped at 8 bytes
+]
+
+
+@pytest.mark.parametrize("dtype", list(KINDS), ids=str)
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+@pytest.mark.parametrize("shape,source,path,run", EXPANDED_CASES, ids=[str(case[:2]) for case in EXPANDED_CASES])
+def test_emulated_apply_of_expanded_inputs(emulated, shape, source, path, run, dtype, shared):
+    # An expanded input (stride 0) is read where it lies, into a contiguous output as the op's
+    # empty_like gives one: one value expanded everywhere is read once per thread, one value per
+    # run of the output's innermost dim once per vector of the run.
+    g = torch.Generator().manual_seed(len(shape) + sum(source))
+    x = torch.randn(source, generator=g, dtype=torch.float64).to(dtype).expand(shape)
+    mask, scale = cpu_mask(shape, (3,) * (len(shape) - 2), 0.3, 5, shared)
+    expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
+    out = emulated_apply(emulated, x, mask, scale, shared)
+    assert out.is_contiguous()
+    assert torch.equal(out, expected)
+    width = widest(dtype, run)
+    if path == "strided" and x.element_size() == 2:
+        width = min(width, 4)  # 8 bytes: ptxas spills in the 16-byte variant (csrc/cuda/apply_kernels.cu)
+    assert last_apply(emulated, dtype) == (path, width)
 
 
 @pytest.mark.parametrize("dtype", list(KINDS), ids=str)
@@ -259,12 +417,14 @@ def test_emulated_contiguous_apply_runs_every_vector_width(emulated, dtype):
     assert widths == {v for v in (1, 2, 4, 8) if v * element_size <= 16}
 
 
-def test_emulated_strided_layouts_do_not_take_the_contiguous_kernel(emulated):
-    # The width hook itself: 0 after a launch of another kernel (here the strided one).
+def test_emulated_apply_path_hook_tells_the_kernels_apart(emulated):
+    # The hook itself: the strided kernel for a transposed view, nothing after a mask launch.
     x = make_input((2, 3, 17, 19), torch.float16, "transposed")
     mask, scale = cpu_mask(x.shape, (5, 3), 0.3, 42, False)
     emulated_apply(emulated, x, mask, scale, False)
-    assert emulated.emulated_last_apply_vector_width(KINDS[torch.float16]) == 0
+    assert last_apply(emulated, torch.float16) == ("strided", 2)  # memory's innermost dim: N = 2
+    emulated_mask(emulated, x.shape, (5, 3), 0.3, 42, False)
+    assert last_apply(emulated, torch.float16) == ("other", 0)
 
 
 def test_emulated_kernels_stay_inside_their_buffers(tmp_path):
@@ -300,3 +460,4 @@ def test_emulated_strided_kernel_with_64_bit_offsets(emulated):
         mask, scale = cpu_mask(x.shape, (3, 3), 0.4, 8, shared)
         expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
         assert torch.equal(emulated_apply(emulated, x, mask, scale, shared), expected)
+        assert last_apply(emulated, x.dtype)[0] == "strided64"

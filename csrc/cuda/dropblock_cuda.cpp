@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "../mask_params.h"
+#include "apply_kernels.h"
 #include "dropblock_kernels.h"
 
 namespace dropblock {
@@ -86,16 +87,21 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
   }
   const cuda::ScalarKind kind = scalar_kind(input.scalar_type());
   const at::Tensor words = word_aligned(mask);
-  const int dim = static_cast<int>(input.dim());
-  int64_t sizes[cuda::kMaxApplyDims], in_strides[cuda::kMaxApplyDims], out_strides[cuda::kMaxApplyDims];
-  for (int d = 0; d < dim; ++d) {
-    sizes[d] = input.size(d);
-    in_strides[d] = input.stride(d);
-    out_strides[d] = output.stride(d);
+  // The strides as they are: an expanded input (stride 0, e.g. the gradient of y.sum()) is read
+  // where it lies, never materialised; launch_apply picks the path for the layout.
+  cuda::ApplyParams params{};
+  params.in = input.const_data_ptr();
+  params.out = output.data_ptr();
+  params.mask = reinterpret_cast<const uint64_t*>(words.const_data_ptr());
+  params.scale = scale.const_data_ptr<double>();
+  params.dim = static_cast<int>(input.dim());
+  for (int d = 0; d < params.dim; ++d) {
+    params.sizes[d] = input.size(d);
+    params.in_strides[d] = input.stride(d);
+    params.out_strides[d] = output.stride(d);
   }
-  cuda::launch_apply(kind, input.const_data_ptr(), output.data_ptr(), dim, sizes, in_strides, out_strides,
-                     reinterpret_cast<const uint64_t*>(words.const_data_ptr()), scale.const_data_ptr<double>(),
-                     shared_channels, c10::cuda::getCurrentCUDAStream());
+  params.shared_channels = shared_channels;
+  cuda::launch_apply(kind, params, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -9,7 +9,6 @@
 
 #include "../cuda_mask_kernel.h"
 #include "../mask_logic.h"
-#include "apply_indexing.h"
 
 namespace dropblock {
 namespace cuda {
@@ -51,15 +50,6 @@ struct MaskParams {
 // Fills the mask and writes the scale by the law of ../mask_logic.h. Returns the error of the
 // launch set-up (the kernels' own errors surface at the next check).
 cudaError_t launch_mask(const MaskParams& params, cudaStream_t stream);
-
-enum class ScalarKind : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
-
-// out = keep ? in * scale : 0 (in the op math type: float for half / bfloat16) for an input of
-// `dim` (3 to 5) dimensions (N, C, *spatial) with element strides `in_strides` / `out_strides`.
-// `out` may alias `in` when the strides are equal (in place). `scale` is read on the device.
-void launch_apply(ScalarKind kind, const void* in, void* out, int dim, const int64_t* sizes,
-                  const int64_t* in_strides, const int64_t* out_strides, const uint64_t* mask, const double* scale,
-                  bool shared_channels, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace dropblock

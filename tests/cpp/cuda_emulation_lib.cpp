@@ -29,25 +29,59 @@ MaskGeometry geometry_from(const int64_t* geometry) {
   return g;
 }
 
-// V when `kernel` is apply_contiguous_kernel<T, V, shared or not>, else 0.
+// Which apply kernel `kernel` is, for elements of type T: its path (ApplyPath) and vector width.
+enum ApplyPath : int { kOther = 0, kContiguous = 1, kSingleValue = 2, kChannelsLast = 3, kStrided = 4, kStrided64 = 5 };
+
+struct ApplyKernelInfo {
+  int path;
+  int width;
+};
+
 template <typename T>
-int contiguous_apply_width(const void* kernel) {
-  int width = 0;
-  auto check = [&](auto v) {
-    constexpr int V = decltype(v)::value;
-    if constexpr (V * sizeof(T) <= 16) {  // the widths the launcher can pick: at most 16 bytes
-      using dropblock::cuda::apply_contiguous_kernel;
-      for (const void* candidate : {reinterpret_cast<const void*>(&apply_contiguous_kernel<T, V, false>),
-                                    reinterpret_cast<const void*>(&apply_contiguous_kernel<T, V, true>)}) {
-        width = candidate == kernel ? V : width;
-      }
+ApplyKernelInfo apply_kernel_info(const void* kernel) {
+  using namespace dropblock::cuda;
+  ApplyKernelInfo info{kOther, 0};
+  auto match = [&](auto* candidate, int path, int width) {
+    if (reinterpret_cast<const void*>(candidate) == kernel) {
+      info = {path, width};
     }
   };
-  check(std::integral_constant<int, 1>{});
-  check(std::integral_constant<int, 2>{});
-  check(std::integral_constant<int, 4>{});
-  check(std::integral_constant<int, 8>{});
-  return width;
+  auto widths = [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    if constexpr (V * sizeof(T) <= 16) {  // the widths the launchers can pick: at most 16 bytes
+      match(&apply_contiguous_kernel<T, V, false>, kContiguous, V);
+      match(&apply_contiguous_kernel<T, V, true>, kContiguous, V);
+      match(&apply_single_value_kernel<T, V, false>, kSingleValue, V);
+      match(&apply_single_value_kernel<T, V, true>, kSingleValue, V);
+      match(&apply_channels_last_kernel<T, V, false>, kChannelsLast, V);
+      match(&apply_channels_last_kernel<T, V, true>, kChannelsLast, V);
+      match(&apply_strided_kernel<T, uint32_t, V, true, true>, kStrided, V);
+      match(&apply_strided_kernel<T, uint32_t, V, true, false>, kStrided, V);
+    }
+  };
+  widths(std::integral_constant<int, 1>{});
+  widths(std::integral_constant<int, 2>{});
+  widths(std::integral_constant<int, 4>{});
+  widths(std::integral_constant<int, 8>{});
+  match(&apply_strided_kernel<T, uint32_t, 1, false, true>, kStrided, 1);
+  match(&apply_strided_kernel<T, uint32_t, 1, false, false>, kStrided, 1);
+  match(&apply_strided_kernel<T, uint64_t, 1, false, false>, kStrided64, 1);
+  return info;
+}
+
+ApplyKernelInfo last_apply_kernel(int kind) {
+  const void* kernel = dropblock_emulation::last_kernel.load();
+  switch (static_cast<dropblock::cuda::ScalarKind>(kind)) {
+    case dropblock::cuda::ScalarKind::kFloat:
+      return apply_kernel_info<float>(kernel);
+    case dropblock::cuda::ScalarKind::kDouble:
+      return apply_kernel_info<double>(kernel);
+    case dropblock::cuda::ScalarKind::kHalf:
+      return apply_kernel_info<__half>(kernel);
+    case dropblock::cuda::ScalarKind::kBFloat16:
+      return apply_kernel_info<__nv_bfloat16>(kernel);
+  }
+  return {kOther, 0};
 }
 
 }  // namespace
@@ -77,28 +111,27 @@ int emulated_auto_mask_kernel(const int64_t* geometry) {
   return static_cast<int>(dropblock::cuda::choose_mask_kernel(geometry_from(geometry), dropblock::CudaMaskKernel::kAuto));
 }
 
-// kind: 0 float, 1 double, 2 half, 3 bfloat16 (dropblock::cuda::ScalarKind).
-void emulated_apply(int kind, const void* in, void* out, int dim, const int64_t* sizes, const int64_t* in_strides,
-                    const int64_t* out_strides, const uint64_t* mask, const double* scale, int shared_channels) {
-  dropblock::cuda::launch_apply(static_cast<dropblock::cuda::ScalarKind>(kind), in, out, dim, sizes, in_strides,
-                                out_strides, mask, scale, shared_channels != 0, nullptr);
+// kind: 0 float, 1 double, 2 half, 3 bfloat16 (dropblock::cuda::ScalarKind); params: an
+// ApplyParams that the caller (ctypes) lays out as the struct is.
+void emulated_apply(int kind, const dropblock::cuda::ApplyParams* params) {
+  dropblock::cuda::launch_apply(static_cast<dropblock::cuda::ScalarKind>(kind), *params, nullptr);
 }
 
-// The vector width (elements) of the contiguous apply kernel that the latest emulated launch ran,
-// for elements of `kind`; 0 when that launch was another kernel (tiles, strided, a mask kernel).
+// sizeof(ApplyParams), for the ctypes mirror to check its layout against.
+int64_t emulated_apply_params_size() {
+  return static_cast<int64_t>(sizeof(dropblock::cuda::ApplyParams));
+}
+
+// The path (ApplyPath) of the apply kernel that the latest emulated launch ran, for elements of
+// `kind`; 0 when that launch was not an apply kernel (a mask kernel).
+int emulated_last_apply_path(int kind) {
+  return last_apply_kernel(kind).path;
+}
+
+// The vector width (elements) of the apply kernel that the latest emulated launch ran (contiguous,
+// channels-last or strided), for elements of `kind`; 0 when that launch was not an apply kernel.
 int emulated_last_apply_vector_width(int kind) {
-  const void* kernel = dropblock_emulation::last_kernel.load();
-  switch (static_cast<dropblock::cuda::ScalarKind>(kind)) {
-    case dropblock::cuda::ScalarKind::kFloat:
-      return contiguous_apply_width<float>(kernel);
-    case dropblock::cuda::ScalarKind::kDouble:
-      return contiguous_apply_width<double>(kernel);
-    case dropblock::cuda::ScalarKind::kHalf:
-      return contiguous_apply_width<__half>(kernel);
-    case dropblock::cuda::ScalarKind::kBFloat16:
-      return contiguous_apply_width<__nv_bfloat16>(kernel);
-  }
-  return 0;
+  return last_apply_kernel(kind).width;
 }
 
 }  // extern "C"

@@ -75,9 +75,19 @@ void run_apply(ScalarKind kind, const Sizes& sizes, const Sizes& in_strides, con
   const double scale = 1.5;
   std::vector<T> in(in_offset + extent(sizes, in_strides));
   std::vector<T> out(extent(sizes, out_strides));
-  const int dim = static_cast<int>(sizes.size());
-  dropblock::cuda::launch_apply(kind, in.data() + in_offset, out.data(), dim, sizes.data(), in_strides.data(),
-                                out_strides.data(), mask.data(), &scale, shared, nullptr);
+  dropblock::cuda::ApplyParams params{};
+  params.in = in.data() + in_offset;
+  params.out = out.data();
+  params.mask = mask.data();
+  params.scale = &scale;
+  params.dim = static_cast<int>(sizes.size());
+  for (int d = 0; d < params.dim; ++d) {
+    params.sizes[d] = sizes[d];
+    params.in_strides[d] = in_strides[d];
+    params.out_strides[d] = out_strides[d];
+  }
+  params.shared_channels = shared;
+  dropblock::cuda::launch_apply(kind, params, nullptr);
 }
 
 template <typename T>
@@ -97,9 +107,21 @@ void run_layouts(ScalarKind kind, const Sizes& sizes) {
     for (int64_t offset : {1, 2, 4}) {  // misaligned by 1, 2, 4 elements: every narrower vector width
       run_apply<T>(kind, sizes, contiguous, contiguous, offset, shared);
     }
-    run_apply<T>(kind, sizes, cl, cl, 0, shared);
-    run_apply<T>(kind, sizes, rev, rev, 0, shared);
+    for (int64_t offset : {0, 1, 2, 4}) {  // channels-last tiles and dense permuted walks, every width
+      run_apply<T>(kind, sizes, cl, cl, offset, shared);
+      run_apply<T>(kind, sizes, rev, rev, offset, shared);
+    }
     run_apply<T>(kind, sizes, dense_strides(sizes, order, 2), contiguous, 0, shared);
+    // Expanded inputs: one value (a 1-element buffer: it must be the only element read), and one
+    // expanded over the spatial dims.
+    run_apply<T>(kind, sizes, Sizes(dim, 0), contiguous, 0, shared);
+    Sizes spatial_broadcast = contiguous;
+    for (size_t d = 2; d < dim; ++d) {
+      spatial_broadcast[d] = 0;
+    }
+    spatial_broadcast[0] = sizes[1];
+    spatial_broadcast[1] = 1;
+    run_apply<T>(kind, sizes, spatial_broadcast, contiguous, 0, shared);
   }
 }
 
@@ -107,7 +129,7 @@ void run_layouts(ScalarKind kind, const Sizes& sizes) {
 
 int main() {
   const std::vector<Sizes> shapes = {{2, 3, 50}, {2, 3, 17, 19}, {2, 20, 9, 11}, {1, 300, 3, 5}, {2, 16, 3, 4, 5},
-                                     {4, 5, 7, 7}, {2, 3, 2, 3}};
+                                     {4, 5, 7, 7}, {2, 3, 2, 3}, {2, 18, 3, 5}, {1, 17, 4, 3}, {2, 3, 8, 16}};
   for (const Sizes& sizes : shapes) {
     for (bool shared : {false, true}) {
       run_mask(sizes, 3, shared);
