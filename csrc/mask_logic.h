@@ -547,6 +547,16 @@ C10_HOST_DEVICE inline void clear_one_block(const SeedGrid& s, int64_t g, const 
   }
 }
 
+// Clears the block of the seed at logical index g if a whole block fits there.
+template <typename Clear>
+C10_HOST_DEVICE inline void clear_block_if_it_fits(const SeedGrid& s, int64_t g, const Clear& clear) {
+  int64_t z, y, x;
+  position_in_plane(s, g, z, y, x);
+  if (z < s.extent[0] && y < s.extent[1] && x < s.extent[2]) {
+    clear_one_block(s, g, clear);
+  }
+}
+
 // A chunk with at most this many seeds has them placed one by one (a division to find each one's
 // position); more, and the chunk is walked row by row (its seeds of a row at once).
 constexpr int kSparseChunkSeeds = 4;
@@ -563,7 +573,6 @@ C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk
   }
   const int64_t H = s.size[1], W = s.size[2];
   const int64_t n = s.total - g0 < kChunk ? s.total - g0 : kChunk;
-  int64_t z, y, x;
   if (popcount64(seeds.w0) + popcount64(seeds.w1) + popcount64(seeds.w2) + popcount64(seeds.w3) <=
       kSparseChunkSeeds) {
     const uint64_t words[4] = {seeds.w0, seeds.w1, seeds.w2, seeds.w3};
@@ -574,15 +583,13 @@ DROPBLOCK_UNROLL
         if (i >= n) {
           return;
         }
-        position_in_plane(s, g0 + i, z, y, x);
-        if (z < s.extent[0] && y < s.extent[1] && x < s.extent[2]) {
-          clear_one_block(s, g0 + i, clear);
-        }
+        clear_block_if_it_fits(s, g0 + i, clear);
       }
     }
     return;
   }
   const int64_t piece = s.block[2] <= 48 ? 65 - s.block[2] : 64;
+  int64_t z, y, x;
   position_in_plane(s, g0, z, y, x);
   for (int64_t i = 0; i < n;) {
     const int64_t in_row = W - x < n - i ? W - x : n - i;  // chunk positions [i, i + in_row) share a row

@@ -13,7 +13,7 @@
 
 #include "../mask_params.h"
 #include "apply_kernels.h"
-#include "dropblock_kernels.h"
+#include "mask_kernels.h"
 
 namespace dropblock {
 namespace {

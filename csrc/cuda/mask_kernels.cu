@@ -23,14 +23,15 @@
 // lives on the host is passed by value instead (no copy, no extra kernel).
 //
 // Instruction budget per chunk of 256 positions and thread (sm_90 SASS of window_mask_kernel,
-// cuobjdump -sass, nvcc 13.0; 90 registers, no spill): the first Philox4x32-10 call and the loop
+// cuobjdump -sass, nvcc 13.0; 80 registers, no spill): the first Philox4x32-10 call and the loop
 // set-up about 85 instructions (20 IMAD.WIDE: 10 unrolled rounds), the count scan about 5 a step
 // (K + 1 steps; a warp takes its largest K, about 3), so about 120 for a chunk without seeds;
-// a chunk with seeds adds about 38 per candidate byte of its first word (4 for K <= 4) and the
-// clearing of its blocks (a row walk of the chunk, then per seed row bd * bh shared-memory
-// atomics of 32 bits). The law before this one spent a Philox call and a classification with a
+// a chunk with seeds adds about 38 per candidate byte of its first word (4 for K <= 4); its
+// seeds (up to 4) go to a shared-memory queue that all the CTA's threads then place, one seed a
+// thread (a division to find it, bd * bh rows of 32-bit shared-memory atomics), so a warp no
+// longer waits for its lane with the most seeds; denser chunks walk their rows in their lane. The law before this one spent a Philox call and a classification with a
 // tie and a seed branch per 16 positions: about 500 instructions per 16 positions.
-#include "dropblock_kernels.h"
+#include "mask_kernels.h"
 
 #include <algorithm>
 #include <atomic>
@@ -239,12 +240,22 @@ struct WindowClear {
   }
 };
 
+// Seeds the window kernel places with all its threads per window, at most (DropBlock's rates: about
+// 170 per window at p = 0.1, block 7); the seeds past it are placed in their lanes.
+constexpr unsigned kSeedQueue = 1024;
+constexpr uint32_t kNoSeed = ~uint32_t(0);  // a queue slot of a chunk placed in its lane
+
 // Window path: the whole mask and its count in one kernel (see the top of this file). At least
 // 2 CTAs per SM: without the bound ptxas holds the kernel to 64 registers and spills; it needs
-// about 90 (the chunk's 256 seed bits, Philox, the seed grid): 2 CTAs of 256 threads per SM.
+// about 80 (the chunk's 256 seed bits, Philox, the seed grid): 3 CTAs of 256 threads per SM.
 __global__ void __launch_bounds__(kThreads, 2) window_mask_kernel(MaskArgs a) {
   __shared__ uint32_t window[2 * kWindowWordsMax];
   __shared__ uint64_t bounds[kChunk];
+  // The seeds of sparse chunks, as offsets from the window's first drawn index: placed by all the
+  // CTA's threads together instead of by their lanes (most lanes of a warp hold 0 to 2 seeds, a few
+  // more: placing in the lanes would keep the warp busy for its largest count).
+  __shared__ uint32_t queue[kSeedQueue];
+  __shared__ unsigned queued;
   const CountTable table = shared_count_table(a, bounds);
   const bool seeds = !never_seeds(table);
   const PhiloxKey key = make_key(static_cast<uint64_t>(read(a.key)));
@@ -258,19 +269,48 @@ __global__ void __launch_bounds__(kThreads, 2) window_mask_kernel(MaskArgs a) {
     for (int i = threadIdx.x; i < 2 * window_words; i += blockDim.x) {
       window[i] = ~0u;
     }
+    if (threadIdx.x == 0) {
+      queued = 0;
+    }
     __syncthreads();
+    const WindowClear clear{window, first_word, window_words};
+    // The window's chunks and the halo's before them (a window starts on a chunk).
+    const int64_t first_chunk = win * a.window_chunks;
+    const int64_t first_drawn = first_chunk > halo ? first_chunk - halo : 0;
     if (seeds) {
-      // The window's chunks and the halo's before them (a window starts on a chunk).
-      const int64_t first_chunk = win * a.window_chunks;
       const int64_t end_chunk = ceil_div(first_word * 64 + window_words * 64 < grid.total
                                              ? first_word * 64 + window_words * 64 : grid.total, kChunk);
-      const WindowClear clear{window, first_word, window_words};
-      for (int64_t c = (first_chunk > halo ? first_chunk - halo : 0) + threadIdx.x; c < end_chunk;
-           c += blockDim.x) {
+      for (int64_t c = first_drawn + threadIdx.x; c < end_chunk; c += blockDim.x) {
         const ChunkBits s = seeds_of_chunk(static_cast<uint64_t>(c), key, bounds, table);
-        if (any(s)) {
+        if (!any(s)) {
+          continue;
+        }
+        const int n = popcount64(s.w0) + popcount64(s.w1) + popcount64(s.w2) + popcount64(s.w3);
+        const unsigned slot = n <= kSparseChunkSeeds ? atomicAdd(&queued, static_cast<unsigned>(n)) : kSeedQueue;
+        const bool fits = slot + n <= kSeedQueue;
+        // Offsets of the seeds, or, where the queue is full, the sentinel in the slots taken.
+        const uint32_t base = static_cast<uint32_t>((c - first_drawn) * kChunk);
+        unsigned k = slot;
+        const uint64_t words[4] = {s.w0, s.w1, s.w2, s.w3};
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          for (uint64_t v = words[q]; v != 0 && slot < kSeedQueue; v &= v - 1, ++k) {
+            if (k < kSeedQueue) {
+              queue[k] = fits ? base + 64 * q + lowest_bit64(v) : kNoSeed;
+            }
+          }
+        }
+        if (!fits) {
           clear_chunk_blocks(grid, static_cast<uint64_t>(c), s, clear);
         }
+      }
+    }
+    __syncthreads();
+    const unsigned entries = queued < kSeedQueue ? queued : kSeedQueue;
+    for (unsigned i = threadIdx.x; i < entries; i += blockDim.x) {
+      const int64_t g = first_drawn * kChunk + queue[i];
+      if (queue[i] != kNoSeed && g < grid.total) {
+        clear_block_if_it_fits(grid, g, clear);
       }
     }
     __syncthreads();

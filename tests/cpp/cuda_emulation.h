@@ -72,6 +72,10 @@ inline unsigned long long atomicAnd(unsigned long long* address, unsigned long l
   return std::atomic_ref<unsigned long long>(*address).fetch_and(value);
 }
 
+inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
+  return std::atomic_ref<unsigned int>(*address).fetch_add(value);
+}
+
 inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
   return std::atomic_ref<unsigned long long>(*address).fetch_add(value);
 }

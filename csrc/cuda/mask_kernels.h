@@ -1,7 +1,7 @@
 #pragma once
-// Raw-pointer launchers of the DropBlock CUDA kernels. This header is shared by the ATen glue
-// (dropblock_cuda.cpp, host compiler) and the kernels (mask_kernels.cu, apply_kernels.cu; nvcc), so it holds
-// plain types only: no ATen, no c10 tensors. Every launcher enqueues on `stream` and never
+// The raw-pointer launcher of the CUDA mask kernels (apply_kernels.h has the apply's). Shared by
+// the ATen glue (dropblock_cuda.cpp, host compiler) and the kernels (mask_kernels.cu, nvcc), so it
+// holds plain types only: no ATen, no c10 tensors. The launcher enqueues on `stream` and never
 // synchronises with the host; the caller checks launch errors.
 #include <cstdint>
 
