@@ -1,7 +1,9 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import dropblock_cuda  # noqa: F401
@@ -9,6 +11,38 @@ from dropblock_cuda.functional import _draw_seed
 from reference import keep_mask, unpack_mask
 
 ops = torch.ops.dropblock_cuda
+ROOT = Path(__file__).resolve().parents[1]
+EPS = 1e-6  # the eps of the raw-op tests
+
+# The skips of the CUDA tests; tests/conftest.py gives every test skipped for want of a "CUDA device"
+# the `cuda` marker that benchmarks/gpu_check.sh selects.
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+requires_two_gpus = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices"
+)
+
+
+def p_tensor(p, device="cpu"):
+    """The raw ops' `p`: a 0-dim float64 tensor."""
+    return torch.tensor(p, dtype=torch.float64, device=device)
+
+
+def host_compile_command(source, output, *, std="c++20", flags=(), cuda_headers=False):
+    """The host C++ compiler's command line for a program of tests/cpp/ (csrc/ and tests/cpp/ on
+    the include path, torch's headers as system headers so that -Werror answers for this project's
+    code only, the CUDA headers when asked), or None when there is no compiler or no CUDA headers."""
+    from torch.utils.cpp_extension import include_paths
+
+    compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        return None
+    includes = [f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests' / 'cpp'}"] + [f"-isystem{path}" for path in include_paths()]
+    if cuda_headers:
+        header = cuda_toolkit_file("include/cuda_fp16.h")
+        if header is None:
+            return None
+        includes.append(f"-isystem{header.parent}")
+    return [compiler, f"-std={std}", *flags, *includes, str(source), "-o", str(output)]
 
 
 def env_finding_package(**variables):
@@ -87,7 +121,7 @@ def key_of(generator):
 def mask_of(x, key, p, block_size, shared_channels=False, eps=1e-6):
     """The op's keep mask as a bool array (planes, *spatial), and its scale."""
     seed = torch.tensor(key, dtype=torch.int64, device=x.device)
-    mask, scale = ops.drop_block_mask(x, seed, torch.tensor(p, dtype=torch.float64, device=x.device), list(block_size), eps, shared_channels)
+    mask, scale = ops.drop_block_mask(x, seed, p_tensor(p, x.device), list(block_size), eps, shared_channels)
     planes = x.shape[0] if shared_channels else x.shape[0] * x.shape[1]
     spatial = tuple(x.shape[2:])
     bits = planes * int(np.prod(spatial))
@@ -97,7 +131,3 @@ def mask_of(x, key, p, block_size, shared_channels=False, eps=1e-6):
 def reference_mask(shape, key, p, block_size, shared_channels=False):
     return keep_mask(tuple(shape), tuple(block_size), p, key, shared_channels)
 
-
-def keep_of_output(x, y):
-    """Per-element keep flags recovered from an output of an input with no zeros."""
-    return y != 0

@@ -16,17 +16,11 @@ import torch
 
 import dropblock_cuda
 from dropblock_cuda import drop_block1d, drop_block2d, drop_block3d
-from helpers import (ELEMENT_OFFSETS, LAYOUTS, assert_equal, contiguous_vector_width, env_finding_package,
-                     make_input)
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-requires_two_gpus = pytest.mark.skipif(
-    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices"
-)
+from helpers import (EPS, ELEMENT_OFFSETS, LAYOUTS, assert_equal, contiguous_vector_width, env_finding_package,
+                     make_input, p_tensor, requires_cuda, requires_two_gpus)
 
 ops = torch.ops.dropblock_cuda
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-EPS = 1e-6
 
 
 def positive_cpu(shape):
@@ -35,9 +29,9 @@ def positive_cpu(shape):
 
 def cpu_and_cuda_masks(shape, block, p, seed, shared, device="cuda"):
     """drop_block_mask on the CPU and on `device` for the same seed value: ((mask, scale), (mask, scale))."""
-    cpu = ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), torch.tensor(p, dtype=torch.float64, device=torch.empty(shape).device), list(block), EPS, shared)
+    cpu = ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), p_tensor(p, torch.empty(shape).device), list(block), EPS, shared)
     x = torch.empty(shape, device=device)
-    gpu = ops.drop_block_mask(x, torch.tensor(seed, device=device), torch.tensor(p, dtype=torch.float64, device=x.device), list(block), EPS, shared)
+    gpu = ops.drop_block_mask(x, torch.tensor(seed, device=device), p_tensor(p, x.device), list(block), EPS, shared)
     return cpu, gpu
 
 
@@ -113,7 +107,7 @@ def check_many_keys(shape, block, p, set_mask_kernel, device="cuda", keys=200):
     x_cpu = torch.empty((), dtype=torch.bfloat16).expand(shape)
     keys_on_device = torch.tensor(keys, device=device)
     popcount = POPCOUNT.to(device)
-    p_args = [torch.tensor(p, dtype=torch.float64, device=where) for where in (device, "cpu")]
+    p_args = [p_tensor(p, where) for where in (device, "cpu")]
     results = []
     for i, key in enumerate(keys):
         # Keys and p alternately on the device (read by the kernels) and on the host (by value).
@@ -136,7 +130,7 @@ def check_many_keys(shape, block, p, set_mask_kernel, device="cuda", keys=200):
         for (scale, count), kernel in zip(zip(scales.tolist(), kept.tolist()), ("window", "scatter")):
             assert scale == math.prod(shape) / (EPS + count * multiplier), f"key {key}: {kernel} scale {scale}"
         if mask is not None:
-            assert_same_mask(ops.drop_block_mask(x_cpu, torch.tensor(key), torch.tensor(p, dtype=torch.float64),
+            assert_same_mask(ops.drop_block_mask(x_cpu, torch.tensor(key), p_tensor(p),
                                                  list(block), EPS, shared), (mask, scales[0]))
 
 
@@ -429,13 +423,13 @@ def test_seed_and_p_on_the_host_give_the_device_arguments_mask(shared):
     x = torch.empty(3, 5, 30, 30, device="cuda")
     for seed, p in [(5, 0.3), (-(2**63), 0.1), (2**63 - 1, 1.0), (123, 0.0)]:
         on_device = ops.drop_block_mask(
-            x, torch.tensor(seed, device="cuda"), torch.tensor(p, dtype=torch.float64, device="cuda"), [5, 5], EPS, shared
+            x, torch.tensor(seed, device="cuda"), p_tensor(p, "cuda"), [5, 5], EPS, shared
         )
         for seed_device, p_device in [("cpu", "cuda"), ("cuda", "cpu"), ("cpu", "cpu")]:
             mixed = ops.drop_block_mask(
                 x,
                 torch.tensor(seed, device=seed_device),
-                torch.tensor(p, dtype=torch.float64, device=p_device),
+                p_tensor(p, p_device),
                 [5, 5],
                 EPS,
                 shared,

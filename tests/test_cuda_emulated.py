@@ -15,21 +15,17 @@ headers (cuda_fp16.h); skips without them.
 import ctypes
 import math
 import os
-import shutil
 import subprocess
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.cpp_extension import include_paths
 
 import dropblock_cuda  # noqa: F401  (registers the CPU ops compared against)
-from helpers import ELEMENT_OFFSETS, LAYOUTS, contiguous_vector_width, cuda_toolkit_file, make_input
+from helpers import (EPS, ELEMENT_OFFSETS, LAYOUTS, ROOT, contiguous_vector_width, host_compile_command, make_input,
+                     p_tensor)
 
-ROOT = Path(__file__).resolve().parents[1]
 ops = torch.ops.dropblock_cuda
-EPS = 1e-6
 KINDS = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
@@ -44,11 +40,6 @@ def _skip_without_cpp20(compiler, tmp_path):
         pytest.skip(f"{compiler} lacks C++20 <barrier> / std::atomic_ref: {check.stderr[-300:]}")
 
 
-def _cuda_include():
-    header = cuda_toolkit_file("include/cuda_fp16.h")
-    return None if header is None else header.parent
-
-
 @pytest.fixture(scope="module")
 def ubsan_log(tmp_path_factory):
     return tmp_path_factory.mktemp("ubsan")
@@ -56,15 +47,12 @@ def ubsan_log(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory, ubsan_log):
-    compiler = shutil.which("c++") or shutil.which("g++")
-    cuda_include = _cuda_include()
-    if compiler is None or cuda_include is None:
-        pytest.skip("needs a C++20 compiler and the CUDA headers")
-    _skip_without_cpp20(compiler, tmp_path_factory.mktemp("probe"))
     lib_path = tmp_path_factory.mktemp("emulated") / "libdropblock_emulated.so"
-    command = [compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
-               f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests' / 'cpp'}", *[f"-I{path}" for path in include_paths()],
-               f"-I{cuda_include}", str(ROOT / "tests" / "cpp" / "cuda_emulation_lib.cpp"), "-o", str(lib_path)]
+    command = host_compile_command(ROOT / "tests" / "cpp" / "cuda_emulation_lib.cpp", lib_path, cuda_headers=True,
+                                   flags=("-O1", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas"))
+    if command is None:
+        pytest.skip("needs a C++20 compiler and the CUDA headers")
+    _skip_without_cpp20(command[0], tmp_path_factory.mktemp("probe"))
     build = subprocess.run(command + ["-fsanitize=undefined"], capture_output=True, text=True)
     if build.returncode != 0:  # a toolchain without the sanitizer runtime (this project's CI has it)
         warnings.warn("emulated CUDA kernels built without UndefinedBehaviorSanitizer: " + build.stderr[-500:])
@@ -172,7 +160,7 @@ def last_apply(lib, dtype):
 
 
 def cpu_mask(shape, block, p, seed, shared):
-    return ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), torch.tensor(p, dtype=torch.float64),
+    return ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), p_tensor(p),
                                list(block), EPS, shared)
 
 
@@ -430,16 +418,13 @@ def test_emulated_apply_path_hook_tells_the_kernels_apart(emulated):
 def test_emulated_kernels_stay_inside_their_buffers(tmp_path):
     # A host memcheck: the kernels under the emulation, built with AddressSanitizer, on buffers of
     # exactly the size each launch may touch (every layout, element size and mask path).
-    compiler = shutil.which("c++") or shutil.which("g++")
-    cuda_include = _cuda_include()
-    if compiler is None or cuda_include is None:
-        pytest.skip("needs a C++20 compiler and the CUDA headers")
-    _skip_without_cpp20(compiler, tmp_path)
     exe = tmp_path / "cuda_emulation_memcheck"
-    command = [compiler, "-std=c++20", "-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
-               "-fsanitize=address,undefined", "-fno-sanitize-recover=all", f"-I{ROOT / 'csrc'}",
-               f"-I{ROOT / 'tests' / 'cpp'}", *[f"-I{path}" for path in include_paths()], f"-I{cuda_include}",
-               str(ROOT / "tests" / "cpp" / "cuda_emulation_memcheck.cpp"), "-o", str(exe)]
+    command = host_compile_command(ROOT / "tests" / "cpp" / "cuda_emulation_memcheck.cpp", exe, cuda_headers=True,
+                                   flags=("-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+                                          "-fsanitize=address,undefined", "-fno-sanitize-recover=all"))
+    if command is None:
+        pytest.skip("needs a C++20 compiler and the CUDA headers")
+    _skip_without_cpp20(command[0], tmp_path)
     build = subprocess.run(command, capture_output=True, text=True)
     if build.returncode != 0 and "asan" in build.stderr.lower():
         pytest.skip("no AddressSanitizer runtime in this toolchain")

@@ -11,8 +11,8 @@ from torch.utils.checkpoint import checkpoint
 
 import dropblock_cuda
 from dropblock_cuda import DropBlock2d, LinearScheduler
+from helpers import requires_cuda
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def block(p=0.3):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dropblock_cuda
-from helpers import mask_of, reference_mask
+from helpers import mask_of, p_tensor, reference_mask
 from reference import (CHUNK, count_distribution, count_table, drop_probability_per_position, effective_gamma,
                        philox4x32_10, seed_flags, seed_probability)
 
@@ -224,7 +224,7 @@ def test_64bit_logical_indices():
     x = torch.empty(1, 1, 1).expand(1, 2, length)
     key, p, b = 3, 0.2, 5
     seed = torch.tensor(key)
-    mask, _ = torch.ops.dropblock_cuda.drop_block_mask(x, seed, torch.tensor(p, dtype=torch.float64, device=x.device), [b], 1e-6, False)
+    mask, _ = torch.ops.dropblock_cuda.drop_block_mask(x, seed, p_tensor(p, x.device), [b], 1e-6, False)
     bits = mask.numpy()
     gamma = seed_probability([length], [b], p)
     for start in (2**31 - 64, 2**32 - 64, 2 * length - 200):

@@ -22,12 +22,10 @@ from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from dropblock_cuda import drop_block1d, drop_block2d, drop_block3d
-from helpers import env_finding_package, ops
+from helpers import EPS, env_finding_package, ops, requires_cuda
 from reference import unpack_mask
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 FUNCTIONS = {1: drop_block1d, 2: drop_block2d, 3: drop_block3d}
-EPS = 1e-6
 # An input of 2**63 - 1 elements (7**2 * 73 * 127 * 337 * 92737 * 649657), all one element in memory.
 HUGE_SHAPE = (49 * 73, 127 * 337, 92737, 649657)
 
