@@ -10,82 +10,18 @@
 //   drop_block_apply  out = keep ? input * scale : 0, the single pass over the data. It is linear
 //                     in its input, so it is its own backward;
 //   drop_block_apply_ the same in place, without a gradient (see csrc/autograd/).
-// Two private ops: _cuda_version, and _set_cuda_mask_kernel, which picks one of the two CUDA mask
-// paths (they give the same mask; benchmarks and tests compare them).
-#include <atomic>
-#include <cstdlib>
-#include <string>
-
-#include <c10/util/Exception.h>
+// The private ops (_cuda_version, _set_cuda_mask_kernel) are in private_ops.cpp.
 #include <torch/library.h>
-
-#include "cuda_mask_kernel.h"
 
 #ifdef DROPBLOCK_PYTHON_MODULE
 #include <Python.h>
 #endif
-
-namespace dropblock {
-#ifdef DROPBLOCK_WITH_CUDA
-int64_t compiled_cuda_version();
-#endif
-}  // namespace dropblock
-
-namespace {
-
-using dropblock::CudaMaskKernel;
-
-int64_t cuda_version() {
-#ifdef DROPBLOCK_WITH_CUDA
-  return dropblock::compiled_cuda_version();
-#else
-  return -1;
-#endif
-}
-
-constexpr const char* kMaskKernelNames[] = {"auto", "scatter", "window"};  // CudaMaskKernel's order
-
-CudaMaskKernel parse_mask_kernel(const std::string& name, const char* what) {
-  for (int i = 0; i < 3; ++i) {
-    if (name == kMaskKernelNames[i]) {
-      return static_cast<CudaMaskKernel>(i);
-    }
-  }
-  TORCH_CHECK_VALUE(false, what, ": expected 'auto', 'window' or 'scatter', got '", name, "'");
-}
-
-// Starts from DROPBLOCK_CUDA_MASK_KERNEL, read once (getenv is not safe against a concurrent
-// setenv, so it is not read on every call).
-std::atomic<int>& mask_kernel_setting() {
-  static std::atomic<int> setting{[] {
-    const char* env = std::getenv("DROPBLOCK_CUDA_MASK_KERNEL");
-    return static_cast<int>(env == nullptr || *env == '\0' ? CudaMaskKernel::kAuto
-                                                             : parse_mask_kernel(env, "DROPBLOCK_CUDA_MASK_KERNEL"));
-  }()};
-  return setting;
-}
-
-std::string set_cuda_mask_kernel(const std::string& kernel) {
-  const CudaMaskKernel requested = parse_mask_kernel(kernel, "_set_cuda_mask_kernel: kernel");
-  return kMaskKernelNames[mask_kernel_setting().exchange(static_cast<int>(requested))];
-}
-
-}  // namespace
-
-namespace dropblock {
-CudaMaskKernel requested_cuda_mask_kernel() {
-  return static_cast<CudaMaskKernel>(mask_kernel_setting().load(std::memory_order_relaxed));
-}
-}  // namespace dropblock
 
 TORCH_LIBRARY(dropblock_cuda, m) {
   m.def("drop_block_mask(Tensor input, Tensor seed, Tensor p, int[] block_size, float eps, bool shared_channels)"
         " -> (Tensor mask, Tensor scale)");
   m.def("drop_block_apply(Tensor input, Tensor mask, Tensor scale, bool shared_channels) -> Tensor");
   m.def("drop_block_apply_(Tensor(a!) input, Tensor mask, Tensor scale, bool shared_channels) -> ()");
-  m.def("_cuda_version() -> int", &cuda_version);
-  // Returns the previous setting: "auto" (the geometry decides), "window" or "scatter".
-  m.def("_set_cuda_mask_kernel(str kernel) -> str", &set_cuda_mask_kernel);
 }
 
 #ifdef DROPBLOCK_PYTHON_MODULE

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import dropblock_cuda  # noqa: F401  (registers the CPU ops compared against)
+from dropblock_cuda._registrations import _packed_mask_bytes
 from helpers import (EPS, ELEMENT_OFFSETS, LAYOUTS, ROOT, contiguous_vector_width, host_compile_command, make_input,
                      p_tensor)
 
@@ -109,7 +110,7 @@ MASK_KERNELS = {"auto": 0, "scatter": 1, "window": 2}
 
 def emulated_mask(lib, shape, block, p, seed, shared, p_in_memory=False, seed_in_memory=False, kernel="auto"):
     planes, size, clamped, factor = _geometry(shape, block, shared)
-    words = (planes * math.prod(size) + 63) // 64
+    words = _packed_mask_bytes(planes * math.prod(size)) // 8
     # Garbage where the kernels must write everything (the window path never fills the mask first).
     mask = torch.full((words,), 0x5A5A5A5A5A5A5A5A, dtype=torch.int64)
     scale = torch.empty((), dtype=torch.float64)

@@ -1,5 +1,6 @@
 """The public API's contract: semantics, dtypes, layouts, autograd, saved state, op checks, errors."""
 
+import math
 import subprocess
 import sys
 
@@ -500,3 +501,18 @@ def test_16_bit_outputs_are_the_rounded_float_products(dtype, shared, channels_l
         x = x.contiguous(memory_format=torch.channels_last)
     y = ops.drop_block_apply(x, mask, scale, shared)
     assert torch.equal(y.view(torch.int16), expected.view(torch.int16))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 0), (1, 1, 1), (1, 1, 63), (1, 1, 64), (1, 1, 65), (3, 5, 7, 9), (2, 3, 4, 5, 6)])
+def test_packed_mask_size_is_one_rule_in_cpp_and_in_the_fake_kernel(shape, shared):
+    # One statement of the packed size each side ((bits + 63) / 64 * 8 bytes): the C++ kernels'
+    # packed_mask_bytes (csrc/mask_params.cpp) and the fake kernels' _packed_mask_bytes agree.
+    from dropblock_cuda._registrations import _mask_bits, _packed_mask_bytes
+
+    x = torch.empty(shape)
+    mask, _ = ops.drop_block_mask(x, torch.tensor(1), torch.tensor(0.1, dtype=torch.float64), [3] * (x.dim() - 2),
+                                  1e-6, shared)
+    bits = _mask_bits(x, shared)
+    assert bits == (shape[0] if shared else shape[0] * shape[1]) * math.prod(shape[2:])
+    assert mask.numel() == _packed_mask_bytes(bits) == (bits + 63) // 64 * 8
