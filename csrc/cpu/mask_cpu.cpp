@@ -156,6 +156,14 @@ int64_t count_bits(const uint64_t* words, int64_t n) {
 // straddle two ranges) on a mask of all ones. Blocks reach past their range by up to
 // block_reach() indices: the words within that reach of the range's start may also be painted by
 // the range before, and are cleared atomically.
+// Clears bits with plain writes: for the chunks whose blocks stay inside the words a range owns.
+struct PlainClear {
+  uint64_t* words;
+  void operator()(int64_t w, uint64_t bits) const {
+    words[w] &= ~bits;
+  }
+};
+
 class RangePainter {
  public:
   RangePainter(const SeedGrid& grid, PhiloxKey key, const uint64_t* bounds, CountTable table, uint64_t* words)
@@ -164,12 +172,20 @@ class RangePainter {
   void paint(int64_t first, int64_t last) {
     const int64_t reach = block_reach(grid_);
     const OwnedClear clear{words_, reach > 0 ? (first + reach - 1) >> 6 : (first >> 6) - 1, last >> 6};
+    const PlainClear plain{words_};
     const int64_t end_chunk = (last + kChunk - 1) / kChunk;
     for (int64_t chunk = first / kChunk; chunk < end_chunk; chunk += kChunkBatch) {
       const int n = static_cast<int>(std::min<int64_t>(kChunkBatch, end_chunk - chunk));
       seeds_of_chunks(static_cast<uint64_t>(chunk), n, key_, bounds_, table_, seeds_);
       for (int i = 0; i < n; ++i) {
-        if (any(seeds_[i])) {
+        if (!any(seeds_[i])) {
+          continue;
+        }
+        // The chunk's blocks cover at most its indices and `reach` more: owned words only, or not.
+        const int64_t g0 = (chunk + i) * kChunk;
+        if ((g0 >> 6) > clear.shared_lo && ((g0 + kChunk - 1 + reach) >> 6) < clear.shared_hi) {
+          clear_chunk_blocks(grid_, static_cast<uint64_t>(chunk + i), seeds_[i], plain);
+        } else {
           clear_chunk_blocks(grid_, static_cast<uint64_t>(chunk + i), seeds_[i], clear);
         }
       }
