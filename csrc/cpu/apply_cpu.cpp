@@ -14,6 +14,7 @@
 #include "../mask_logic.h"
 #include "../mask_params.h"
 #include "../memory_layout.h"
+#include "apply_cpu_avx512.h"
 #include "cpu_parallel.h"
 
 namespace dropblock {
@@ -292,12 +293,30 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
     const acc_t s = static_cast<acc_t>(scale);
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
-    if (!shared_channels && input.is_contiguous() && output.is_contiguous()) {
+    const bool contiguous = input.is_contiguous() && output.is_contiguous();
+    const bool simd = avx512::usable();
+    if (!shared_channels && contiguous) {
       // Logical order is memory order: one run over the whole tensor, split at word edges.
       const int64_t numel = input.numel();
       parallel_over(numel / 64 + (numel % 64 != 0 ? 1 : 0), numel, [&](int64_t begin, int64_t end) {
         const int64_t first = begin * 64, last = std::min(end * 64, numel);
-        apply_run<scalar_t, acc_t>(in + first, 1, out + first, 1, last - first, bits, first, s);
+        if (simd) {
+          avx512::apply_run(in + first, out + first, last - first, bits, first, s);
+        } else {
+          apply_run<scalar_t, acc_t>(in + first, 1, out + first, 1, last - first, bits, first, s);
+        }
+      });
+      return;
+    }
+    if (shared_channels && contiguous && simd) {
+      // The C planes of sample n are consecutive runs of S elements, all with keep bits n * S on:
+      // one call per sample's share of a range of planes, so that small planes cost no set-up each.
+      parallel_over(N * C, N * C * S, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end;) {
+          const int64_t n = plane / C, stop = std::min(end, (n + 1) * C);
+          avx512::apply_planes(in + plane * S, out + plane * S, stop - plane, S, bits, n * S, s);
+          plane = stop;
+        }
       });
       return;
     }
