@@ -1,7 +1,7 @@
 """The CPU apply kernels bit for bit, on masks made here (not drawn by the mask law).
 
-Contiguous input, per-channel or shared mask, out of place and in place: on a CPU with AVX-512
-these run csrc/cpu/apply_cpu_avx512.cpp; DROPBLOCK_CPU_APPLY=generic runs the generic kernels of
+Contiguous input, per-channel or shared mask, out of place and in place, and the kept runs of a
+shared mask in channels-last memory: on a CPU with AVX-512 these run csrc/cpu/apply_cpu_avx512.cpp; DROPBLOCK_CPU_APPLY=generic runs the generic kernels of
 apply_cpu.cpp instead, and the two must agree on every bit, NaN payloads included. Sizes sit around
 the kernels' edges: 16 (8 for float64) lanes a vector, 64 bits a mask word, plane sizes below,
 at and past both, one sample, one channel, and starts off a vector's alignment.
@@ -159,7 +159,9 @@ outputs = []
 for name, x, mask, scale, shared in cases:
     inplace = x.clone()
     ops.drop_block_apply_(inplace, mask, scale, shared)
-    outputs.append((ops.drop_block_apply(x, mask, scale, shared), inplace))
+    channels_last = x.movedim(1, -1).contiguous().movedim(-1, 1)
+    outputs.append((ops.drop_block_apply(x, mask, scale, shared), inplace,
+                    ops.drop_block_apply(channels_last, mask, scale, shared)))
 torch.save(outputs, sys.argv[2])
 """
 
@@ -173,13 +175,17 @@ def test_avx512_and_generic_kernels_agree_bit_for_bit(tmp_path):
                          text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     generic = torch.load(tmp_path / "out.pt")
-    for (name, x, mask, scale, shared), (y_generic, inplace_generic) in zip(all_cases, generic):
+    for (name, x, mask, scale, shared), (y_generic, inplace_generic, cl_generic) in zip(all_cases, generic):
         y = ops.drop_block_apply(x, mask, scale, shared)
         inplace = x.clone()
         ops.drop_block_apply_(inplace, mask, scale, shared)
+        channels_last = ops.drop_block_apply(x.movedim(1, -1).contiguous().movedim(-1, 1), mask, scale, shared)
         assert torch.equal(bits_of(y), bits_of(y_generic)), name
         assert torch.equal(bits_of(inplace), bits_of(inplace_generic)), name
         assert torch.equal(bits_of(inplace), bits_of(y)), name
+        # Channels last: the generic tiles, whose shared runs of kept positions take the AVX-512 kernel.
+        assert torch.equal(bits_of(channels_last).contiguous(), bits_of(y)), name
+        assert torch.equal(bits_of(cl_generic).contiguous(), bits_of(y)), name
 
 
 def test_the_layouts_agree_with_the_contiguous_kernel():

@@ -222,7 +222,7 @@ constexpr int64_t kTilePositions = 512;
 // channels vectorises), then walks the tile in memory order.
 template <typename scalar_t, typename acc_t>
 void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C, int64_t S, const uint64_t* mask,
-                         bool shared_channels, acc_t scale) {
+                         bool shared_channels, acc_t scale, bool simd) {
   // Shorter tiles (down to one mask word per channel) where long ones would leave threads idle.
   int64_t positions = kTilePositions;
   while (positions > 64 && N * ((S + positions - 1) / positions) < 4 * at::get_num_threads()) {
@@ -248,13 +248,23 @@ void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C
         keep_tile_run(in + first, out + first, len, C, halves.data(), scale);
         continue;
       }
-      for (int64_t k = 0; k < len; ++k) {
-        const int64_t offset = first + k * C;
-        if ((halves[k >> 5] >> (k & 31)) & 1u) {
-          scale_run(in + offset, out + offset, C, scale);
-        } else {
-          std::fill(out + offset, out + offset + C, scalar_t(0));
+      // Positions with one keep bit for all their channels: each run of positions with equal bits
+      // is one contiguous run of elements, scaled or zeroed in one call.
+      for (int64_t k = 0; k < len;) {
+        const bool keep = (halves[k >> 5] >> (k & 31)) & 1u;
+        int64_t end = k + 1;
+        while (end < len && static_cast<bool>((halves[end >> 5] >> (end & 31)) & 1u) == keep) {
+          ++end;
         }
+        const int64_t offset = first + k * C, n_elements = (end - k) * C;
+        if (!keep) {
+          std::fill(out + offset, out + offset + n_elements, scalar_t(0));
+        } else if (simd) {
+          avx512::scale_run(in + offset, out + offset, n_elements, scale);
+        } else {
+          scale_run(in + offset, out + offset, n_elements, scale);
+        }
+        k = end;
       }
     }
   });
@@ -322,7 +332,7 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
     }
     if (is_channels_innermost(static_cast<int>(input.dim()), input.sizes().data(), input.strides().data()) &&
         is_channels_innermost(static_cast<int>(output.dim()), output.sizes().data(), output.strides().data())) {
-      apply_channels_last<scalar_t, acc_t>(in, out, N, C, S, bits, shared_channels, s);
+      apply_channels_last<scalar_t, acc_t>(in, out, N, C, S, bits, shared_channels, s, simd);
       return;
     }
     const PlaneLayout in_layout = plane_layout(input), out_layout = plane_layout(output);

@@ -188,6 +188,16 @@ struct Periodic {
   }
 };
 
+// All: every bit set.
+struct All {
+  inline uint64_t word() const {
+    return ~uint64_t(0);
+  }
+  inline uint64_t last(int64_t rest) const {
+    return low_bits(rest);
+  }
+};
+
 // One run of n elements: full words of 64 keep bits, then the rest with lane masks for the
 // elements that exist (their loads and stores touch nothing past the run).
 template <typename K, typename Bits>
@@ -278,6 +288,19 @@ DROPBLOCK_AVX512 void apply_planes(const c10::Half* in, c10::Half* out, int64_t 
   planes_run<Float16>(in, out, planes, plane, mask, bit0, scale);
 }
 
+DROPBLOCK_AVX512 void scale_run(const float* in, float* out, int64_t n, float scale) {
+  run<Float32>(in, out, n, All{}, scale);
+}
+DROPBLOCK_AVX512 void scale_run(const double* in, double* out, int64_t n, double scale) {
+  run<Float64>(in, out, n, All{}, scale);
+}
+DROPBLOCK_AVX512 void scale_run(const c10::BFloat16* in, c10::BFloat16* out, int64_t n, float scale) {
+  run<BFloat16>(in, out, n, All{}, scale);
+}
+DROPBLOCK_AVX512 void scale_run(const c10::Half* in, c10::Half* out, int64_t n, float scale) {
+  run<Float16>(in, out, n, All{}, scale);
+}
+
 #pragma GCC diagnostic pop
 
 #else  // no AVX-512 kernels on this platform: usable() is false and the generic kernels run
@@ -295,6 +318,10 @@ void apply_planes(const float*, float*, int64_t, int64_t, const uint64_t*, int64
 void apply_planes(const double*, double*, int64_t, int64_t, const uint64_t*, int64_t, double) {}
 void apply_planes(const c10::BFloat16*, c10::BFloat16*, int64_t, int64_t, const uint64_t*, int64_t, float) {}
 void apply_planes(const c10::Half*, c10::Half*, int64_t, int64_t, const uint64_t*, int64_t, float) {}
+void scale_run(const float*, float*, int64_t, float) {}
+void scale_run(const double*, double*, int64_t, double) {}
+void scale_run(const c10::BFloat16*, c10::BFloat16*, int64_t, float) {}
+void scale_run(const c10::Half*, c10::Half*, int64_t, float) {}
 
 #endif
 

@@ -41,5 +41,12 @@ void apply_planes(const c10::BFloat16* in, c10::BFloat16* out, int64_t planes, i
 void apply_planes(const c10::Half* in, c10::Half* out, int64_t planes, int64_t plane, const uint64_t* mask,
                   int64_t bit0, float scale);
 
+// out[j] = in[j] * scale for j < n: a run of elements all kept (channels-last positions whose
+// channels share one keep bit).
+void scale_run(const float* in, float* out, int64_t n, float scale);
+void scale_run(const double* in, double* out, int64_t n, double scale);
+void scale_run(const c10::BFloat16* in, c10::BFloat16* out, int64_t n, float scale);
+void scale_run(const c10::Half* in, c10::Half* out, int64_t n, float scale);
+
 }  // namespace avx512
 }  // namespace dropblock
