@@ -295,7 +295,9 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
   }
   const at::Tensor words = word_aligned(mask);
   const uint64_t* bits = reinterpret_cast<const uint64_t*>(words.const_data_ptr<uint8_t>());
-  const double scale = scale_tensor.item<double>();
+  // A CPU float64 tensor of one element (check_apply_args): read in place rather than through item(),
+  // which dispatches an op.
+  const double scale = *scale_tensor.const_data_ptr<double>();
   const int64_t N = input.size(0), C = input.size(1);
   const int64_t S = input.numel() / (N * C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "drop_block_apply_cpu", [&] {
