@@ -1,4 +1,8 @@
 // CPU kernels of the apply ops: out = keep ? in * scale : 0, by the packed keep mask.
+//
+// Contiguous input (per-channel or shared mask) runs the AVX-512 kernels of apply_cpu_avx512.cpp
+// where the CPU has them; the kernels here serve the other CPUs and the channels-last and strided
+// layouts.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
