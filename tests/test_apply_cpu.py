@@ -3,9 +3,9 @@
 Contiguous input, per-channel or shared mask, out of place and in place, and the kept runs of a
 shared mask in channels-last memory: on a CPU with AVX-512 these run csrc/cpu/apply_cpu_avx512.cpp;
 DROPBLOCK_CPU_APPLY=generic runs the generic kernels of apply_cpu.cpp instead, and the two must
-agree on every bit, NaN payloads included. Sizes sit around the kernels' edges: 16 (8 for float64)
-lanes a vector, 64 bits a mask word, plane sizes below, at and past both, one sample, one channel,
-and starts off a vector's alignment.
+agree on every bit, NaN payloads included. Sizes sit around the kernels' edges: 8 or 16 lanes a
+vector, 64 bits a mask word, plane sizes below, at and past both, one sample, one channel, and
+starts off a vector's alignment.
 """
 
 import subprocess

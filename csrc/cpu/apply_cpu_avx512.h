@@ -1,10 +1,10 @@
 #pragma once
 // The AVX-512 kernels of the CPU apply (apply_cpu_avx512.cpp), for contiguous runs of elements.
 //
-// Why a kernel of its own: an AVX-512 mask register is the keep mask itself. Sixteen float lanes
-// take sixteen keep bits as they are (a zero-masked load and a zero-masked multiply), so a word of
-// 64 keep bits is 4 loads, 4 multiplies and 4 stores with no branch on the bits, no lane table and
-// no per-plane set-up; dropped lanes are +0 without reading their input, whatever it holds. The
+// Why a kernel of its own: an AVX-512 mask register is the keep mask itself. A vector of 8 or 16
+// lanes takes as many keep bits as they are (a zero-masked load and a zero-masked multiply), so a
+// word of 64 keep bits is a few loads, multiplies and stores with no branch on the bits, no lane
+// table and no per-plane set-up; dropped lanes are +0 without reading their input, whatever it holds. The
 // generic kernels in apply_cpu.cpp remain for CPUs without AVX-512 and for the strided and
 // channels-last layouts.
 #include <cstdint>
