@@ -1,4 +1,8 @@
 // CPU kernels of the apply ops: out = keep ? in * scale : 0, by the packed keep mask.
+//
+// Contiguous input (per-channel or shared mask) runs the AVX-512 kernels of apply_cpu_avx512.cpp
+// where the CPU has them; the kernels here serve the other CPUs and the channels-last and strided
+// layouts.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -14,6 +18,7 @@
 #include "../mask_logic.h"
 #include "../mask_params.h"
 #include "../memory_layout.h"
+#include "apply_cpu_avx512.h"
 #include "cpu_parallel.h"
 
 namespace dropblock {
@@ -221,7 +226,7 @@ constexpr int64_t kTilePositions = 512;
 // channels vectorises), then walks the tile in memory order.
 template <typename scalar_t, typename acc_t>
 void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C, int64_t S, const uint64_t* mask,
-                         bool shared_channels, acc_t scale) {
+                         bool shared_channels, acc_t scale, bool simd) {
   // Shorter tiles (down to one mask word per channel) where long ones would leave threads idle.
   int64_t positions = kTilePositions;
   while (positions > 64 && N * ((S + positions - 1) / positions) < 4 * at::get_num_threads()) {
@@ -247,13 +252,23 @@ void apply_channels_last(const scalar_t* in, scalar_t* out, int64_t N, int64_t C
         keep_tile_run(in + first, out + first, len, C, halves.data(), scale);
         continue;
       }
-      for (int64_t k = 0; k < len; ++k) {
-        const int64_t offset = first + k * C;
-        if ((halves[k >> 5] >> (k & 31)) & 1u) {
-          scale_run(in + offset, out + offset, C, scale);
-        } else {
-          std::fill(out + offset, out + offset + C, scalar_t(0));
+      // Positions with one keep bit for all their channels: each run of positions with equal bits
+      // is one contiguous run of elements, scaled or zeroed in one call.
+      for (int64_t k = 0; k < len;) {
+        const bool keep = (halves[k >> 5] >> (k & 31)) & 1u;
+        int64_t end = k + 1;
+        while (end < len && static_cast<bool>((halves[end >> 5] >> (end & 31)) & 1u) == keep) {
+          ++end;
         }
+        const int64_t offset = first + k * C, n_elements = (end - k) * C;
+        if (!keep) {
+          std::fill(out + offset, out + offset + n_elements, scalar_t(0));
+        } else if (simd) {
+          avx512::scale_run(in + offset, out + offset, n_elements, scale);
+        } else {
+          scale_run(in + offset, out + offset, n_elements, scale);
+        }
+        k = end;
       }
     }
   });
@@ -284,7 +299,9 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
   }
   const at::Tensor words = word_aligned(mask);
   const uint64_t* bits = reinterpret_cast<const uint64_t*>(words.const_data_ptr<uint8_t>());
-  const double scale = scale_tensor.item<double>();
+  // A CPU float64 tensor of one element (check_apply_args): read in place rather than through item(),
+  // which dispatches an op.
+  const double scale = *scale_tensor.const_data_ptr<double>();
   const int64_t N = input.size(0), C = input.size(1);
   const int64_t S = input.numel() / (N * C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "drop_block_apply_cpu", [&] {
@@ -292,18 +309,36 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
     const acc_t s = static_cast<acc_t>(scale);
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
-    if (!shared_channels && input.is_contiguous() && output.is_contiguous()) {
+    const bool contiguous = input.is_contiguous() && output.is_contiguous();
+    const bool simd = avx512::usable();
+    if (!shared_channels && contiguous) {
       // Logical order is memory order: one run over the whole tensor, split at word edges.
       const int64_t numel = input.numel();
       parallel_over(numel / 64 + (numel % 64 != 0 ? 1 : 0), numel, [&](int64_t begin, int64_t end) {
         const int64_t first = begin * 64, last = std::min(end * 64, numel);
-        apply_run<scalar_t, acc_t>(in + first, 1, out + first, 1, last - first, bits, first, s);
+        if (simd) {
+          avx512::apply_run(in + first, out + first, last - first, bits, first, s);
+        } else {
+          apply_run<scalar_t, acc_t>(in + first, 1, out + first, 1, last - first, bits, first, s);
+        }
+      });
+      return;
+    }
+    if (shared_channels && contiguous && simd) {
+      // The C planes of sample n are consecutive runs of S elements, all with keep bits n * S on:
+      // one call per sample's share of a range of planes, so that small planes cost no set-up each.
+      parallel_over(N * C, N * C * S, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end;) {
+          const int64_t n = plane / C, stop = std::min(end, (n + 1) * C);
+          avx512::apply_planes(in + plane * S, out + plane * S, stop - plane, S, bits, n * S, s);
+          plane = stop;
+        }
       });
       return;
     }
     if (is_channels_innermost(static_cast<int>(input.dim()), input.sizes().data(), input.strides().data()) &&
         is_channels_innermost(static_cast<int>(output.dim()), output.sizes().data(), output.strides().data())) {
-      apply_channels_last<scalar_t, acc_t>(in, out, N, C, S, bits, shared_channels, s);
+      apply_channels_last<scalar_t, acc_t>(in, out, N, C, S, bits, shared_channels, s, simd);
       return;
     }
     const PlaneLayout in_layout = plane_layout(input), out_layout = plane_layout(output);
