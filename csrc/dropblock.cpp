@@ -10,6 +10,10 @@
 //   drop_block_apply  out = keep ? input * scale : 0, the single pass over the data. It is linear
 //                     in its input, so it is its own backward;
 //   drop_block_apply_ the same in place, without a gradient (see csrc/autograd/).
+// One private composite, _drop_block_train: an eager training forward in one call from Python
+// (the key drawn from the default generator of the input's device as torch.randint draws it, then
+// the two ops above), because the Python calls around the ops cost more than the ops themselves on
+// a small map. torch.compile, TorchScript and the transforms keep the separate ops.
 // Two private ops: _cuda_version, and _set_cuda_mask_kernel, which picks one of the two CUDA mask
 // paths (they give the same mask; benchmarks and tests compare them).
 #include <atomic>
@@ -83,6 +87,8 @@ TORCH_LIBRARY(dropblock_cuda, m) {
         " -> (Tensor mask, Tensor scale)");
   m.def("drop_block_apply(Tensor input, Tensor mask, Tensor scale, bool shared_channels) -> Tensor");
   m.def("drop_block_apply_(Tensor(a!) input, Tensor mask, Tensor scale, bool shared_channels) -> ()");
+  m.def("_drop_block_train(Tensor input, float p, int[] block_size, float eps, bool shared_channels, "
+        "bool scale_by_keep) -> Tensor");
   m.def("_cuda_version() -> int", &cuda_version);
   // Returns the previous setting: "auto" (the geometry decides), "window" or "scatter".
   m.def("_set_cuda_mask_kernel(str kernel) -> str", &set_cuda_mask_kernel);

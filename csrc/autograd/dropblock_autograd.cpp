@@ -13,7 +13,20 @@
 // In C++ rather than torch.library.register_autograd because a training step pays it on every
 // call: a Python autograd node costs several microseconds per op, about what the CUDA kernels
 // of a small feature map take.
+//
+// Also here, for the same reason: _drop_block_train, the eager training forward of functional.py
+// in one call (key, mask, apply), a CompositeImplicitAutograd kernel so that autograd sees the
+// very ops (and records the very node) of the separate calls.
+#include <cstdint>
+#include <limits>
+#include <mutex>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/DistributionsHelper.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/randint.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -72,14 +85,22 @@ at::Tensor drop_block_apply_autograd(const at::Tensor& input, const at::Tensor& 
   return DropBlockApply::apply(input, mask, scale, shared_channels);
 }
 
-std::tuple<at::Tensor, at::Tensor> drop_block_mask_autograd(const at::Tensor& input, const at::Tensor& seed,
-                                                            const at::Tensor& p, c10::IntArrayRef block_size,
-                                                            double eps, bool shared_channels) {
+using MaskOp = c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef, double, bool)>;
+
+const MaskOp& mask_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("dropblock_cuda::drop_block_mask", "")
                              .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                        const at::Tensor&, c10::IntArrayRef,
                                                                        double, bool)>();
+  return op;
+}
+
+std::tuple<at::Tensor, at::Tensor> drop_block_mask_autograd(const at::Tensor& input, const at::Tensor& seed,
+                                                            const at::Tensor& p, c10::IntArrayRef block_size,
+                                                            double eps, bool shared_channels) {
+  const MaskOp& op = mask_op();
   // The outputs depend on the input's shape only (no gradient for it); p changes them in steps.
   refuse_grad(seed, "drop_block_mask", "seed");
   refuse_grad(p, "drop_block_mask", "p");
@@ -110,7 +131,49 @@ void drop_block_apply_inplace_view(at::Tensor& input, const at::Tensor& mask, co
   input.unsafeGetTensorImpl()->bump_version();
 }
 
+// Every int64 key, the high end exclusive: functional.py's torch.randint(_KEY_LOW, _KEY_HIGH, ()).
+constexpr int64_t kKeyLow = std::numeric_limits<int64_t>::min();
+constexpr int64_t kKeyHigh = std::numeric_limits<int64_t>::max();
+
+// The key of one call from the default generator of the input's device, the one functional.py's
+// torch.randint draws: the same value, and the generator left in the same state. On the CPU by
+// the steps of torch's own kernel (random_from_to_kernel: the generator's lock, one
+// uniform_int_from_to_distribution draw) without its dispatch, TensorIterator and output tensor,
+// a few microseconds of a small map's forward; elsewhere by at::randint itself (on CUDA a kernel
+// that reads the generator's offset at replay, which keeps CUDA graph capture safe).
+at::Tensor draw_key(const at::Tensor& input) {
+  if (!input.is_cpu()) {
+    return at::randint(kKeyLow, kKeyHigh, {}, input.options().dtype(at::kLong));
+  }
+  auto* generator = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
+  const uint64_t range = static_cast<uint64_t>(kKeyHigh) - static_cast<uint64_t>(kKeyLow);
+  int64_t key = 0;
+  {
+    const std::lock_guard<std::mutex> lock(generator->mutex_);
+    key = at::uniform_int_from_to_distribution<int64_t>(range, kKeyLow)(generator);
+  }
+  return at::scalar_tensor(key, at::TensorOptions(at::kLong));
+}
+
+// functional.py's eager training forward with the default generator, not in place; the caller has
+// checked the arguments as functional.py does (p here is the seed rate's p, gamma_scale applied).
+// p travels to the mask op as a CPU tensor, as there: the CUDA kernels take it by value.
+at::Tensor drop_block_train(const at::Tensor& input, double p, c10::IntArrayRef block_size, double eps,
+                            bool shared_channels, bool scale_by_keep) {
+  const at::Tensor key = draw_key(input);
+  const at::Tensor probability = at::scalar_tensor(p, at::TensorOptions(at::kDouble));
+  auto [mask, scale] = mask_op().call(input, key, probability, block_size, eps, shared_channels);
+  if (!scale_by_keep) {
+    scale = at::ones({}, input.options().dtype(at::kDouble));
+  }
+  return call_apply(input, mask, scale, shared_channels);
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(dropblock_cuda, CompositeImplicitAutograd, m) {
+  m.impl("_drop_block_train", &drop_block_train);
+}
 
 TORCH_LIBRARY_IMPL(dropblock_cuda, Autograd, m) {
   m.impl("drop_block_mask", &drop_block_mask_autograd);
