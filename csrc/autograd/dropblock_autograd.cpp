@@ -82,6 +82,13 @@ at::Tensor drop_block_apply_autograd(const at::Tensor& input, const at::Tensor& 
                                      bool shared_channels) {
   refuse_grad(mask, "drop_block_apply", "mask");
   refuse_grad(scale, "drop_block_apply", "scale");
+  if (!(at::GradMode::is_enabled() && input.requires_grad()) && !input._fw_grad(/*level=*/0).defined()) {
+    // Nothing to record: Function::apply would build a node and a context only to drop them (about a
+    // microsecond, a fair part of a small map's forward). An input with a tangent keeps the Function's
+    // handling of it.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_apply(input, mask, scale, shared_channels);
+  }
   return DropBlockApply::apply(input, mask, scale, shared_channels);
 }
 
