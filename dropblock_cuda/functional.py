@@ -135,8 +135,11 @@ def _in_onnx_export(compiling: bool) -> bool:
     return torch.onnx.is_in_onnx_export()
 
 
-# The eager training op (csrc/autograd/dropblock_autograd.cpp); its overload is one dispatch less.
+# The eager training op (csrc/autograd/dropblock_autograd.cpp): its overload's own callable, which
+# OpOverload.__call__ only forwards to (but under the modes that _takes_fast_path excludes), a Python
+# frame less.
 _train_op = torch.ops.dropblock_cuda._drop_block_train.default
+_train_op = getattr(_train_op, "_op", _train_op)
 
 
 def _takes_fast_path(input, p, inplace, eps, training, generator, gamma_scale, shared_channels, scale_by_keep,
