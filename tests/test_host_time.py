@@ -178,3 +178,23 @@ def test_host_time_benchmark_runs_on_a_tiny_size():
     assert all(r.device == "cpu" and r.us > 0 and r.vs_dropout > 0 for r in rows)
     assert all(r.vs_dropout == 1.0 for r in rows if r.call == host_time.BASELINE)
     assert "x F.dropout" in host_time.format_table(rows)
+
+
+def test_the_op_called_directly_under_tracers_draws_through_randint():
+    # Only a plain eager call draws from the generator directly: a tracer or a mode must see the
+    # draw (a compiled graph that baked the key in would repeat one mask forever).
+    x = torch.randn(1, 2, 8, 8)
+
+    def train(t):
+        return ops._drop_block_train(t, 0.4, [3, 3], 1e-6, False, True)
+
+    compiled = torch.compile(train, backend="aot_eager", fullgraph=True)
+    torch.manual_seed(9)
+    first = compiled(x)
+    torch.manual_seed(9)
+    assert_equal(train(x), first)  # the same key from the same generator
+    assert not torch.equal(compiled(x), compiled(x))  # a fresh key per call
+    traced = torch.jit.trace(train, (x,), check_trace=False)  # records the op, which draws per run
+    torch.manual_seed(9)
+    assert_equal(traced(x), first)
+    assert not torch.equal(traced(x), traced(x))

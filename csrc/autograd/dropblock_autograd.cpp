@@ -24,6 +24,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/DistributionsHelper.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/scalar_tensor.h>
@@ -148,8 +149,20 @@ constexpr int64_t kKeyHigh = std::numeric_limits<int64_t>::max();
 // uniform_int_from_to_distribution draw) without its dispatch, TensorIterator and output tensor,
 // a few microseconds of a small map's forward; elsewhere by at::randint itself (on CUDA a kernel
 // that reads the generator's offset at replay, which keeps CUDA graph capture safe).
+//
+// The direct draw only for a plain CPU tensor outside every tracer, mode and transform, each of which
+// works by a dispatch key of its own (in the thread's included set: torch.jit.trace, TorchDispatchModes
+// such as FakeTensorMode under torch.compile, torch.func; or on a wrapper tensor: functionalization,
+// vmap, subclasses): those see or replay at::randint, and would miss a draw made behind their back.
+bool draws_directly(const at::Tensor& input) {
+  static const c10::DispatchKeySet plain_cpu({c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                              c10::DispatchKey::AutogradCPU, c10::DispatchKey::AutocastCPU});
+  return input.is_cpu() && (input.key_set() - plain_cpu).empty() &&
+         (c10::impl::tls_local_dispatch_key_set().included_ - c10::default_included_set).empty();
+}
+
 at::Tensor draw_key(const at::Tensor& input) {
-  if (!input.is_cpu()) {
+  if (!draws_directly(input)) {
     return at::randint(kKeyLow, kKeyHigh, {}, input.options().dtype(at::kLong));
   }
   auto* generator = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
