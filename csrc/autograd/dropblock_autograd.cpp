@@ -22,6 +22,7 @@
 #include <mutex>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/core/DistributionsHelper.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -154,11 +155,26 @@ constexpr int64_t kKeyHigh = std::numeric_limits<int64_t>::max();
 // works by a dispatch key of its own (in the thread's included set: torch.jit.trace, TorchDispatchModes
 // such as FakeTensorMode under torch.compile, torch.func; or on a wrapper tensor: functionalization,
 // vmap, subclasses): those see or replay at::randint, and would miss a draw made behind their back.
+bool plain_dispatch() {
+  return (c10::impl::tls_local_dispatch_key_set().included_ - c10::default_included_set).empty();
+}
+
 bool draws_directly(const at::Tensor& input) {
   static const c10::DispatchKeySet plain_cpu({c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
                                               c10::DispatchKey::AutogradCPU, c10::DispatchKey::AutocastCPU});
-  return input.is_cpu() && (input.key_set() - plain_cpu).empty() &&
-         (c10::impl::tls_local_dispatch_key_set().included_ - c10::default_included_set).empty();
+  return input.is_cpu() && (input.key_set() - plain_cpu).empty() && plain_dispatch();
+}
+
+// A 0-dim CPU tensor holding `value`: at::scalar_tensor, or outside tracers and modes (which must see
+// the tensor made) its steps without their two dispatches, a fresh CPU tensor written directly.
+template <typename T>
+at::Tensor cpu_scalar(T value, at::ScalarType type) {
+  if (!plain_dispatch()) {
+    return at::scalar_tensor(value, at::TensorOptions(type));
+  }
+  at::Tensor t = at::detail::empty_cpu({}, type, /*pin_memory=*/false, std::nullopt);
+  *t.data_ptr<T>() = value;
+  return t;
 }
 
 at::Tensor draw_key(const at::Tensor& input) {
@@ -172,7 +188,7 @@ at::Tensor draw_key(const at::Tensor& input) {
     const std::lock_guard<std::mutex> lock(generator->mutex_);
     key = at::uniform_int_from_to_distribution<int64_t>(range, kKeyLow)(generator);
   }
-  return at::scalar_tensor(key, at::TensorOptions(at::kLong));
+  return cpu_scalar<int64_t>(key, at::kLong);
 }
 
 // functional.py's eager training forward with the default generator, not in place; the caller has
@@ -181,7 +197,7 @@ at::Tensor draw_key(const at::Tensor& input) {
 at::Tensor drop_block_train(const at::Tensor& input, double p, c10::IntArrayRef block_size, double eps,
                             bool shared_channels, bool scale_by_keep) {
   const at::Tensor key = draw_key(input);
-  const at::Tensor probability = at::scalar_tensor(p, at::TensorOptions(at::kDouble));
+  const at::Tensor probability = cpu_scalar<double>(p, at::kDouble);
   auto [mask, scale] = mask_op().call(input, key, probability, block_size, eps, shared_channels);
   if (!scale_by_keep) {
     scale = at::ones({}, input.options().dtype(at::kDouble));
