@@ -59,24 +59,31 @@ const c10::TypedOperatorHandle<void(at::Tensor&, const at::Tensor&, const at::Te
   return op;
 }
 
+// The mask and the scale, handed to Function::apply as one argument that is not a tensor: they never
+// require grad (refuse_grad), so the node needs neither their edges nor their metadata (Function::apply
+// records a VariableInfo, with its own copy of the sizes, for every tensor argument). Saved as before.
+struct MaskAndScale {
+  const at::Tensor& mask;
+  const at::Tensor& scale;
+};
+
 class DropBlockApply : public torch::autograd::Function<DropBlockApply> {
  public:
   // Backward calls a registered op on saved tensors: compiled autograd may trace it.
   static constexpr bool is_traceable = true;
 
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& mask,
-                            const at::Tensor& scale, bool shared_channels) {
-    ctx->save_for_backward({mask, scale});
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const MaskAndScale& mask_and_scale,
+                            bool shared_channels) {
+    ctx->save_for_backward({mask_and_scale.mask, mask_and_scale.scale});
     ctx->saved_data["shared_channels"] = shared_channels;
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_apply(input, mask, scale, shared_channels);
+    return call_apply(input, mask_and_scale.mask, mask_and_scale.scale, shared_channels);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     const bool shared_channels = ctx->saved_data["shared_channels"].toBool();
-    return {call_apply(grad_outputs[0], saved[0], saved[1], shared_channels), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    return {call_apply(grad_outputs[0], saved[0], saved[1], shared_channels), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -91,7 +98,7 @@ at::Tensor drop_block_apply_autograd(const at::Tensor& input, const at::Tensor& 
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_apply(input, mask, scale, shared_channels);
   }
-  return DropBlockApply::apply(input, mask, scale, shared_channels);
+  return DropBlockApply::apply(input, MaskAndScale{mask, scale}, shared_channels);
 }
 
 using MaskOp = c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(
