@@ -46,13 +46,20 @@ def cases(x: torch.Tensor, p: float, block_size: int) -> Dict[str, object]:
     }
 
 
+def _repeat(call, calls: int) -> None:
+    # Each output dropped before the next call, with its autograd graph: the time of a call includes
+    # freeing what it made, as in a training step, and no list of live outputs slows Python's GC.
+    for _ in range(calls):
+        call()
+
+
 def measure_device(device: str, shape: Sequence[int], p: float, block_size: int, rounds: int, calls: int,
                    warmup_rounds: int = 1) -> List[Row]:
     x = torch.randn(*shape, device=device)
     timed = {}
     for grad in (False, True):
         for name, call in cases(x.clone().requires_grad_(grad), p, block_size).items():
-            timed[(name, grad)] = lambda i, call=call: [call() for _ in range(calls)]
+            timed[(name, grad)] = lambda i, call=call: _repeat(call, calls)
     times = interleaved_rounds(timed, rounds, device, warmup_rounds=warmup_rounds)
     us = {key: [t * 1e3 / calls for t in samples] for key, samples in times.items()}
     rows = []
