@@ -10,7 +10,11 @@
 //   drop_block_apply  out = keep ? input * scale : 0, the single pass over the data. It is linear
 //                     in its input, so it is its own backward;
 //   drop_block_apply_ the same in place, without a gradient (see csrc/autograd/).
-// The private ops (_cuda_version, _set_cuda_mask_kernel) are in private_ops.cpp.
+// One private composite, _drop_block_train (its kernel in autograd/dropblock_autograd.cpp): an
+// eager training forward in one call from Python (the key drawn from the default generator of the
+// input's device as torch.randint draws it, then the two ops above), because the Python calls
+// around the ops cost more than the ops themselves on a small map. torch.compile, TorchScript and
+// the transforms keep the separate ops. The other private ops are in private_ops.cpp.
 #include <torch/library.h>
 
 #ifdef DROPBLOCK_PYTHON_MODULE
@@ -22,6 +26,8 @@ TORCH_LIBRARY(dropblock_cuda, m) {
         " -> (Tensor mask, Tensor scale)");
   m.def("drop_block_apply(Tensor input, Tensor mask, Tensor scale, bool shared_channels) -> Tensor");
   m.def("drop_block_apply_(Tensor(a!) input, Tensor mask, Tensor scale, bool shared_channels) -> ()");
+  m.def("_drop_block_train(Tensor input, float p, int[] block_size, float eps, bool shared_channels, "
+        "bool scale_by_keep) -> Tensor");
 }
 
 #ifdef DROPBLOCK_PYTHON_MODULE

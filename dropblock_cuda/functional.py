@@ -4,6 +4,13 @@ Two layers: the eager entry points check the argument types (Python objects can 
 and hand plain values to `_drop_block_checked`, which TorchScript compiles too: it checks the
 values, draws the key and calls the ops, so eager, compiled and scripted models share one
 statement of the checks and of the calls.
+
+An eager training call with plain arguments (the usual one) takes a shorter road, because on a
+small map the Python around the ops costs more than the ops: `_takes_fast_path` recognises it
+with a few type and range tests, and one op, `_drop_block_train`, draws the key, the mask and
+the output in C++ (the same key from the same generator, the same ops, the same autograd node).
+Anything else (other types, a generator, in place, torch.compile, TorchScript, torch.jit.trace,
+ONNX export, torch.func, modes, tensor subclasses) goes the general way.
 """
 
 import math
@@ -14,6 +21,9 @@ import torch
 from torch import Tensor
 
 from . import _functorch
+
+_torch_C = torch._C
+_forward_ad = torch.autograd.forward_ad
 
 # The ONNX exporters' own flags, read directly: torch.onnx.is_in_onnx_export() imports on every
 # call (a microsecond and a half, more than a small map's kernels), and Dynamo, which the
@@ -31,6 +41,9 @@ except ImportError:
         _onnx_globals = None
 
 BlockSize = Union[int, Sequence[int]]
+
+# The dtypes the kernels take: input.is_floating_point() and not one byte wide (float8), as one test.
+_KERNEL_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
 
 # The ops take block sizes as int64; any size >= 1 is valid and is clamped to the map by the ops
 # (a map side never exceeds this), so clamping here changes nothing and keeps huge ints legal.
@@ -120,6 +133,32 @@ def _in_onnx_export(compiling: bool) -> bool:
     if _onnx_globals is not None:
         return _onnx_globals.in_onnx_export
     return torch.onnx.is_in_onnx_export()
+
+
+# The eager training op (csrc/autograd/dropblock_autograd.cpp): its overload's own callable, which
+# OpOverload.__call__ only forwards to (but under the modes that _takes_fast_path excludes), a Python
+# frame less.
+_train_op = torch.ops.dropblock_cuda._drop_block_train.default
+_train_op = getattr(_train_op, "_op", _train_op)
+
+
+def _takes_fast_path(input, p, inplace, eps, training, generator, gamma_scale, shared_channels, scale_by_keep,
+                     spatial_dims: int) -> bool:
+    """Whether a call may go straight to `_drop_block_train`: plain values that pass every check, an
+    eager training call that draws from the default generator, outside everything that needs the
+    separate ops (torch.compile, whose Dynamo sees False at the first test and so never traces the
+    others; torch.jit.trace, ONNX export, torch.func, forward AD, modes, tensor subclasses)."""
+    return (not torch.compiler.is_compiling()
+            and training is True and inplace is False and generator is None
+            and type(input) is Tensor and type(p) is float and 0.0 < p <= 1.0
+            and type(eps) is float and 0.0 <= eps < math.inf
+            and type(gamma_scale) is float and gamma_scale == 1.0
+            and type(shared_channels) is bool and type(scale_by_keep) is bool
+            and input.dtype in _KERNEL_DTYPES and input.dim() == spatial_dims + 2
+            and _torch_C._get_tracing_state() is None
+            and not _torch_C._are_functorch_transforms_active() and _forward_ad._current_level < 0
+            and not _torch_C._is_torch_function_mode_enabled() and _torch_C._len_torch_dispatch_stack() == 0
+            and not _in_onnx_export(False))
 
 
 def _drop_block_checked(
@@ -230,6 +269,9 @@ def _drop_block(
     spatial_dims: int,
 ) -> Tensor:
     """The eager entry of `function` (drop_block1d/2d/3d): the type checks, then `_drop_block_checked`."""
+    if type(block_size) is int and 1 <= block_size <= _MAX_BLOCK and _takes_fast_path(
+            input, p, inplace, eps, training, generator, gamma_scale, shared_channels, scale_by_keep, spatial_dims):
+        return _train_op(input, p, [block_size] * spatial_dims, eps, shared_channels, scale_by_keep)
     if not isinstance(input, Tensor):
         if isinstance(input, torch.fx.Proxy):
             return _traced_call(function, input, p, block_size, inplace, eps, training,

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import (BlockSize, _check_block_size, _check_flag, _check_real, _check_scalars, _drop_block,
-                         _drop_block_checked)
+                         _drop_block_checked, _takes_fast_path, _train_op)
 from .functional import drop_block1d, drop_block2d, drop_block3d
 
 
@@ -63,11 +63,16 @@ class _DropBlockNd(nn.Module):
         self._block_size = block_size
 
     def forward(self, input: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
-            return _drop_block_checked(input, self.p, self._block_sizes, self.inplace, self.eps, self.training,
-                                       self.shared_channels, self.gamma_scale, self.scale_by_keep,
-                                       self.spatial_dims)
-        return self._eager_forward(input)
+        if not torch.jit.is_scripting():  # TorchScript compiles the return below only
+            # The settings are public and may have been reassigned: the fast path tests them on every
+            # call, as the functions do, but the block sizes were checked when they were set.
+            if _takes_fast_path(input, self.p, self.inplace, self.eps, self.training, None, self.gamma_scale,
+                                self.shared_channels, self.scale_by_keep, self.spatial_dims):
+                return _train_op(input, self.p, self._block_sizes, self.eps, self.shared_channels,
+                                 self.scale_by_keep)
+            return self._eager_forward(input)
+        return _drop_block_checked(input, self.p, self._block_sizes, self.inplace, self.eps, self.training,
+                                   self.shared_channels, self.gamma_scale, self.scale_by_keep, self.spatial_dims)
 
     @torch.jit.unused
     def _eager_forward(self, input: Tensor) -> Tensor:

@@ -40,13 +40,20 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
 
   const int64_t bytes = packed_mask_bytes(g.planes * g.plane_numel());
   at::Tensor mask = at::empty({bytes}, input.options().dtype(at::kByte));
-  at::Tensor scale = at::empty({}, input.options().dtype(at::kDouble));
   if (bytes == 0) {
+    at::Tensor scale = at::empty({}, input.options().dtype(at::kDouble));
     scale.fill_(keep_scale(input.numel(), 0, eps));
     return {mask, scale};
   }
   const int64_t words = bytes / 8;
-  at::Tensor scratch = at::empty({cuda::mask_count_scratch_elements(words)}, input.options().dtype(at::kLong));
+  // The scale and the count's scratch (int64s, 8 bytes as a double) in one allocation, one allocator call
+  // less per forward: the scale is a 0-dim tensor on its first element (not a view: nothing else refers to
+  // the storage), the scratch follows. While the scale is saved for backward it keeps the scratch too, a few
+  // KB at most ((CTAs + 1) * 8 bytes). The mask stays a storage of its own: the op returns two tensors that
+  // callers (autograd, torch.compile, saved-tensor hooks) may treat as independent.
+  at::Tensor scale = at::empty({1 + cuda::mask_count_scratch_elements(words)}, input.options().dtype(at::kDouble));
+  scale.unsafeGetTensorImpl()->set_sizes_contiguous({});
+  static_assert(sizeof(double) == sizeof(int64_t), "the scratch's int64s sit in double-sized slots");
   cuda::MaskParams params{};
   params.geometry = g;
   params.p = p_arg;
@@ -58,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
   params.numel = input.numel();
   params.eps = eps;
   params.scale = scale.data_ptr<double>();
-  params.scratch = scratch.data_ptr<int64_t>();
+  params.scratch = reinterpret_cast<int64_t*>(scale.data_ptr<double>() + 1);
   params.kernel = kernel;
   C10_CUDA_CHECK(cuda::launch_mask(params, c10::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
