@@ -7,6 +7,8 @@ Commands (thin: flags, a configuration, a driver):
 - ``python -m benchmarks.gpu_bench``: the CUDA kernels against a device-to-device copy;
 - ``python -m benchmarks.train_step``: DropBlock's cost inside a ResNet training step;
 - ``python -m benchmarks.regularisation``: does DropBlock regularise, on data shipped in a wheel;
+- ``python -m benchmarks.host_time``: the host time of one eager call on a tiny input, against
+  ``F.dropout``;
 - ``bash benchmarks/gpu_check.sh``: everything a GPU machine checks, in one time-boxed run
   (``sanitizer_smoke.py`` is its compute-sanitizer script).
 

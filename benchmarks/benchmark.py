@@ -164,7 +164,7 @@ def measure_config(impls: Sequence[Impl], case: Case, device: torch.device, timi
             except Exception as exc:
                 _warn(row, f"gpu-mem: {exc.__class__.__name__}")
     _add_ratios(rows)
-    del inputs, grad
+    inputs = grad = None  # free them (the closures above are done with them)
     return rows
 
 

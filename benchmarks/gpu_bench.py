@@ -146,7 +146,7 @@ def time_graph(fn, buffers, repeats):
             fn(i)
     # The replay of all `buffers` calls is one sample; no warm-up left to do after the capture's.
     samples = measure.time_calls(lambda i: graph.replay(), Timing(repeats=repeats, warmup=1), "cuda")
-    del graph
+    graph = None  # free the captured graph before the next measurement
     return statistics.median(samples) / buffers
 
 
@@ -243,7 +243,7 @@ def profile_kernels(result, drop_block2d, device="cuda"):
             result[f"{name}_kernels_us"] = kernel_microseconds(fn, len(xs), device=device)
         except Exception as exc:  # report, and keep the other numbers
             result[f"{name}_kernels_error"] = repr(exc)[:300]
-    del xs, leaves, grads
+    xs = leaves = grads = None  # free them (the closures above are done with them)
     _release(device)
 
 
@@ -331,7 +331,7 @@ def bench_case(case: Case, subjects: Subjects, run: Run) -> dict:
             result[f"{peer}_speedup"] = result[f"{peer}_ms"] / result["fwd_bwd_ms"]
     # Effective bandwidth of the copy: read + write.
     result["copy_gbps"] = 2 * xs[0].numel() * xs[0].element_size() / (copy * 1e-3) / 1e9
-    del xs, outs, inputs, leaves, grads
+    xs = outs = inputs = leaves = grads = None  # free them (the closures above are done with them)
     _release(run.device)
     return result
 
@@ -369,7 +369,7 @@ def measure_ours(result: dict, inputs: Inputs, subjects: Subjects, run: Run, blo
                                                     buffers, run)
     for key in ("channels_last_forward", "channels_last_backward"):
         result[f"{key}_over_copy"] = result[f"{key}_ms"] / result["channels_last_copy_ms"]
-    del xs_cl, outs_cl
+    xs_cl = outs_cl = None  # free them (the closures above are done with them)
 
 
 # (header, result key, format) of the table's columns.

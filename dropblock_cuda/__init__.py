@@ -8,7 +8,7 @@ from .functional import drop_block1d, drop_block2d, drop_block3d
 from .modules import DropBlock1d, DropBlock2d, DropBlock3d
 from .scheduler import LinearScheduler
 from .convert import convert_dropblock
-from ._version import __version__
+from ._version import __version__  # noqa: F401  (the package version)
 
 
 def cuda_version():

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import dropblock_cuda
+import dropblock_cuda  # noqa: F401  (registers the ops)
 from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
 from dropblock_cuda import functional
 from dropblock_cuda import modules
