@@ -61,8 +61,11 @@ def should_build_cuda():
 
 
 def extension():
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "autograd", "*.cpp"))
-                     + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = sorted(
+        glob.glob(os.path.join("csrc", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "autograd", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+    )
     # at::parallel_for is OpenMP in the header: without -fopenmp it silently runs on one thread.
     # -ffp-contract=off: the count table of the mask law is a fixed sequence of IEEE double
     # operations that must round as on the GPU (see csrc/mask_logic.h): no fused multiply-adds.
@@ -70,13 +73,23 @@ def extension():
     with_cuda, reason = should_build_cuda()
     if not with_cuda:
         print(f"dropblock_cuda: building the CPU ops only ({reason})", file=sys.stderr)
-        return CppExtension("dropblock_cuda._C", sources, define_macros=[("DROPBLOCK_PYTHON_MODULE", None)],
-                            extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+        return CppExtension(
+            "dropblock_cuda._C",
+            sources,
+            define_macros=[("DROPBLOCK_PYTHON_MODULE", None)],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
-    print(f"dropblock_cuda: building the CPU and CUDA ops ({reason}; "
-          f"arch list {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPUs')})", file=sys.stderr)
-    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")) + glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    print(
+        f"dropblock_cuda: building the CPU and CUDA ops ({reason}; "
+        f"arch list {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPUs')})",
+        file=sys.stderr,
+    )
+    sources += sorted(
+        glob.glob(os.path.join("csrc", "cuda", "*.cpp")) + glob.glob(os.path.join("csrc", "cuda", "*.cu"))
+    )
     return CUDAExtension(
         "dropblock_cuda._C",
         sources,

@@ -34,8 +34,17 @@ from .environment import environment  # noqa: E402
 from .gate import check_dropblock_output  # noqa: E402
 from .measure import Timing  # noqa: E402
 from .peers import Impl, build_impls  # noqa: E402
-from .report import (CSV_FIELDS, HEADLINE_TARGETS, fmt_shape, format_headline, format_summary,  # noqa: E402
-                     format_table, summarize, write_markdown, write_plot)
+from .report import (
+    CSV_FIELDS,
+    HEADLINE_TARGETS,
+    fmt_shape,
+    format_headline,
+    format_summary,  # noqa: E402
+    format_table,
+    summarize,
+    write_markdown,
+    write_plot,
+)
 
 RESNET50_STAGES = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
 DEFAULT_BLOCK_SIZES = (3, 5, 7)
@@ -48,17 +57,18 @@ HEADLINE = {"shape": (32, 64, 56, 56), "dtype": "float32", "p": 0.1, "block_size
 ROTATION_BYTES = 100 * 2**20  # inputs are cycled through so that their total exceeds this (L2 and more)
 MAX_COPIES = 32
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 # --------------------------------------------------------------------------------------------
 # Measurement
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Case:
     """One configuration: what every implementation is gated and timed on."""
+
     shape: Tuple[int, ...]  # (N, C, H, W)
     dtype: torch.dtype
     block_size: int
@@ -78,9 +88,16 @@ def _make_grad(shape, dtype, device, seed) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype=dtype, device=device)
 
 
-def measure_config(impls: Sequence[Impl], case: Case, device: torch.device, timing: Timing, *,
-                   section: str = "sweep", modes: Optional[Dict[str, Sequence[str]]] = None,
-                   progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+def measure_config(
+    impls: Sequence[Impl],
+    case: Case,
+    device: torch.device,
+    timing: Timing,
+    *,
+    section: str = "sweep",
+    modes: Optional[Dict[str, Sequence[str]]] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> List[dict]:
     """Gate, time and measure every implementation on one case.
 
     ``modes`` optionally maps an impl key to the subset of ("fwd", "fwdbwd") to time.
@@ -96,14 +113,32 @@ def measure_config(impls: Sequence[Impl], case: Case, device: torch.device, timi
             progress(f"{fmt_shape(shape)} {str(dtype).replace('torch.', '')} b{block_size} {impl.key}")
         want = tuple(modes.get(impl.key, ())) if modes is not None else ("fwd", "fwdbwd")
         row = {
-            "section": section, "device": device.type, "shape": fmt_shape(shape), "batch": shape[0],
-            "dtype": str(dtype).replace("torch.", ""), "block_size": block_size, "p": p,
-            "impl": impl.key, "label": impl.label, "masks": impl.masks, "status": "ok", "reason": "",
-            "warning": "", "drop_frac": float("nan"), "scale": float("nan"),
-            "fwd_ms": float("nan"), "fwdbwd_ms": float("nan"), "fwd_min_ms": float("nan"),
-            "fwdbwd_min_ms": float("nan"), "fwd_repeats": 0, "fwdbwd_repeats": 0,
-            "saved_bytes_per_elem": float("nan"), "gpu_held_bytes_per_elem": float("nan"),
-            "gpu_peak_bytes_per_elem": float("nan"), "compile_s": float("nan"), "note": impl.note,
+            "section": section,
+            "device": device.type,
+            "shape": fmt_shape(shape),
+            "batch": shape[0],
+            "dtype": str(dtype).replace("torch.", ""),
+            "block_size": block_size,
+            "p": p,
+            "impl": impl.key,
+            "label": impl.label,
+            "masks": impl.masks,
+            "status": "ok",
+            "reason": "",
+            "warning": "",
+            "drop_frac": float("nan"),
+            "scale": float("nan"),
+            "fwd_ms": float("nan"),
+            "fwdbwd_ms": float("nan"),
+            "fwd_min_ms": float("nan"),
+            "fwdbwd_min_ms": float("nan"),
+            "fwd_repeats": 0,
+            "fwdbwd_repeats": 0,
+            "saved_bytes_per_elem": float("nan"),
+            "gpu_held_bytes_per_elem": float("nan"),
+            "gpu_peak_bytes_per_elem": float("nan"),
+            "compile_s": float("nan"),
+            "note": impl.note,
         }
         rows.append(row)
         if not want:
@@ -121,8 +156,9 @@ def measure_config(impls: Sequence[Impl], case: Case, device: torch.device, timi
             row["reason"] = f"{'compile' if impl.compiled else 'call'} failed: {exc.__class__.__name__}: {exc}"[:300]
             continue
         if impl.shared is not None:
-            gate = check_dropblock_output(x0, y, p, block_size, shared_channels=impl.shared,
-                                          lenient_upper=impl.lenient_upper)
+            gate = check_dropblock_output(
+                x0, y, p, block_size, shared_channels=impl.shared, lenient_upper=impl.lenient_upper
+            )
             row["drop_frac"], row["scale"], row["warning"] = gate.drop_frac, gate.scale, gate.warning
             if not gate.ok:
                 row["status"] = "FAILED"
@@ -193,6 +229,7 @@ def _add_ratios(rows: List[dict]) -> None:
 # Driver
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Config:
     device: str = "cpu"
@@ -216,8 +253,14 @@ class Config:
     only: Optional[Sequence[str]] = None  # restrict to these impl keys (floor/ours always kept)
 
 
-def _retime_interleaved(impls: Sequence[Impl], rows_by_impl: Dict[str, dict], modes: Dict[str, Sequence[str]],
-                        case: Case, device: torch.device, rounds: int) -> None:
+def _retime_interleaved(
+    impls: Sequence[Impl],
+    rows_by_impl: Dict[str, dict],
+    modes: Dict[str, Sequence[str]],
+    case: Case,
+    device: torch.device,
+    rounds: int,
+) -> None:
     """Times every (implementation, mode) of the headline in rounds, all of them in turn in every
     round, and overwrites the rows' medians and minima: on a shared CPU the slow spells then hit
     every implementation alike, which keeps the ratios honest."""
@@ -234,11 +277,13 @@ def _retime_interleaved(impls: Sequence[Impl], rows_by_impl: Dict[str, dict], mo
                 calls[(impl.key, mode)] = lambda i, fn=fn: fn(inputs[i % len(inputs)])
             else:
                 calls[(impl.key, mode)] = lambda i, fn=fn: fn(
-                    inputs[i % len(inputs)].detach().requires_grad_(True)).backward(grad)
+                    inputs[i % len(inputs)].detach().requires_grad_(True)
+                ).backward(grad)
     # Three calls back to back within a turn, as a timing loop would run them: the first call of
     # each turn pays for the caches the previous implementation left cold, and is dropped.
-    times = measure.interleaved_rounds(calls, rounds, device, warmup_rounds=1, calls_per_turn=3, dropped_per_turn=1,
-                                       rotate=False)
+    times = measure.interleaved_rounds(
+        calls, rounds, device, warmup_rounds=1, calls_per_turn=3, dropped_per_turn=1, rotate=False
+    )
     for (impl_key, mode), ms in times.items():
         row = rows_by_impl[impl_key]
         row[f"{mode}_ms"] = statistics.median(ms)
@@ -246,14 +291,27 @@ def _retime_interleaved(impls: Sequence[Impl], rows_by_impl: Dict[str, dict], mo
         row[f"{mode}_repeats"] = len(ms)
 
 
-def run_headline(impls: Sequence[Impl], device: torch.device, *, repeats: int, warmup: int, max_time_s: float,
-                 seed: int, progress=None) -> Tuple[dict, List[dict]]:
+def run_headline(
+    impls: Sequence[Impl],
+    device: torch.device,
+    *,
+    repeats: int,
+    warmup: int,
+    max_time_s: float,
+    seed: int,
+    progress=None,
+) -> Tuple[dict, List[dict]]:
     """The headline measurement (``HEADLINE``, ``HEADLINE_TARGETS``): forward of ours (per-channel
     and shared) vs the floor, forward+backward of ours vs torchvision and the corrected article
     module. ``repeats``, ``warmup`` and ``max_time_s`` are the sweep's: the headline takes more."""
     case = Case(tuple(HEADLINE["shape"]), DTYPES[HEADLINE["dtype"]], HEADLINE["block_size"], HEADLINE["p"], seed)
-    modes = {"floor": ("fwd",), "ours": ("fwd", "fwdbwd"), "ours_shared": ("fwd",),
-             "torchvision": ("fwdbwd",), "article": ("fwdbwd",)}
+    modes = {
+        "floor": ("fwd",),
+        "ours": ("fwd", "fwdbwd"),
+        "ours_shared": ("fwd",),
+        "torchvision": ("fwdbwd",),
+        "article": ("fwdbwd",),
+    }
     chosen = [i for i in impls if i.key in modes]
     # The ratios are the point of this measurement: more warm-up and repeats than the sweep.
     timing = Timing(repeats=max(repeats, 9), warmup=max(warmup, 3), max_time_s=max(max_time_s, 1.5))
@@ -279,15 +337,27 @@ def run_headline(impls: Sequence[Impl], device: torch.device, *, repeats: int, w
     # The same ratios from the fastest run of each: less sensitive to a loaded machine.
     ratios_min = ratios_of("min_ms")
     times = {
-        "floor fwd": t("floor", "fwd"), "ours fwd": t("ours", "fwd"), "ours shared fwd": t("ours_shared", "fwd"),
-        "ours fwd+bwd": t("ours", "fwdbwd"), "torchvision fwd+bwd": t("torchvision", "fwdbwd"),
+        "floor fwd": t("floor", "fwd"),
+        "ours fwd": t("ours", "fwd"),
+        "ours shared fwd": t("ours_shared", "fwd"),
+        "ours fwd+bwd": t("ours", "fwdbwd"),
+        "torchvision fwd+bwd": t("torchvision", "fwdbwd"),
         "article corrected fwd+bwd": t("article", "fwdbwd"),
     }
     failed = {r["impl"]: f"{r['status']}: {r['reason']}" for r in rows if r["status"] not in ("ok",)}
-    headline = {"shape": list(shape), "dtype": HEADLINE["dtype"], "p": HEADLINE["p"],
-                "block_size": HEADLINE["block_size"], "threads": torch.get_num_threads(), "device": device.type,
-                "ratios": ratios, "ratios_of_min_times": ratios_min, "times_ms": times,
-                "targets": {k: list(v) for k, v in HEADLINE_TARGETS.items()}, "not_ok": failed}
+    headline = {
+        "shape": list(shape),
+        "dtype": HEADLINE["dtype"],
+        "p": HEADLINE["p"],
+        "block_size": HEADLINE["block_size"],
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "ratios": ratios,
+        "ratios_of_min_times": ratios_min,
+        "times_ms": times,
+        "targets": {k: list(v) for k, v in HEADLINE_TARGETS.items()},
+        "not_ok": failed,
+    }
     return headline, rows
 
 
@@ -320,24 +390,44 @@ def run_benchmark(cfg: Config) -> dict:
     headline = {}
     try:
         if cfg.headline:
-            headline, hrows = run_headline(impls, device, repeats=headline_repeats, warmup=cfg.warmup,
-                                           max_time_s=max_time_s, seed=cfg.seed, progress=progress)
+            headline, hrows = run_headline(
+                impls,
+                device,
+                repeats=headline_repeats,
+                warmup=cfg.warmup,
+                max_time_s=max_time_s,
+                seed=cfg.seed,
+                progress=progress,
+            )
             rows.extend(hrows)
         timing = Timing(repeats=repeats, warmup=cfg.warmup, max_time_s=max_time_s)
         for dt, b, s in configs:
-            rows.extend(measure_config(impls, Case(s, DTYPES[dt], b, cfg.p, cfg.seed), device, timing,
-                                       progress=progress))
+            rows.extend(
+                measure_config(impls, Case(s, DTYPES[dt], b, cfg.p, cfg.seed), device, timing, progress=progress)
+            )
     finally:
         progress.close()
 
     env = environment(device, threads)
     env["wall_s"] = round(time.perf_counter() - wall0, 2)
-    result = {"environment": env, "config": reporting.json_clean(asdict(cfg)), "batch": batch, "repeats": repeats,
-              "impls": [{"key": i.key, "label": i.label, "masks": i.masks, "note": i.note} for i in impls],
-              "skipped": skipped, "headline": headline, "summary": summarize(rows), "rows": rows}
+    result = {
+        "environment": env,
+        "config": reporting.json_clean(asdict(cfg)),
+        "batch": batch,
+        "repeats": repeats,
+        "impls": [{"key": i.key, "label": i.label, "masks": i.masks, "note": i.note} for i in impls],
+        "skipped": skipped,
+        "headline": headline,
+        "summary": summarize(rows),
+        "rows": rows,
+    }
     os.makedirs(cfg.out, exist_ok=True)
-    files = {"csv": os.path.join(cfg.out, "results.csv"), "json": os.path.join(cfg.out, "results.json"),
-             "markdown": os.path.join(cfg.out, "results.md"), "png": os.path.join(cfg.out, "speedup.png")}
+    files = {
+        "csv": os.path.join(cfg.out, "results.csv"),
+        "json": os.path.join(cfg.out, "results.json"),
+        "markdown": os.path.join(cfg.out, "results.md"),
+        "png": os.path.join(cfg.out, "speedup.png"),
+    }
     reporting.write_csv(rows, files["csv"], CSV_FIELDS)
     write_markdown(result, files["markdown"])
     if not write_plot(rows, files["png"], env):
@@ -388,26 +478,45 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     cli.add_quick(ap, "one shape (256x56x56), float32, block 7, plus the headline")
     cli.add_device(ap)
-    ap.add_argument("--dtype", type=_parse_dtypes, default=None,
-                    help="comma-separated dtypes (default float32,bfloat16)")
-    ap.add_argument("--shapes", type=_parse_shapes, default=None,
-                    help="comma-separated CxHxW or NxCxHxW (default: ResNet-50 stages)")
+    ap.add_argument(
+        "--dtype", type=_parse_dtypes, default=None, help="comma-separated dtypes (default float32,bfloat16)"
+    )
+    ap.add_argument(
+        "--shapes",
+        type=_parse_shapes,
+        default=None,
+        help="comma-separated CxHxW or NxCxHxW (default: ResNet-50 stages)",
+    )
     ap.add_argument("--block-sizes", type=cli.ints, default=None, help="comma-separated (default 3,5,7)")
     ap.add_argument("--batch", type=int, default=None, help="batch for CxHxW shapes (default 2 CPU, 32 CUDA)")
     ap.add_argument("--p", type=float, default=0.1, help="drop probability (default 0.1)")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help=f"timed repeats (default 7 CPU, 50 CUDA; {cli.QUICK_REPEATS} with --quick)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed repeats (default 7 CPU, 50 CUDA; {cli.QUICK_REPEATS} with --quick)",
+    )
     cli.add_warmup(ap, 1)
-    ap.add_argument("--max-time", type=float, default=None,
-                    help="CPU: stop repeating one measurement after this many seconds, min 3 repeats (default 0.6, "
-                         "0.3 with --quick)")
+    ap.add_argument(
+        "--max-time",
+        type=float,
+        default=None,
+        help="CPU: stop repeating one measurement after this many seconds, min 3 repeats (default 0.6, "
+        "0.3 with --quick)",
+    )
     cli.add_threads(ap)
     cli.add_output(ap)
-    ap.add_argument("--no-headline", action="store_true",
-                    help="skip the headline (our forward over the floor, torchvision's forward+backward over ours)")
+    ap.add_argument(
+        "--no-headline",
+        action="store_true",
+        help="skip the headline (our forward over the floor, torchvision's forward+backward over ours)",
+    )
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile implementation")
-    ap.add_argument("--compile-static", action="store_true",
-                    help="torch.compile with static shapes, once per configuration (more compile time)")
+    ap.add_argument(
+        "--compile-static",
+        action="store_true",
+        help="torch.compile with static shapes, once per configuration (more compile time)",
+    )
     ap.add_argument("--only", type=cli.names, default=None, help="comma-separated implementation keys to keep")
     ap.add_argument("--seed", type=int, default=0, help="of the inputs (default 0)")
     return ap
@@ -415,12 +524,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
     # Without --quick the repeats stay unset: run_benchmark gives the device's default.
-    args = cli.resolve_defaults(build_parser().parse_args(argv), full=dict(repeats=None, max_time=0.6),
-                                quick=dict(repeats=cli.QUICK_REPEATS, max_time=0.3))
-    cfg = Config(device=args.device, p=args.p, warmup=args.warmup, max_time_s=args.max_time,
-                 threads=args.threads, out=args.out, headline=not args.no_headline, compile=not args.no_compile,
-                 compile_static=args.compile_static, progress=not args.no_progress, seed=args.seed, batch=args.batch,
-                 repeats=args.repeats, only=args.only or None)
+    args = cli.resolve_defaults(
+        build_parser().parse_args(argv),
+        full=dict(repeats=None, max_time=0.6),
+        quick=dict(repeats=cli.QUICK_REPEATS, max_time=0.3),
+    )
+    cfg = Config(
+        device=args.device,
+        p=args.p,
+        warmup=args.warmup,
+        max_time_s=args.max_time,
+        threads=args.threads,
+        out=args.out,
+        headline=not args.no_headline,
+        compile=not args.no_compile,
+        compile_static=args.compile_static,
+        progress=not args.no_progress,
+        seed=args.seed,
+        batch=args.batch,
+        repeats=args.repeats,
+        only=args.only or None,
+    )
     if args.quick:
         cfg.shapes, cfg.dtypes, cfg.block_sizes = [RESNET50_STAGES[0]], ["float32"], [7]
         cfg.headline_repeats = cfg.repeats

@@ -28,8 +28,9 @@ def ints(text: str) -> List[int]:
 
 def add_quick(ap: argparse.ArgumentParser, cases: str) -> None:
     """--quick; ``cases``: what this command's smallest set of cases is."""
-    ap.add_argument("--quick", action="store_true",
-                    help=f"smoke run: {QUICK_REPEATS} repeats and {cases} (numbers not to quote)")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"smoke run: {QUICK_REPEATS} repeats and {cases} (numbers not to quote)"
+    )
 
 
 def resolve_defaults(args: argparse.Namespace, full: dict, quick: dict) -> argparse.Namespace:
@@ -49,8 +50,12 @@ def add_device(ap: argparse.ArgumentParser, default: str = "cpu", cpu_note: str 
 def add_warmup(ap: argparse.ArgumentParser, default: int, what: str = "calls", quick: Optional[int] = None) -> None:
     """--warmup; with ``quick`` the flag is left unset (None) for ``resolve_defaults``."""
     shown = f"default {default}" + (f", {quick} with --quick" if quick is not None else "")
-    ap.add_argument("--warmup", type=int, default=None if quick is not None else default,
-                    help=f"untimed {what} before each measurement is timed ({shown})")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None if quick is not None else default,
+        help=f"untimed {what} before each measurement is timed ({shown})",
+    )
 
 
 def add_threads(ap: argparse.ArgumentParser, default: Optional[int] = None, note: str = "CPU default 2") -> None:

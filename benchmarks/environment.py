@@ -28,8 +28,13 @@ def device_name(device: torch.device) -> str:
 def git_commit() -> str:
     """The short commit of this checkout, or "unknown"."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except Exception:
         return "unknown"

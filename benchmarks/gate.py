@@ -29,8 +29,7 @@ def _dtype_eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
-def drop_fraction_tolerance(shape: Sequence[int], p: float, block_size: Optional[int],
-                            shared_channels: bool) -> float:
+def drop_fraction_tolerance(shape: Sequence[int], p: float, block_size: Optional[int], shared_channels: bool) -> float:
     """Allowed |drop fraction - p|: 0.5 p for the gamma approximation (overlapping blocks, edges),
     plus 5 standard deviations of a drop fraction made of roughly independent block-sized units."""
     n, c, h, w = shape
@@ -43,8 +42,15 @@ def drop_fraction_tolerance(shape: Sequence[int], p: float, block_size: Optional
     return 0.5 * p + 5.0 * math.sqrt(p * (1.0 - p) / n_eff)
 
 
-def check_dropblock_output(x: torch.Tensor, y: torch.Tensor, p: float, block_size: Optional[int] = None,
-                           *, shared_channels: bool = False, lenient_upper: bool = False) -> GateResult:
+def check_dropblock_output(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    p: float,
+    block_size: Optional[int] = None,
+    *,
+    shared_channels: bool = False,
+    lenient_upper: bool = False,
+) -> GateResult:
     """Whether ``y`` is a valid DropBlock output of ``x`` at drop probability ``p``.
 
     Valid means: same shape and dtype, finite, every element either exactly 0 or ``x * s`` for one
@@ -85,14 +91,14 @@ def check_dropblock_output(x: torch.Tensor, y: torch.Tensor, p: float, block_siz
         bad = int((err > bound).sum())
         if bad:
             lo, hi = float(ratios.min()), float(ratios.max())
-            return GateResult(False, f"{bad} kept values are not input*s for one s "
-                                     f"(y/x spans {lo:.6g}..{hi:.6g})", frac, scale)
+            return GateResult(
+                False, f"{bad} kept values are not input*s for one s (y/x spans {lo:.6g}..{hi:.6g})", frac, scale
+            )
         if scale <= 0:
             return GateResult(False, f"scale {scale:.6g} is not positive", frac, scale)
         expected = 1.0 / (1.0 - frac)
         if abs(scale / expected - 1.0) > 1e-3 + 2.0 * _dtype_eps(x.dtype):
-            return GateResult(False, f"scale {scale:.6g} != 1/(1 - drop fraction) = {expected:.6g}",
-                              frac, scale)
+            return GateResult(False, f"scale {scale:.6g} != 1/(1 - drop fraction) = {expected:.6g}", frac, scale)
     tol = drop_fraction_tolerance(tuple(x.shape), p, block_size, shared_channels)
     if frac < p - tol:
         return GateResult(False, f"drop fraction {frac:.4f} < p - tol = {p - tol:.4f}", frac, scale)

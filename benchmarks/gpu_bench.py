@@ -60,32 +60,47 @@ def build_parser():
     cli.add_device(parser, "cuda", "a dry run of the script on the CPU kernels")
     cli.add_output(parser, progress=False)
     parser.add_argument("--batch", type=int, default=None, help="default 128, 8 with --quick")
-    parser.add_argument("--blocks", default=list(BLOCKS), type=cli.ints,
-                        help="block sizes, comma-separated (default 7,3)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed batches per measurement, the median taken (default 9, {cli.QUICK_REPEATS} with "
-                             "--quick)")
+    parser.add_argument(
+        "--blocks", default=list(BLOCKS), type=cli.ints, help="block sizes, comma-separated (default 7,3)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed batches per measurement, the median taken (default 9, {cli.QUICK_REPEATS} with --quick)",
+    )
     parser.add_argument("--calls", type=int, default=None, help="calls per timed batch (default 5, 2 with --quick)")
     cli.add_warmup(parser, 3, quick=1)
     parser.add_argument("--no-torchvision", action="store_true")
-    parser.add_argument("--compiled-only", action="store_true",
-                        help="only the copy, our forward+backward and the compiled peer's (a step of its own "
-                             "in gpu_check.sh, where compiling takes most of the time)")
-    parser.add_argument("--compile", choices=("default", "static", "off"), default="default",
-                        help="torch.compile of the peer: torch.compile's defaults (dynamic shapes from the "
-                             "second shape on: least compile time), static shapes (one compile per case), or off")
+    parser.add_argument(
+        "--compiled-only",
+        action="store_true",
+        help="only the copy, our forward+backward and the compiled peer's (a step of its own "
+        "in gpu_check.sh, where compiling takes most of the time)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("default", "static", "off"),
+        default="default",
+        help="torch.compile of the peer: torch.compile's defaults (dynamic shapes from the "
+        "second shape on: least compile time), static shapes (one compile per case), or off",
+    )
     return parser
 
 
 def parse_args(argv=None):
-    return cli.resolve_defaults(build_parser().parse_args(argv), full=dict(batch=128, repeats=9, calls=5, warmup=3),
-                                quick=dict(batch=8, repeats=cli.QUICK_REPEATS, calls=2, warmup=1))
+    return cli.resolve_defaults(
+        build_parser().parse_args(argv),
+        full=dict(batch=128, repeats=9, calls=5, warmup=3),
+        quick=dict(batch=8, repeats=cli.QUICK_REPEATS, calls=2, warmup=1),
+    )
 
 
 @dataclass(frozen=True)
 class Run:
     """How every case is measured: the timing, the L2 size its inputs must exceed, the device
     ("cpu": a dry run), and whether only the compiled peer's comparison is taken."""
+
     timing: Timing
     l2_bytes: int
     device: str = "cuda"
@@ -95,6 +110,7 @@ class Run:
 @dataclass(frozen=True)
 class Subjects:
     """What a case times: our ops and function, and the peers (None: not measured)."""
+
     ops: Any  # torch.ops.dropblock_cuda
     drop_block2d: Callable
     torchvision: Optional[Callable] = None  # torchvision.ops.drop_block2d
@@ -111,6 +127,7 @@ class Case:
 @dataclass
 class Inputs:
     """A case's rotated inputs and what our forward needs besides (key, p, the masks of the backward)."""
+
     xs: List[torch.Tensor]
     masks: list
     seed: torch.Tensor
@@ -187,7 +204,7 @@ def short_kernel_name(name):
     if "::" in head:
         head = head.split("::")[-1]
     elif head.startswith("void "):
-        head = head[len("void "):]
+        head = head[len("void ") :]
     return head.strip() or name
 
 
@@ -222,6 +239,7 @@ def kernel_microseconds(fn, buffers, calls=5, device="cuda"):
 
 def forward_backward(forward, leaves, grads):
     """fn(i): forward(leaves[i]) and its gradient, for median_ms and the profiler."""
+
     def fwd_bwd(i):
         torch.autograd.grad(forward(leaves[i]), leaves[i], grads[i % 2])
 
@@ -295,8 +313,13 @@ def bench_case(case: Case, subjects: Subjects, run: Run) -> dict:
     inputs = case_inputs(case, subjects, run)
     xs, buffers = inputs.xs, inputs.buffers
     outs = [torch.empty_like(x) for x in xs]
-    result = {"shape": list(case.shape), "dtype": str(case.dtype).replace("torch.", ""), "block": block,
-              "numel": numel, "buffers": buffers}
+    result = {
+        "shape": list(case.shape),
+        "dtype": str(case.dtype).replace("torch.", ""),
+        "block": block,
+        "numel": numel,
+        "buffers": buffers,
+    }
 
     result["copy_ms"] = median_ms(lambda i: outs[i].copy_(xs[i]), buffers, run)
     if not run.compiled_only:
@@ -322,8 +345,18 @@ def bench_case(case: Case, subjects: Subjects, run: Run) -> dict:
         except Exception as exc:  # report, and keep the other numbers
             result["compiled_error"] = repr(exc)[:300]
     copy = result["copy_ms"]
-    for key in ("forward", "forward_shared", "forward_graph", "transposed_forward", "backward", "mask", "fwd_bwd",
-                "torchvision_forward", "torchvision_fwd_bwd", "compiled_fwd_bwd"):
+    for key in (
+        "forward",
+        "forward_shared",
+        "forward_graph",
+        "transposed_forward",
+        "backward",
+        "mask",
+        "fwd_bwd",
+        "torchvision_forward",
+        "torchvision_fwd_bwd",
+        "compiled_fwd_bwd",
+    ):
         if f"{key}_ms" in result:
             result[f"{key}_over_copy"] = result[f"{key}_ms"] / copy
     for peer in ("torchvision_fwd_bwd", "compiled_fwd_bwd"):
@@ -346,8 +379,7 @@ def measure_ours(result: dict, inputs: Inputs, subjects: Subjects, run: Run, blo
     result["forward_ms"] = median_ms(lambda i: ours(xs[i]), buffers, run)
     result["mask_ms"] = median_ms(lambda i: mask(xs[i]), buffers, run)
     # One mask per sample, shared by the channels (timm's default): a smaller mask, the same pass.
-    result["forward_shared_ms"] = median_ms(lambda i: drop_block2d(xs[i], P, block, shared_channels=True), buffers,
-                                            run)
+    result["forward_shared_ms"] = median_ms(lambda i: drop_block2d(xs[i], P, block, shared_channels=True), buffers, run)
     # The other mask path (the shapes here take the window kernel): the same mask, its cost.
     with mask_kernel("scatter"):
         result["mask_scatter_ms"] = median_ms(lambda i: mask(xs[i]), buffers, run)
@@ -365,8 +397,9 @@ def measure_ours(result: dict, inputs: Inputs, subjects: Subjects, run: Run, blo
     outs_cl = [torch.empty_like(x) for x in xs_cl]
     result["channels_last_copy_ms"] = median_ms(lambda i: outs_cl[i].copy_(xs_cl[i]), buffers, run)
     result["channels_last_forward_ms"] = median_ms(lambda i: ours(xs_cl[i]), buffers, run)
-    result["channels_last_backward_ms"] = median_ms(lambda i: ops.drop_block_apply(xs_cl[i], *masks[i], False),
-                                                    buffers, run)
+    result["channels_last_backward_ms"] = median_ms(
+        lambda i: ops.drop_block_apply(xs_cl[i], *masks[i], False), buffers, run
+    )
     for key in ("channels_last_forward", "channels_last_backward"):
         result[f"{key}_over_copy"] = result[f"{key}_ms"] / result["channels_last_copy_ms"]
     xs_cl = outs_cl = None  # free them (the closures above are done with them)
@@ -440,9 +473,17 @@ def target_verdicts(results):
         measured = [r for r in results if key in r and (applies is None or applies(r))]
         failed = [r for r in measured if not COMPARE[op](r[key], bound)]
         worst = (max if op == "<=" else min)(measured, key=lambda r: r[key]) if measured else None
-        verdicts.append({"target": name, "key": key, "measured": len(measured), "met": len(measured) - len(failed),
-                         "worst": worst[key] if worst else None, "worst_case": case_name(worst) if worst else None,
-                         "failed_cases": [case_name(r) for r in failed]})
+        verdicts.append(
+            {
+                "target": name,
+                "key": key,
+                "measured": len(measured),
+                "met": len(measured) - len(failed),
+                "worst": worst[key] if worst else None,
+                "worst_case": case_name(worst) if worst else None,
+                "failed_cases": [case_name(r) for r in failed],
+            }
+        )
     return verdicts
 
 
@@ -459,8 +500,10 @@ def targets_text(results, device_name, host_overhead=None):
             lines.append(f"  NOT MEASURED  {v['target']}")
             continue
         verdict = "MET" if v["met"] == v["measured"] else "NOT MET"
-        lines.append(f"  {verdict:12s}  {v['target']}: {v['met']} of {v['measured']} cases, worst {v['worst']:.3g}"
-                     f" ({v['worst_case']})")
+        lines.append(
+            f"  {verdict:12s}  {v['target']}: {v['met']} of {v['measured']} cases, worst {v['worst']:.3g}"
+            f" ({v['worst_case']})"
+        )
     name, bound = HOST_TARGET
     ours, dropout = (host_overhead or {}).get("forward_us"), (host_overhead or {}).get("dropout_forward_us")
     if ours and dropout:
@@ -492,17 +535,28 @@ def markdown(results, device_name):
     ]
     for r in results:
         cells = [fmt.format(r[key]) if key in r else "-" for _, key, fmt in COLUMNS]
-        lines.append("| {} | {} | {} | {} |".format("x".join(map(str, r["shape"])), r["dtype"], r.get("block", "-"),
-                                                    " | ".join(cells)))
-    lines += ["", "Device time per call by kernel (us, from the profiler):", "",
-              "| shape | dtype | block | pass | kernels |", "|---|---|---|---|---|"]
+        lines.append(
+            "| {} | {} | {} | {} |".format(
+                "x".join(map(str, r["shape"])), r["dtype"], r.get("block", "-"), " | ".join(cells)
+            )
+        )
+    lines += [
+        "",
+        "Device time per call by kernel (us, from the profiler):",
+        "",
+        "| shape | dtype | block | pass | kernels |",
+        "|---|---|---|---|---|",
+    ]
     for r in results:
         for name in ("forward", "fwd_bwd"):
             kernels = r.get(f"{name}_kernels_us")
             if kernels:
                 cells = ", ".join(f"{kernel} {us:.1f}" for kernel, us in kernels.items())
-                lines.append("| {} | {} | {} | {} | {} |".format("x".join(map(str, r["shape"])), r["dtype"],
-                                                                 r.get("block", "-"), name, cells))
+                lines.append(
+                    "| {} | {} | {} | {} | {} |".format(
+                        "x".join(map(str, r["shape"])), r["dtype"], r.get("block", "-"), name, cells
+                    )
+                )
     lines += ["", "| target | met | worst | failed cases |", "|---|---|---|---|"]
     for v in target_verdicts(results):
         met = f"{v['met']} of {v['measured']}" if v["measured"] else "not measured"
@@ -517,8 +571,11 @@ def write_results(out, meta, results, device_name):
     with open(os.path.join(out, "gpu_bench.json"), "w") as fh:
         json.dump({"meta": meta, "results": results}, fh, indent=2)
     table = markdown(results, device_name)
-    table += "\nHost time per eager call on a 1x1x8x8 tensor (us): " + ", ".join(
-        f"{k} {v:.1f}" for k, v in meta["host_overhead"].items()) + "\n"
+    table += (
+        "\nHost time per eager call on a 1x1x8x8 tensor (us): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in meta["host_overhead"].items())
+        + "\n"
+    )
     with open(os.path.join(out, "gpu_bench.md"), "w") as fh:
         fh.write(table)
     with open(os.path.join(out, "targets.txt"), "w") as fh:
@@ -561,17 +618,21 @@ def main(argv=None):
             from torchvision.ops import drop_block2d as tv_drop_block2d
         except Exception as exc:  # torchvision missing or built for another torch
             print(f"gpu_bench: torchvision.ops.drop_block2d unavailable ({exc})", file=sys.stderr)
-    subjects = Subjects(torch.ops.dropblock_cuda, drop_block2d, tv_drop_block2d,
-                        compiled_peer(args.compile, tv_drop_block2d))
+    subjects = Subjects(
+        torch.ops.dropblock_cuda, drop_block2d, tv_drop_block2d, compiled_peer(args.compile, tv_drop_block2d)
+    )
     props = device_properties(args.device)
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
-    run = Run(Timing(repeats=args.repeats, warmup=args.warmup, calls=args.calls), l2_bytes, args.device,
-              args.compiled_only)
+    run = Run(
+        Timing(repeats=args.repeats, warmup=args.warmup, calls=args.calls), l2_bytes, args.device, args.compiled_only
+    )
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
     overhead = host_overhead(drop_block2d, args.device)
-    print("gpu_bench: host time per eager call (1x1x8x8): " +
-          ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()), flush=True)
+    print(
+        "gpu_bench: host time per eager call (1x1x8x8): " + ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()),
+        flush=True,
+    )
     meta = {
         "device": props.name,
         "torch": torch.__version__,
@@ -587,17 +648,21 @@ def main(argv=None):
     }
     results = []
     # float32 first: the bfloat16 cases' mask is compared with the float32 copy of their shape.
-    cases = [Case((args.batch, *chw), dtype, block) for dtype in DTYPES.values() for chw in SHAPES
-             for block in args.blocks]
+    cases = [
+        Case((args.batch, *chw), dtype, block) for dtype in DTYPES.values() for chw in SHAPES for block in args.blocks
+    ]
     for case in cases:
         r = bench_case(case, subjects, run)
         results.append(r)
         nan = float("nan")
-        print(f"gpu_bench: {case_name(r)}: copy {r['copy_ms']:.3f} ms, "
-              f"forward {r.get('forward_over_copy', nan):.2f}x (graph {r.get('forward_graph_over_copy', nan):.2f}x), "
-              f"backward {r.get('backward_over_copy', nan):.2f}x, fwd+bwd {r['fwd_bwd_ms']:.3f} ms "
-              f"(x{r.get('torchvision_fwd_bwd_speedup', nan):.1f} over torchvision, "
-              f"x{r.get('compiled_fwd_bwd_speedup', nan):.2f} over compiled)", flush=True)
+        print(
+            f"gpu_bench: {case_name(r)}: copy {r['copy_ms']:.3f} ms, "
+            f"forward {r.get('forward_over_copy', nan):.2f}x (graph {r.get('forward_graph_over_copy', nan):.2f}x), "
+            f"backward {r.get('backward_over_copy', nan):.2f}x, fwd+bwd {r['fwd_bwd_ms']:.3f} ms "
+            f"(x{r.get('torchvision_fwd_bwd_speedup', nan):.1f} over torchvision, "
+            f"x{r.get('compiled_fwd_bwd_speedup', nan):.2f} over compiled)",
+            flush=True,
+        )
         # Written after every case, so that a run cut short by its time limit still leaves its numbers.
         meta["seconds"] = time.time() - started
         table = write_results(args.out, meta, results, props.name)

@@ -53,8 +53,9 @@ def _repeat(call, calls: int) -> None:
         call()
 
 
-def measure_device(device: str, shape: Sequence[int], p: float, block_size: int, rounds: int, calls: int,
-                   warmup_rounds: int = 1) -> List[Row]:
+def measure_device(
+    device: str, shape: Sequence[int], p: float, block_size: int, rounds: int, calls: int, warmup_rounds: int = 1
+) -> List[Row]:
     x = torch.randn(*shape, device=device)
     timed = {}
     for grad in (False, True):
@@ -90,16 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shape", type=cli.ints, default=[1, 1, 8, 8], help="input shape (default 1,1,8,8)")
     ap.add_argument("--p", type=float, default=0.1, help="drop probability (default 0.1)")
     ap.add_argument("--block-size", type=int, default=3, help="block size (default 3)")
-    ap.add_argument("--rounds", type=int, default=None,
-                    help=f"interleaved rounds (default 21; {cli.QUICK_REPEATS} with --quick)")
+    ap.add_argument(
+        "--rounds", type=int, default=None, help=f"interleaved rounds (default 21; {cli.QUICK_REPEATS} with --quick)"
+    )
     ap.add_argument("--calls", type=int, default=None, help="calls per turn (default 1000; 20 with --quick)")
     cli.add_threads(ap, note="default: torch's")
     return ap
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return cli.resolve_defaults(build_parser().parse_args(argv), full=dict(rounds=21, calls=1000),
-                                quick=dict(rounds=cli.QUICK_REPEATS, calls=20))
+    return cli.resolve_defaults(
+        build_parser().parse_args(argv),
+        full=dict(rounds=21, calls=1000),
+        quick=dict(rounds=cli.QUICK_REPEATS, calls=20),
+    )
 
 
 def run(args: argparse.Namespace) -> List[Row]:
@@ -108,9 +113,11 @@ def run(args: argparse.Namespace) -> List[Row]:
     rows = []
     for device in devices(args.device):
         rows += measure_device(device, args.shape, args.p, args.block_size, args.rounds, args.calls)
-    print(f"host time per eager training forward, input {tuple(args.shape)} float32, p={args.p}, "
-          f"block {args.block_size}, median of {args.rounds} rounds of {args.calls} calls, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"host time per eager training forward, input {tuple(args.shape)} float32, p={args.p}, "
+        f"block {args.block_size}, median of {args.rounds} rounds of {args.calls} calls, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(format_table(rows))
     return rows
 

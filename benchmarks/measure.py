@@ -40,6 +40,7 @@ class Timing:
     samples are in (a slow implementation on a small CPU); CUDA events are read only at the end,
     so a CUDA measurement always takes every sample.
     """
+
     repeats: int
     warmup: int = 1
     calls: int = 1
@@ -80,9 +81,17 @@ def time_calls(call: Call, timing: Timing, device="cpu") -> List[float]:
     return samples
 
 
-def interleaved_rounds(calls: Mapping[Hashable, Call], rounds: int, device="cpu", *, warmup_rounds: int = 0,
-                       calls_per_turn: int = 1, dropped_per_turn: int = 0, rotate: bool = True,
-                       on_round: Optional[Callable[[int], None]] = None) -> Dict[Hashable, List[float]]:
+def interleaved_rounds(
+    calls: Mapping[Hashable, Call],
+    rounds: int,
+    device="cpu",
+    *,
+    warmup_rounds: int = 0,
+    calls_per_turn: int = 1,
+    dropped_per_turn: int = 0,
+    rotate: bool = True,
+    on_round: Optional[Callable[[int], None]] = None,
+) -> Dict[Hashable, List[float]]:
     """Milliseconds of every call of every key, timed in rounds: each round gives every key a turn
     of ``calls_per_turn`` back-to-back calls, and keeps all but the first ``dropped_per_turn`` of
     them (the first call of a turn pays for the caches the previous key left cold). With
@@ -110,6 +119,7 @@ def interleaved_rounds(calls: Mapping[Hashable, Call], rounds: int, device="cpu"
 # --------------------------------------------------------------------------------------------
 # Memory
 # --------------------------------------------------------------------------------------------
+
 
 def saved_bytes_for_backward(fn: Callable, x: torch.Tensor) -> int:
     """Bytes the autograd graph of ``fn(x)`` keeps for backward: the storages of the tensors saved
@@ -169,6 +179,7 @@ def peak_bytes(call: Callable[[], object], device) -> int:
 # --------------------------------------------------------------------------------------------
 # Summaries
 # --------------------------------------------------------------------------------------------
+
 
 def _is_number(v) -> bool:
     return v is not None and v == v

@@ -35,14 +35,16 @@ class Impl:
 
 def _floor_impl(device: torch.device) -> Impl:
     if device.type == "cuda":
+
         def make(p, block_size, dtype, dev):
             return lambda x: torch.empty_like(x).copy_(x)
-        return Impl("floor", "floor: device copy y.copy_(x)", None, make,
-                    "memory-bound lower bound, not DropBlock")
+
+        return Impl("floor", "floor: device copy y.copy_(x)", None, make, "memory-bound lower bound, not DropBlock")
 
     def make(p, block_size, dtype, dev):
         s = 1.0 / (1.0 - p) if p < 1.0 else 1.0
         return lambda x: x * s
+
     return Impl("floor", "floor: x * s", None, make, "memory-bound lower bound, not DropBlock")
 
 
@@ -50,6 +52,7 @@ def raise_recompile_limit(limit: int) -> None:
     """Lets dynamo keep at least `limit` compiled variants of one function (the config was
     renamed from cache_size_limit to recompile_limit)."""
     import torch._dynamo.config as dynamo_config
+
     name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
     if hasattr(dynamo_config, name):
         setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
@@ -77,8 +80,9 @@ class CompiledReference:
         return lambda x: fn(x, p, block_size)
 
 
-def build_impls(device: torch.device, *, include_compiled: bool = True,
-                compile_static: bool = False) -> Tuple[List[Impl], List[str]]:
+def build_impls(
+    device: torch.device, *, include_compiled: bool = True, compile_static: bool = False
+) -> Tuple[List[Impl], List[str]]:
     """The implementations available here, and notes on those skipped."""
     impls: List[Impl] = [_floor_impl(device)]
     skipped: List[str] = []
@@ -87,19 +91,35 @@ def build_impls(device: torch.device, *, include_compiled: bool = True,
     except Exception as exc:  # pragma: no cover - the package under test
         raise RuntimeError(f"dropblock_cuda does not import: {exc}") from exc
 
-    impls.append(Impl("ours", "dropblock_cuda", False,
-                      lambda p, b, dt, dev: (lambda x: dropblock_cuda.drop_block2d(x, p, b))))
-    impls.append(Impl("ours_shared", "dropblock_cuda shared_channels", True,
-                      lambda p, b, dt, dev: (lambda x: dropblock_cuda.drop_block2d(x, p, b, shared_channels=True))))
-    impls.append(Impl("article", "article module, corrected (eager)", False,
-                      lambda p, b, dt, dev: (lambda x: drop_block2d_reference(x, p, b)),
-                      "benchmarks/reference_dropblock.py"))
+    impls.append(
+        Impl("ours", "dropblock_cuda", False, lambda p, b, dt, dev: lambda x: dropblock_cuda.drop_block2d(x, p, b))
+    )
+    impls.append(
+        Impl(
+            "ours_shared",
+            "dropblock_cuda shared_channels",
+            True,
+            lambda p, b, dt, dev: lambda x: dropblock_cuda.drop_block2d(x, p, b, shared_channels=True),
+        )
+    )
+    impls.append(
+        Impl(
+            "article",
+            "article module, corrected (eager)",
+            False,
+            lambda p, b, dt, dev: lambda x: drop_block2d_reference(x, p, b),
+            "benchmarks/reference_dropblock.py",
+        )
+    )
     if include_compiled:
         if hasattr(torch, "compile"):
             compiled = CompiledReference(static=compile_static)
             label = "article corrected, torch.compile" + (" (static)" if compile_static else "")
-            note = ("static shapes, compiled per configuration" if compile_static else
-                    "torch.compile defaults: dynamic shapes after the second shape") + ", outside timing"
+            note = (
+                "static shapes, compiled per configuration"
+                if compile_static
+                else "torch.compile defaults: dynamic shapes after the second shape"
+            ) + ", outside timing"
             impls.append(Impl("article_compiled", label, False, compiled.make, note, compiled=True))
         else:
             skipped.append("article_compiled: torch.compile not available")
@@ -108,9 +128,16 @@ def build_impls(device: torch.device, *, include_compiled: bool = True,
 
     try:
         import torchvision.ops
-        impls.append(Impl("torchvision", "torchvision.ops.drop_block2d", False,
-                          lambda p, b, dt, dev: (lambda x: torchvision.ops.drop_block2d(x, p, b)),
-                          "odd block sizes only"))
+
+        impls.append(
+            Impl(
+                "torchvision",
+                "torchvision.ops.drop_block2d",
+                False,
+                lambda p, b, dt, dev: lambda x: torchvision.ops.drop_block2d(x, p, b),
+                "odd block sizes only",
+            )
+        )
     except Exception as exc:
         skipped.append(f"torchvision: not available ({exc.__class__.__name__}: {exc})")
 
@@ -121,14 +148,31 @@ def build_impls(device: torch.device, *, include_compiled: bool = True,
             def make(p, b, dt, dev):
                 module = TimmDropBlock2d(drop_prob=p, block_size=b, couple_channels=couple).train()
                 return module
+
             return make
+
         try:
             TimmDropBlock2d(drop_prob=0.1, block_size=3, couple_channels=False)
-            impls.append(Impl("timm", "timm DropBlock2d(couple_channels=False)", False, timm_make(False),
-                              "seeds on the whole map, max-pool padding", lenient_upper=True))
-            impls.append(Impl("timm_shared", "timm DropBlock2d (default, couple_channels=True)", True,
-                              timm_make(True), "timm's default shares the mask across channels",
-                              lenient_upper=True))
+            impls.append(
+                Impl(
+                    "timm",
+                    "timm DropBlock2d(couple_channels=False)",
+                    False,
+                    timm_make(False),
+                    "seeds on the whole map, max-pool padding",
+                    lenient_upper=True,
+                )
+            )
+            impls.append(
+                Impl(
+                    "timm_shared",
+                    "timm DropBlock2d (default, couple_channels=True)",
+                    True,
+                    timm_make(True),
+                    "timm's default shares the mask across channels",
+                    lenient_upper=True,
+                )
+            )
         except TypeError:
             skipped.append("timm: this timm version has no couple_channels argument")
     except Exception as exc:
@@ -136,10 +180,17 @@ def build_impls(device: torch.device, *, include_compiled: bool = True,
 
     try:
         from dropblock import DropBlock2D as PkgDropBlock2D
-        impls.append(Impl("dropblock_pkg", "dropblock pkg DropBlock2D", True,
-                          lambda p, b, dt, dev: PkgDropBlock2D(drop_prob=p, block_size=b).train(),
-                          "shares the mask across channels; mask drawn on the CPU; gamma = p/block^2",
-                          lenient_upper=True))
+
+        impls.append(
+            Impl(
+                "dropblock_pkg",
+                "dropblock pkg DropBlock2D",
+                True,
+                lambda p, b, dt, dev: PkgDropBlock2D(drop_prob=p, block_size=b).train(),
+                "shares the mask across channels; mask drawn on the CPU; gamma = p/block^2",
+                lenient_upper=True,
+            )
+        )
     except Exception as exc:
         skipped.append(f"dropblock (pip package): not available ({exc.__class__.__name__}: {exc})")
     return impls, skipped

@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def drop_block2d_reference(x: Tensor, p: float, block_size: int, eps: float = 1e-6,
-                           training: bool = True) -> Tensor:
+def drop_block2d_reference(x: Tensor, p: float, block_size: int, eps: float = 1e-6, training: bool = True) -> Tensor:
     """DropBlock of an (N, C, H, W) tensor with drop probability ``p``, in plain PyTorch ops."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p: drop probability has to be between 0 and 1, got {p}")

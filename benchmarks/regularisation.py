@@ -51,19 +51,35 @@ from .environment import environment  # noqa: E402
 from .reporting import fmt  # noqa: E402
 
 ARMS = ("none", "dropout", "dropout_channel", "dropblock")
-ARM_LABELS = {"none": "no regularisation", "dropout": "nn.Dropout", "dropout_channel": "nn.Dropout2d / Dropout1d",
-              "dropblock": "DropBlock + LinearScheduler"}
-CSV_FIELDS = ["dataset", "arm", "seed", "test_acc", "train_acc", "train_loss", "epochs",
-              "train_size", "test_size", "wall_s"]
+ARM_LABELS = {
+    "none": "no regularisation",
+    "dropout": "nn.Dropout",
+    "dropout_channel": "nn.Dropout2d / Dropout1d",
+    "dropblock": "DropBlock + LinearScheduler",
+}
+CSV_FIELDS = [
+    "dataset",
+    "arm",
+    "seed",
+    "test_acc",
+    "train_acc",
+    "train_loss",
+    "epochs",
+    "train_size",
+    "test_size",
+    "wall_s",
+]
 
 
 # --------------------------------------------------------------------------------------------
 # Data: loaders of what a wheel ships
 # --------------------------------------------------------------------------------------------
 
+
 def load_digits_tensors() -> Tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's digits (a csv.gz inside its wheel): (1797, 1, 8, 8) float32 in [0, 1], labels."""
     from sklearn.datasets import load_digits
+
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     return x, torch.tensor(data.target, dtype=torch.long)
@@ -73,10 +89,13 @@ def load_arrow_head_tensors(split: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """The UCR ArrowHead split bundled by sktime (a .ts file inside its wheel): (n, 1, 251), labels.
     UCR series are z-normalised already."""
     from sktime.datasets import load_arrow_head
+
     x, y = load_arrow_head(split=split, return_type="numpy3D")
     classes = sorted(set(y.tolist()))
-    return (torch.tensor(x, dtype=torch.float32),
-            torch.tensor([classes.index(v) for v in y.tolist()], dtype=torch.long))
+    return (
+        torch.tensor(x, dtype=torch.float32),
+        torch.tensor([classes.index(v) for v in y.tolist()], dtype=torch.long),
+    )
 
 
 def split_per_class(x: torch.Tensor, y: torch.Tensor, per_class: int, seed: int):
@@ -120,17 +139,36 @@ class Dataset:
 # (block 7 on 14x14 and 7x7 maps there; here block 3 on the 8x8 and 4x4 maps of the digits,
 # block 7 on series of 251 and 126 steps).
 DATASETS: Dict[str, Dataset] = {
-    "digits": Dataset("digits", 2, "scikit-learn", digits_split, per_class=20, block_size=3, epochs=60, batch=32,
-                      description="scikit-learn load_digits, 8x8, 10 classes, 20 training images per class"),
-    "arrowhead": Dataset("arrowhead", 1, "sktime", arrow_head_split, per_class=0, block_size=7, epochs=150,
-                         batch=12, stem_kernel=7,
-                         description="UCR ArrowHead (sktime), length 251, 3 classes, official 36/175 split"),
+    "digits": Dataset(
+        "digits",
+        2,
+        "scikit-learn",
+        digits_split,
+        per_class=20,
+        block_size=3,
+        epochs=60,
+        batch=32,
+        description="scikit-learn load_digits, 8x8, 10 classes, 20 training images per class",
+    ),
+    "arrowhead": Dataset(
+        "arrowhead",
+        1,
+        "sktime",
+        arrow_head_split,
+        per_class=0,
+        block_size=7,
+        epochs=150,
+        batch=12,
+        stem_kernel=7,
+        description="UCR ArrowHead (sktime), length 251, 3 classes, official 36/175 split",
+    ),
 }
 
 
 # --------------------------------------------------------------------------------------------
 # The network
 # --------------------------------------------------------------------------------------------
+
 
 def _layers(dims: int):
     return (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
@@ -159,12 +197,22 @@ class SmallResNet(nn.Module):
     """Stem, two residual stages (the second halves the map), global average pool, linear. The
     regulariser follows each stage, as the paper places DropBlock after the blocks of groups 3-4."""
 
-    def __init__(self, dims: int, in_channels: int, classes: int, make_reg: Callable[[], nn.Module],
-                 widths: Tuple[int, int] = (32, 64), stem_kernel: int = 3):
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        classes: int,
+        make_reg: Callable[[], nn.Module],
+        widths: Tuple[int, int] = (32, 64),
+        stem_kernel: int = 3,
+    ):
         super().__init__()
         conv, bn = _layers(dims)
-        self.stem = nn.Sequential(conv(in_channels, widths[0], stem_kernel, 1, stem_kernel // 2, bias=False),
-                                  bn(widths[0]), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            conv(in_channels, widths[0], stem_kernel, 1, stem_kernel // 2, bias=False),
+            bn(widths[0]),
+            nn.ReLU(inplace=True),
+        )
         self.stage1 = ResidualBlock(dims, widths[0], widths[0], 1)
         self.reg1 = make_reg()
         self.stage2 = ResidualBlock(dims, widths[0], widths[1], 2)
@@ -179,6 +227,7 @@ class SmallResNet(nn.Module):
 
 def make_regulariser(arm: str, dims: int, p: float, block_size: int) -> Callable[[], nn.Module]:
     import dropblock_cuda
+
     if arm == "none":
         return nn.Identity
     if arm == "dropout":
@@ -195,6 +244,7 @@ def make_regulariser(arm: str, dims: int, p: float, block_size: int) -> Callable
 # Training
 # --------------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[float, float]:
     """(accuracy, mean cross-entropy) in eval mode, where every regulariser is the identity."""
@@ -206,12 +256,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[float,
 def train_one(ds: Dataset, arm: str, seed: int, data, cfg: "Config") -> dict:
     """Trains one (dataset, arm, seed) and returns its final numbers and per-epoch curves."""
     import dropblock_cuda
+
     x_train, y_train, x_test, y_test = data
     epochs = cfg.epochs if cfg.epochs is not None else ds.epochs
     classes = int(torch.cat([y_train, y_test]).max()) + 1
     torch.manual_seed(seed)  # the weights (the same for every arm: regularisers hold no parameters) and the masks
-    model = SmallResNet(ds.dims, x_train.shape[1], classes, make_regulariser(arm, ds.dims, cfg.p, ds.block_size),
-                        widths=tuple(cfg.widths), stem_kernel=ds.stem_kernel)
+    model = SmallResNet(
+        ds.dims,
+        x_train.shape[1],
+        classes,
+        make_regulariser(arm, ds.dims, cfg.p, ds.block_size),
+        widths=tuple(cfg.widths),
+        stem_kernel=ds.stem_kernel,
+    )
     steps_per_epoch = math.ceil(len(y_train) / ds.batch)
     total_steps = epochs * steps_per_epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -228,7 +285,7 @@ def train_one(ds: Dataset, arm: str, seed: int, data, cfg: "Config") -> dict:
         perm = torch.randperm(len(y_train), generator=order)
         losses = []
         for i in range(0, len(perm), ds.batch):
-            idx = perm[i:i + ds.batch]
+            idx = perm[i : i + ds.batch]
             loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -246,16 +303,26 @@ def train_one(ds: Dataset, arm: str, seed: int, data, cfg: "Config") -> dict:
         curves["train_acc"].append(train_acc)
         curves["test_acc"].append(test_acc)
         curves["test_loss"].append(test_loss)
-    return {"dataset": ds.name, "arm": arm, "seed": seed, "test_acc": curves["test_acc"][-1],
-            "train_acc": curves["train_acc"][-1], "train_loss": curves["train_loss"][-1],
-            "epochs": epochs, "train_size": len(y_train),
-            "test_size": len(y_test), "wall_s": round(time.perf_counter() - t0, 2),
-            "final_p": ramp.p if ramp is not None else (0.0 if arm == "none" else cfg.p), "curves": curves}
+    return {
+        "dataset": ds.name,
+        "arm": arm,
+        "seed": seed,
+        "test_acc": curves["test_acc"][-1],
+        "train_acc": curves["train_acc"][-1],
+        "train_loss": curves["train_loss"][-1],
+        "epochs": epochs,
+        "train_size": len(y_train),
+        "test_size": len(y_test),
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "final_p": ramp.p if ramp is not None else (0.0 if arm == "none" else cfg.p),
+        "curves": curves,
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # Statistics and output
 # --------------------------------------------------------------------------------------------
+
 
 def summarize(runs: List[dict]) -> List[dict]:
     """Per (dataset, arm): mean, sample standard deviation, min and max of the final test accuracy
@@ -268,15 +335,23 @@ def summarize(runs: List[dict]) -> List[dict]:
             group = [r for r in runs if r["dataset"] == dataset and r["arm"] == arm]
             acc = [r["test_acc"] for r in group]
             diffs = [r["test_acc"] - base[r["seed"]] for r in group if r["seed"] in base]
-            out.append({
-                "dataset": dataset, "arm": arm, "label": ARM_LABELS.get(arm, arm), "seeds": len(group),
-                "test_acc_mean": statistics.fmean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                "test_acc_min": min(acc), "test_acc_max": max(acc),
-                "train_acc_mean": statistics.fmean(r["train_acc"] for r in group),
-                "diff_vs_none_mean": statistics.fmean(diffs) if diffs else float("nan"),
-                "diff_vs_none_std": statistics.stdev(diffs) if len(diffs) > 1 else float("nan"),
-                "better_than_none": sum(d > 0 for d in diffs), "worse_than_none": sum(d < 0 for d in diffs),
-            })
+            out.append(
+                {
+                    "dataset": dataset,
+                    "arm": arm,
+                    "label": ARM_LABELS.get(arm, arm),
+                    "seeds": len(group),
+                    "test_acc_mean": statistics.fmean(acc),
+                    "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                    "test_acc_min": min(acc),
+                    "test_acc_max": max(acc),
+                    "train_acc_mean": statistics.fmean(r["train_acc"] for r in group),
+                    "diff_vs_none_mean": statistics.fmean(diffs) if diffs else float("nan"),
+                    "diff_vs_none_std": statistics.stdev(diffs) if len(diffs) > 1 else float("nan"),
+                    "better_than_none": sum(d > 0 for d in diffs),
+                    "worse_than_none": sum(d < 0 for d in diffs),
+                }
+            )
     return out
 
 
@@ -286,28 +361,43 @@ def _pct(v: float) -> str:
 
 def markdown(result: dict) -> str:
     env, cfg = result["environment"], result["config"]
-    lines = [f"Regularisation on real data (`python -m benchmarks.regularisation`), measured on "
-             f"{env['device_name']} ({env['threads']} threads), torch {env['torch']}, commit {env['git_commit']}, "
-             f"{env['timestamp']}, {env['wall_s']:.0f} s.", "",
-             f"Hyperparameters, fixed before any run and the same for every arm: drop rate p = {cfg['p']} for every "
-             f"regulariser (DropBlock ramped 0 -> p over the whole training by LinearScheduler, dropout constant), "
-             f"Adam lr {cfg['lr']} with cosine decay to 0, no weight decay, no augmentation, widths "
-             f"{tuple(cfg['widths'])}, seeds {cfg['seeds']} (seed {cfg['first_seed']} on); the number is the test "
-             f"accuracy after the last epoch. For one seed every arm has the same split, initial weights and batch "
-             f"order: `vs none` is the seed-by-seed difference. The ramp gives DropBlock a mean rate of p/2 over "
-             f"the training, the dropout arms p throughout.", ""]
+    lines = [
+        f"Regularisation on real data (`python -m benchmarks.regularisation`), measured on "
+        f"{env['device_name']} ({env['threads']} threads), torch {env['torch']}, commit {env['git_commit']}, "
+        f"{env['timestamp']}, {env['wall_s']:.0f} s.",
+        "",
+        f"Hyperparameters, fixed before any run and the same for every arm: drop rate p = {cfg['p']} for every "
+        f"regulariser (DropBlock ramped 0 -> p over the whole training by LinearScheduler, dropout constant), "
+        f"Adam lr {cfg['lr']} with cosine decay to 0, no weight decay, no augmentation, widths "
+        f"{tuple(cfg['widths'])}, seeds {cfg['seeds']} (seed {cfg['first_seed']} on); the number is the test "
+        f"accuracy after the last epoch. For one seed every arm has the same split, initial weights and batch "
+        f"order: `vs none` is the seed-by-seed difference. The ramp gives DropBlock a mean rate of p/2 over "
+        f"the training, the dropout arms p throughout.",
+        "",
+    ]
     for name, ds in result["datasets"].items():
-        lines.append(f"- **{name}**: {ds['description']}; {ds['epochs']} epochs, batch {ds['batch']}, "
-                     f"block size {ds['block_size']}, {ds['train_size']} training / {ds['test_size']} test examples.")
-    lines += ["", "| dataset | arm | test acc % (mean ± std) | min | max | vs none, pp (mean ± std) | "
-                  "better / worse than none | train acc % |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"- **{name}**: {ds['description']}; {ds['epochs']} epochs, batch {ds['batch']}, "
+            f"block size {ds['block_size']}, {ds['train_size']} training / {ds['test_size']} test examples."
+        )
+    lines += [
+        "",
+        "| dataset | arm | test acc % (mean ± std) | min | max | vs none, pp (mean ± std) | "
+        "better / worse than none | train acc % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in result["summary"]:
-        diff = "-" if s["arm"] == "none" else (f"{100 * s['diff_vs_none_mean']:+.1f} ± "
-                                               f"{fmt(100 * s['diff_vs_none_std'], '{:.1f}')}")
+        diff = (
+            "-"
+            if s["arm"] == "none"
+            else (f"{100 * s['diff_vs_none_mean']:+.1f} ± {fmt(100 * s['diff_vs_none_std'], '{:.1f}')}")
+        )
         wins = "-" if s["arm"] == "none" else f"{s['better_than_none']} / {s['worse_than_none']} of {s['seeds']}"
-        lines.append(f"| {s['dataset']} | {s['label']} | {_pct(s['test_acc_mean'])} ± {_pct(s['test_acc_std'])} | "
-                     f"{_pct(s['test_acc_min'])} | {_pct(s['test_acc_max'])} | {diff} | {wins} | "
-                     f"{_pct(s['train_acc_mean'])} |")
+        lines.append(
+            f"| {s['dataset']} | {s['label']} | {_pct(s['test_acc_mean'])} ± {_pct(s['test_acc_std'])} | "
+            f"{_pct(s['test_acc_min'])} | {_pct(s['test_acc_max'])} | {diff} | {wins} | "
+            f"{_pct(s['train_acc_mean'])} |"
+        )
     for note in result.get("skipped", []):
         lines.append(f"\n- skipped: {note}")
     return "\n".join(lines) + "\n"
@@ -344,14 +434,16 @@ def write_plot(result: dict, path: str) -> bool:
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
-    reporting.save_figure(fig, path, f"Regularisation, p={result['config']['p']}", result["environment"],
-                          rect=(0, 0, 1, 0.96))
+    reporting.save_figure(
+        fig, path, f"Regularisation, p={result['config']['p']}", result["environment"], rect=(0, 0, 1, 0.96)
+    )
     return True
 
 
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Config:
@@ -400,6 +492,7 @@ def _run_tasks(tasks: List[Tuple[str, str, int]], cfg: Config, progress) -> List
         return runs
     import concurrent.futures
     import multiprocessing
+
     # fork: the workers start at once with everything imported (spawn re-imports torch in each).
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
@@ -426,8 +519,12 @@ def run_experiment(cfg: Config) -> dict:
             names.append(name)
         except ImportError as exc:
             skipped.append(f"{name}: needs {DATASETS[name].package} ({exc})")
-    tasks = [(name, arm, seed) for name in names for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds)
-             for arm in cfg.arms]
+    tasks = [
+        (name, arm, seed)
+        for name in names
+        for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds)
+        for arm in cfg.arms
+    ]
     previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     progress = reporting.Progress(len(tasks), cfg.progress and not cfg.quiet)
     try:
@@ -439,16 +536,30 @@ def run_experiment(cfg: Config) -> dict:
     info: Dict[str, dict] = {}
     for name in names:
         ds, last = DATASETS[name], next(r for r in runs if r["dataset"] == name)
-        info[name] = {"description": ds.description, "package": ds.package, "epochs": last["epochs"],
-                      "batch": ds.batch, "block_size": ds.block_size, "per_class": ds.per_class,
-                      "train_size": last["train_size"], "test_size": last["test_size"]}
+        info[name] = {
+            "description": ds.description,
+            "package": ds.package,
+            "epochs": last["epochs"],
+            "batch": ds.batch,
+            "block_size": ds.block_size,
+            "per_class": ds.per_class,
+            "train_size": last["train_size"],
+            "test_size": last["test_size"],
+        }
     env = environment(torch.device("cpu"), cfg.threads)
     env["jobs"] = cfg.jobs
     env["wall_s"] = round(time.perf_counter() - wall0, 2)
-    result = {"environment": env, "config": reporting.json_clean(asdict(cfg)), "datasets": info, "skipped": skipped,
-              "summary": summarize(runs) if runs else [], "runs": runs}
-    reporting.write_results(cfg.out, "regularisation", result, runs, CSV_FIELDS, markdown(result), write_plot,
-                            cfg.quiet)
+    result = {
+        "environment": env,
+        "config": reporting.json_clean(asdict(cfg)),
+        "datasets": info,
+        "skipped": skipped,
+        "summary": summarize(runs) if runs else [],
+        "runs": runs,
+    }
+    reporting.write_results(
+        cfg.out, "regularisation", result, runs, CSV_FIELDS, markdown(result), write_plot, cfg.quiet
+    )
     return result
 
 
@@ -458,12 +569,16 @@ QUICK_DATASETS = ("digits",)
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.regularisation", description=__doc__.split("\n\n")[0])
     cli.add_quick(ap, f"one dataset ({','.join(QUICK_DATASETS)}); the repeats are seeds")
-    ap.add_argument("--datasets", type=cli.names, default=None,
-                    help=f"comma-separated, of {', '.join(DATASETS)} (default all; {','.join(QUICK_DATASETS)} with "
-                         "--quick)")
+    ap.add_argument(
+        "--datasets",
+        type=cli.names,
+        default=None,
+        help=f"comma-separated, of {', '.join(DATASETS)} (default all; {','.join(QUICK_DATASETS)} with --quick)",
+    )
     ap.add_argument("--arms", type=cli.names, default=list(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
-    ap.add_argument("--seeds", type=int, default=None,
-                    help=f"seeds per arm (default 5, {cli.QUICK_REPEATS} with --quick)")
+    ap.add_argument(
+        "--seeds", type=int, default=None, help=f"seeds per arm (default 5, {cli.QUICK_REPEATS} with --quick)"
+    )
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--p", type=float, default=0.1, help="drop rate of every regulariser (default 0.1)")
     ap.add_argument("--epochs", type=int, default=None, help="override every dataset's epochs")
@@ -474,14 +589,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
-    args = cli.resolve_defaults(build_parser().parse_args(argv), full=dict(datasets=list(DATASETS), seeds=5),
-                                quick=dict(datasets=list(QUICK_DATASETS), seeds=cli.QUICK_REPEATS))
+    args = cli.resolve_defaults(
+        build_parser().parse_args(argv),
+        full=dict(datasets=list(DATASETS), seeds=5),
+        quick=dict(datasets=list(QUICK_DATASETS), seeds=cli.QUICK_REPEATS),
+    )
     for name in args.datasets:
         if name not in DATASETS:
             raise SystemExit(f"--datasets: {name!r} is not one of {', '.join(DATASETS)}")
-    cfg = Config(datasets=args.datasets, arms=args.arms, seeds=args.seeds, first_seed=args.first_seed, p=args.p,
-                 epochs=args.epochs, threads=args.threads, jobs=args.jobs, out=args.out,
-                 progress=not args.no_progress)
+    cfg = Config(
+        datasets=args.datasets,
+        arms=args.arms,
+        seeds=args.seeds,
+        first_seed=args.first_seed,
+        p=args.p,
+        epochs=args.epochs,
+        threads=args.threads,
+        jobs=args.jobs,
+        out=args.out,
+        progress=not args.no_progress,
+    )
     return cfg
 
 

@@ -19,11 +19,39 @@ def fmt_shape(shape) -> str:
     return "x".join(str(s) for s in shape)
 
 
-CSV_FIELDS = ["section", "device", "shape", "batch", "dtype", "block_size", "p", "impl", "label", "masks",
-              "status", "reason", "warning", "drop_frac", "scale", "fwd_ms", "fwd_min_ms", "fwd_repeats",
-              "fwd_vs_ours", "fwd_vs_floor", "fwdbwd_ms", "fwdbwd_min_ms", "fwdbwd_repeats", "fwdbwd_vs_ours",
-              "fwdbwd_vs_floor", "compared_with", "saved_bytes_per_elem", "gpu_held_bytes_per_elem",
-              "gpu_peak_bytes_per_elem", "compile_s", "note"]
+CSV_FIELDS = [
+    "section",
+    "device",
+    "shape",
+    "batch",
+    "dtype",
+    "block_size",
+    "p",
+    "impl",
+    "label",
+    "masks",
+    "status",
+    "reason",
+    "warning",
+    "drop_frac",
+    "scale",
+    "fwd_ms",
+    "fwd_min_ms",
+    "fwd_repeats",
+    "fwd_vs_ours",
+    "fwd_vs_floor",
+    "fwdbwd_ms",
+    "fwdbwd_min_ms",
+    "fwdbwd_repeats",
+    "fwdbwd_vs_ours",
+    "fwdbwd_vs_floor",
+    "compared_with",
+    "saved_bytes_per_elem",
+    "gpu_held_bytes_per_elem",
+    "gpu_peak_bytes_per_elem",
+    "compile_s",
+    "note",
+]
 
 
 def _row_cells(r: dict) -> List[str]:
@@ -32,13 +60,34 @@ def _row_cells(r: dict) -> List[str]:
         note = f"{status}: {r['reason']}"
     else:
         note = r["warning"]
-    return [r["label"], r["masks"], fmt(r["fwd_ms"], "{:.3f}"), fmt(r["fwd_vs_ours"]), fmt(r["fwd_vs_floor"]),
-            fmt(r["fwdbwd_ms"], "{:.3f}"), fmt(r["fwdbwd_vs_ours"]), fmt(r["fwdbwd_vs_floor"]),
-            fmt(r["saved_bytes_per_elem"], "{:.3g}"), fmt(r["drop_frac"], "{:.3f}"), note]
+    return [
+        r["label"],
+        r["masks"],
+        fmt(r["fwd_ms"], "{:.3f}"),
+        fmt(r["fwd_vs_ours"]),
+        fmt(r["fwd_vs_floor"]),
+        fmt(r["fwdbwd_ms"], "{:.3f}"),
+        fmt(r["fwdbwd_vs_ours"]),
+        fmt(r["fwdbwd_vs_floor"]),
+        fmt(r["saved_bytes_per_elem"], "{:.3g}"),
+        fmt(r["drop_frac"], "{:.3f}"),
+        note,
+    ]
 
 
-TABLE_HEAD = ["implementation", "masks", "fwd ms", "fwd/ours", "fwd/floor", "f+b ms", "f+b/ours",
-              "f+b/floor", "saved B/el", "drop", "note"]
+TABLE_HEAD = [
+    "implementation",
+    "masks",
+    "fwd ms",
+    "fwd/ours",
+    "fwd/floor",
+    "f+b ms",
+    "f+b/ours",
+    "f+b/floor",
+    "saved B/el",
+    "drop",
+    "note",
+]
 
 
 def format_table(rows: List[dict]) -> str:
@@ -55,8 +104,10 @@ def format_table(rows: List[dict]) -> str:
         line = "  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(TABLE_HEAD, widths)))
         out.append(line + "  note")
         for c in cells:
-            out.append("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths)))
-                       + ("  " + c[-1] if c[-1] else ""))
+            out.append(
+                "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths)))
+                + ("  " + c[-1] if c[-1] else "")
+            )
         out.append("")
     return "\n".join(out)
 
@@ -64,16 +115,19 @@ def format_table(rows: List[dict]) -> str:
 def format_headline(headline: dict) -> str:
     if not headline:
         return ""
-    lines = [f"Headline ({fmt_shape(headline['shape'])} {headline['dtype']}, p={headline['p']}, "
-             f"block {headline['block_size']}, {headline['threads']} threads, {headline['device']}):"]
+    lines = [
+        f"Headline ({fmt_shape(headline['shape'])} {headline['dtype']}, p={headline['p']}, "
+        f"block {headline['block_size']}, {headline['threads']} threads, {headline['device']}):"
+    ]
     for name, value in headline["ratios"].items():
         op, target = HEADLINE_TARGETS.get(name, (None, None))
         verdict = ""
         if op is not None and value == value:
             met = value <= target if op == "<=" else value >= target
             verdict = f"  (target {op} {target:g}: {'met' if met else 'NOT met'})"
-        lines.append(f"  {name:34s} {fmt(value)}   (of min times: {fmt(headline['ratios_of_min_times'][name])})"
-                     f"{verdict}")
+        lines.append(
+            f"  {name:34s} {fmt(value)}   (of min times: {fmt(headline['ratios_of_min_times'][name])}){verdict}"
+        )
     for k, v in headline["times_ms"].items():
         lines.append(f"  {k:34s} {fmt(v, '{:.3f}')} ms")
     return "\n".join(lines)
@@ -87,8 +141,10 @@ def _summary_note(group: List[dict]) -> str:
     heavy = [r for r in group if r["status"] == "ok" and "drops" in r["warning"]]
     if heavy:
         worst = max(heavy, key=lambda r: r["drop_frac"])
-        notes.append(f"drops more than p in {len(heavy)} configs (up to {worst['drop_frac']:.2f} at "
-                     f"{worst['shape']} block {worst['block_size']}, p={worst['p']:g})")
+        notes.append(
+            f"drops more than p in {len(heavy)} configs (up to {worst['drop_frac']:.2f} at "
+            f"{worst['shape']} block {worst['block_size']}, p={worst['p']:g})"
+        )
     return "; ".join(notes)
 
 
@@ -105,11 +161,20 @@ def summarize(rows: List[dict]) -> List[dict]:
         group = [r for r in rows if r["section"] == "sweep" and r["dtype"] == dtype and r["impl"] == impl]
         ok = [r for r in group if r["status"] == "ok"]
         saved = [r["saved_bytes_per_elem"] for r in ok if r["saved_bytes_per_elem"] == r["saved_bytes_per_elem"]]
-        out.append({"dtype": dtype, "impl": impl, "label": group[0]["label"], "masks": group[0]["masks"],
-                    "fwd": measure.geomean(r["fwd_vs_ours"] for r in ok),
-                    "fwdbwd": measure.geomean(r["fwdbwd_vs_ours"] for r in ok),
-                    "saved": measure.median(saved), "ok": len(ok),
-                    "total": len(group), "note": _summary_note(group)})
+        out.append(
+            {
+                "dtype": dtype,
+                "impl": impl,
+                "label": group[0]["label"],
+                "masks": group[0]["masks"],
+                "fwd": measure.geomean(r["fwd_vs_ours"] for r in ok),
+                "fwdbwd": measure.geomean(r["fwdbwd_vs_ours"] for r in ok),
+                "saved": measure.median(saved),
+                "ok": len(ok),
+                "total": len(group),
+                "note": _summary_note(group),
+            }
+        )
     return out
 
 
@@ -117,25 +182,32 @@ def format_summary(summary: List[dict]) -> str:
     """The summary for the terminal, one line per (dtype, implementation)."""
     lines = ["Summary: speedup of dropblock_cuda (impl time / ours, geomean over the sweep)"]
     for item in summary:
-        lines.append(f"  {item['dtype']:9s} {item['label'] + ' [' + item['masks'] + ']':58s} "
-                     f"fwd {fmt(item['fwd']):>7s}x  fwd+bwd {fmt(item['fwdbwd']):>7s}x  "
-                     f"saved {fmt(item['saved'], '{:.3g}'):>6s} B/el  ok {item['ok']}/{item['total']}"
-                     + (f"  {item['note']}" if item["note"] else ""))
+        lines.append(
+            f"  {item['dtype']:9s} {item['label'] + ' [' + item['masks'] + ']':58s} "
+            f"fwd {fmt(item['fwd']):>7s}x  fwd+bwd {fmt(item['fwdbwd']):>7s}x  "
+            f"saved {fmt(item['saved'], '{:.3g}'):>6s} B/el  ok {item['ok']}/{item['total']}"
+            + (f"  {item['note']}" if item["note"] else "")
+        )
     return "\n".join(lines)
 
 
 def write_markdown(result: dict, path: str) -> None:
     env = result["environment"]
-    lines = [f"Measured on {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
-             f"commit {env['git_commit']}. Times are medians in ms; `/ours` is the time over dropblock_cuda's "
-             "(per-channel rows vs its default mode, shared rows vs `shared_channels=True`; > 1 means "
-             "dropblock_cuda is faster); `/floor` is over the floor "
-             f"({'a device-to-device copy' if env['device'] == 'cuda' else '`x * s`'}); saved B/el = bytes kept "
-             "for backward per input element.", ""]
+    lines = [
+        f"Measured on {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
+        f"commit {env['git_commit']}. Times are medians in ms; `/ours` is the time over dropblock_cuda's "
+        "(per-channel rows vs its default mode, shared rows vs `shared_channels=True`; > 1 means "
+        "dropblock_cuda is faster); `/floor` is over the floor "
+        f"({'a device-to-device copy' if env['device'] == 'cuda' else '`x * s`'}); saved B/el = bytes kept "
+        "for backward per input element.",
+        "",
+    ]
     headline = result.get("headline")
     if headline:
-        lines.append(f"**Headline** ({fmt_shape(headline['shape'])} {headline['dtype']}, p={headline['p']}, "
-                     f"block {headline['block_size']}, {headline['threads']} threads):")
+        lines.append(
+            f"**Headline** ({fmt_shape(headline['shape'])} {headline['dtype']}, p={headline['p']}, "
+            f"block {headline['block_size']}, {headline['threads']} threads):"
+        )
         lines.append("")
         lines.append("| ratio | of median times | of min times | target |")
         lines.append("|---|---:|---:|---|")
@@ -145,14 +217,18 @@ def write_markdown(result: dict, path: str) -> None:
         lines.append("")
     summary = summarize(result["rows"])
     if summary:
-        lines.append("**Summary**: speedup of dropblock_cuda over each implementation (its time / ours, "
-                     "geometric mean over the shapes and block sizes of the sweep; like with like):")
+        lines.append(
+            "**Summary**: speedup of dropblock_cuda over each implementation (its time / ours, "
+            "geometric mean over the shapes and block sizes of the sweep; like with like):"
+        )
         lines.append("")
         lines.append("| dtype | implementation | masks | forward | forward + backward | saved B/el | passed | note |")
         lines.append("|---|---|---|---:|---:|---:|---:|---|")
         for s in summary:
-            lines.append(f"| {s['dtype']} | {s['label']} | {s['masks']} | {fmt(s['fwd'])} | {fmt(s['fwdbwd'])} "
-                         f"| {fmt(s['saved'], '{:.3g}')} | {s['ok']}/{s['total']} | {s['note'].replace('|', '/')} |")
+            lines.append(
+                f"| {s['dtype']} | {s['label']} | {s['masks']} | {fmt(s['fwd'])} | {fmt(s['fwdbwd'])} "
+                f"| {fmt(s['saved'], '{:.3g}')} | {s['ok']}/{s['total']} | {s['note'].replace('|', '/')} |"
+            )
         lines.append("")
         lines.append("**All measurements:**")
         lines.append("")
@@ -177,8 +253,11 @@ def write_plot(rows: List[dict], path: str, env: Optional[dict] = None) -> bool:
     plt = reporting.pyplot()
     if plt is None:
         return False
-    sweep = [r for r in rows if r["section"] == "sweep" and r["status"] == "ok"
-             and r["impl"] not in ("ours", "ours_shared", "floor")]
+    sweep = [
+        r
+        for r in rows
+        if r["section"] == "sweep" and r["status"] == "ok" and r["impl"] not in ("ours", "ours_shared", "floor")
+    ]
     dtypes = sorted({r["dtype"] for r in sweep}) or ["float32"]
     shapes = []
     for r in rows:
@@ -195,13 +274,19 @@ def write_plot(rows: List[dict], path: str, env: Optional[dict] = None) -> bool:
             ax = axes[di][mi]
             width = 0.8 / max(len(impls), 1)
             for (key, label), xs in zip(impls, reporting.bar_offsets(len(impls), len(shapes))):
-                values = [measure.geomean(r[f"{mode}_vs_ours"] for r in sweep
-                                          if r["impl"] == key and r["dtype"] == dtype and r["shape"] == shape)
-                          for shape in shapes]
+                values = [
+                    measure.geomean(
+                        r[f"{mode}_vs_ours"]
+                        for r in sweep
+                        if r["impl"] == key and r["dtype"] == dtype and r["shape"] == shape
+                    )
+                    for shape in shapes
+                ]
                 ax.bar(xs, values, width=width, label=label)
             ax.set_yscale("log")
-            reporting.style_bar_axis(ax, shapes, ylabel="speedup of dropblock_cuda (x)", title=f"{dtype}, {mode_name}",
-                                     baseline=1.0)
+            reporting.style_bar_axis(
+                ax, shapes, ylabel="speedup of dropblock_cuda (x)", title=f"{dtype}, {mode_name}", baseline=1.0
+            )
     reporting.legend_below(fig, axes[0][0])
     title = "dropblock_cuda speedup over other DropBlock implementations (geomean over block sizes)"
     if env:

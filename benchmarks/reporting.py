@@ -33,6 +33,7 @@ class Progress:
         if enabled:
             try:
                 from tqdm import tqdm
+
                 self.bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr)
             except Exception:
                 self.bar = None
@@ -80,10 +81,12 @@ def write_csv(rows: Sequence[dict], path: str, fields: Sequence[str]) -> None:
 # Plots
 # --------------------------------------------------------------------------------------------
 
+
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is missing."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except Exception:
@@ -118,14 +121,23 @@ def legend_below(fig, ax) -> None:
 def save_figure(fig, path: str, title: str, env: dict, rect=(0, 0, 1, 0.95)) -> None:
     """Titles the figure with what it measured and where (device, torch, commit), writes it, closes it."""
     import matplotlib.pyplot as plt
+
     fig.suptitle(f"{title}: {env['device_name']}, torch {env['torch']}, commit {env['git_commit']}", fontsize=10)
     fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_results(out: str, stem: str, result: dict, rows: List[dict], fields: Sequence[str], markdown: str,
-                  plot: Callable[[dict, str], bool], quiet: bool = False) -> Dict[str, str]:
+def write_results(
+    out: str,
+    stem: str,
+    result: dict,
+    rows: List[dict],
+    fields: Sequence[str],
+    markdown: str,
+    plot: Callable[[dict, str], bool],
+    quiet: bool = False,
+) -> Dict[str, str]:
     """Writes ``stem``.csv (``rows``, columns ``fields``), .md (``markdown``), .png (``plot(result,
     path)``, False when it cannot draw) and .json (``result``, with ``files`` added) into ``out``;
     returns the paths written."""
@@ -143,4 +155,3 @@ def write_results(out: str, stem: str, result: dict, rows: List[dict], fields: S
         print(markdown)
         print(f"wrote {', '.join(files.values())}  (wall {result['environment']['wall_s']:.1f} s)")
     return files
-

@@ -30,14 +30,24 @@ def main(device="cuda", quick=False):
 
     ops = torch.ops.dropblock_cuda
     fns = {1: dropblock_cuda.drop_block1d, 2: dropblock_cuda.drop_block2d, 3: dropblock_cuda.drop_block3d}
-    cases = [((2, 3, 37), (5,)), ((2, 3, 130), (60,)), ((2, 3, 13, 11), (3, 3)), ((2, 3, 5, 6, 7), (2, 3, 3)),
-             # channels-last tiles (16+ channels, more than one channel tile, 3-d), several count blocks
-             ((2, 20, 70), (5,)), ((1, 300, 5, 13), (3, 3)), ((2, 16, 3, 5, 7), (2, 2, 2)), ((4, 64, 40, 40), (7, 7)),
-             # blocks that reach back further than a mask window: the scatter kernels by default
-             ((1, 2, 40, 300), (30, 3))]
-    channels_last = {3: lambda t: t.transpose(1, 2).contiguous().transpose(1, 2),
-                     4: lambda t: t.contiguous(memory_format=torch.channels_last),
-                     5: lambda t: t.contiguous(memory_format=torch.channels_last_3d)}
+    cases = [
+        ((2, 3, 37), (5,)),
+        ((2, 3, 130), (60,)),
+        ((2, 3, 13, 11), (3, 3)),
+        ((2, 3, 5, 6, 7), (2, 3, 3)),
+        # channels-last tiles (16+ channels, more than one channel tile, 3-d), several count blocks
+        ((2, 20, 70), (5,)),
+        ((1, 300, 5, 13), (3, 3)),
+        ((2, 16, 3, 5, 7), (2, 2, 2)),
+        ((4, 64, 40, 40), (7, 7)),
+        # blocks that reach back further than a mask window: the scatter kernels by default
+        ((1, 2, 40, 300), (30, 3)),
+    ]
+    channels_last = {
+        3: lambda t: t.transpose(1, 2).contiguous().transpose(1, 2),
+        4: lambda t: t.contiguous(memory_format=torch.channels_last),
+        5: lambda t: t.contiguous(memory_format=torch.channels_last_3d),
+    }
     failures = 0
 
     def check(same, what):
@@ -56,26 +66,34 @@ def main(device="cuda", quick=False):
                 y = fns[len(block)](x, 0.3, block, shared_channels=shared)
                 y.backward(torch.ones_like(y))
                 # A key from a CPU generator reaches the kernels by value.
-                fns[len(block)](x.detach(), 0.3, block, shared_channels=shared,
-                                generator=torch.Generator().manual_seed(5))
+                fns[len(block)](
+                    x.detach(), 0.3, block, shared_channels=shared, generator=torch.Generator().manual_seed(5)
+                )
                 seed = 1234
-                m_cpu, s_cpu = ops.drop_block_mask(x_cpu, torch.tensor(seed), probability(0.3, x_cpu.device),
-                                                   list(block), 1e-6, shared)
+                m_cpu, s_cpu = ops.drop_block_mask(
+                    x_cpu, torch.tensor(seed), probability(0.3, x_cpu.device), list(block), 1e-6, shared
+                )
                 seed_gpu = torch.tensor(seed, device=device)
                 p_gpu = probability(0.3, device)
                 for kernel in ("scatter", "window", "auto"):  # both mask paths; the default's mask is used below
                     ops._set_cuda_mask_kernel(kernel)
                     m, s = ops.drop_block_mask(x.detach(), seed_gpu, p_gpu, list(block), 1e-6, shared)
-                    check(torch.equal(m.cpu(), m_cpu),
-                          f"mask {shape} block {block} {dtype} shared={shared} kernel={kernel}")
+                    check(
+                        torch.equal(m.cpu(), m_cpu),
+                        f"mask {shape} block {block} {dtype} shared={shared} kernel={kernel}",
+                    )
                 expected = ops.drop_block_apply(x_cpu, m_cpu, s_cpu, shared)
                 views = {
                     "contiguous": x.detach(),
                     "transposed": x.detach().transpose(-1, 0).contiguous().transpose(-1, 0),
                     "channels_last": channels_last[len(shape)](x.detach()),
                     # 1, 2 and 4 elements past an aligned address: every narrower vector width.
-                    **{f"offset{k}": torch.empty(x.numel() + k, dtype=dtype, device=device)[k:].view(shape)
-                       .copy_(x.detach()) for k in (1, 2, 4)},
+                    **{
+                        f"offset{k}": torch.empty(x.numel() + k, dtype=dtype, device=device)[k:]
+                        .view(shape)
+                        .copy_(x.detach())
+                        for k in (1, 2, 4)
+                    },
                 }
                 for view, v in views.items():
                     case = f"{shape} {dtype} shared={shared} {view}"
@@ -87,8 +105,9 @@ def main(device="cuda", quick=False):
     for shape in ((0, 3, 4, 4), (2, 0, 4, 4)):
         for shared in (False, True):
             x = torch.empty(shape, device=device)
-            m, s = ops.drop_block_mask(x, torch.tensor(1, device=device), probability(0.3, x.device), [3, 3], 1e-6,
-                                       shared)
+            m, s = ops.drop_block_mask(
+                x, torch.tensor(1, device=device), probability(0.3, x.device), [3, 3], 1e-6, shared
+            )
             ops.drop_block_apply(x, m, s, shared)
     if device == "cuda":
         torch.cuda.synchronize()

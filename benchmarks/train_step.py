@@ -65,22 +65,47 @@ from .reporting import fmt  # noqa: E402
 # The paper's settings, used for the torchvision ResNets (timm models keep timm's own).
 PAPER_P, PAPER_BLOCK = 0.1, 7
 
-VARIANTS = OrderedDict([
-    # key: (label, masks: per-ch / shared / -)
-    ("none", ("no DropBlock", "-")),
-    ("ours", ("dropblock_cuda", "per-ch")),
-    ("ours_shared", ("dropblock_cuda shared_channels", "shared")),
-    ("torchvision", ("torchvision.ops.DropBlock2d", "per-ch")),
-    ("timm", ("timm DropBlock2d (default)", "shared")),
-    ("timm_per_channel", ("timm DropBlock2d(couple_channels=False)", "per-ch")),
-])
+VARIANTS = OrderedDict(
+    [
+        # key: (label, masks: per-ch / shared / -)
+        ("none", ("no DropBlock", "-")),
+        ("ours", ("dropblock_cuda", "per-ch")),
+        ("ours_shared", ("dropblock_cuda shared_channels", "shared")),
+        ("torchvision", ("torchvision.ops.DropBlock2d", "per-ch")),
+        ("timm", ("timm DropBlock2d (default)", "shared")),
+        ("timm_per_channel", ("timm DropBlock2d(couple_channels=False)", "per-ch")),
+    ]
+)
 DEFAULT_VARIANTS = ("none", "ours", "ours_shared", "torchvision", "timm")
 OURS = ("ours", "ours_shared")
 MODES = ("eager", "compile")
-CSV_FIELDS = ["model", "variant", "label", "masks", "mode", "device", "batch", "image_size", "dtype",
-              "memory_format", "status", "reason", "warning", "sites", "step_ms", "step_min_ms", "rounds",
-              "overhead_pct", "overhead_q25_pct", "overhead_q75_pct", "dropblock_saved_bytes",
-              "dropblock_saved_bytes_per_elem", "step_saved_extra_bytes", "peak_bytes", "compile_s"]
+CSV_FIELDS = [
+    "model",
+    "variant",
+    "label",
+    "masks",
+    "mode",
+    "device",
+    "batch",
+    "image_size",
+    "dtype",
+    "memory_format",
+    "status",
+    "reason",
+    "warning",
+    "sites",
+    "step_ms",
+    "step_min_ms",
+    "rounds",
+    "overhead_pct",
+    "overhead_q25_pct",
+    "overhead_q75_pct",
+    "dropblock_saved_bytes",
+    "dropblock_saved_bytes_per_elem",
+    "step_saved_extra_bytes",
+    "peak_bytes",
+    "compile_s",
+]
 TARGETS = {"eager": 5.0, "compile": 2.0}  # % over the no-DropBlock step, ours, paper's settings
 
 
@@ -88,10 +113,12 @@ TARGETS = {"eager": 5.0, "compile": 2.0}  # % over the no-DropBlock step, ours, 
 # Models and their DropBlock sites
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Site:
     """Where a DropBlock goes (a module path) and its settings; torchvision's peer, which has no
     gamma_scale, gets ``p * gamma_scale`` (the same seed rate)."""
+
     path: str
     p: float
     block_size: int
@@ -111,20 +138,27 @@ def _timm_model(arch: str):
     def build(classes: int, p: float):
         import timm
         from timm.layers import DropBlock2d as TimmDropBlock2d
+
         model = timm.create_model(arch, drop_block_rate=p, num_classes=classes)
-        sites = [Site(name, m.drop_prob, m.block_size, m.gamma_scale) for name, m in model.named_modules()
-                 if type(m) is TimmDropBlock2d]
+        sites = [
+            Site(name, m.drop_prob, m.block_size, m.gamma_scale)
+            for name, m in model.named_modules()
+            if type(m) is TimmDropBlock2d
+        ]
         for site in sites:
             model.set_submodule(site.path, nn.Identity())
         return model, sites
+
     return build
 
 
 def _torchvision_model(arch):
     """A torchvision ResNet (``arch``: a name in torchvision.models, or a callable of the class count)
     with a DropBlock site after every block of stages 3 and 4."""
+
     def build(classes: int, p: float):
         import torchvision
+
         make = getattr(torchvision.models, arch) if isinstance(arch, str) else arch
         model = make(weights=None, num_classes=classes) if isinstance(arch, str) else make(classes)
         sites = []
@@ -135,18 +169,39 @@ def _torchvision_model(arch):
                 layer[i] = nn.Sequential(OrderedDict([("block", block), ("drop_block", nn.Identity())]))
                 sites.append(Site(f"{stage}.{i}.drop_block", p, PAPER_BLOCK))
         return model, sites
+
     return build
 
 
 MODELS: Dict[str, ModelSpec] = {
-    "timm_resnet18": ModelSpec("timm_resnet18", "timm resnet18, drop_block_rate=p (stages 3-4: block 5 at "
-                               "gamma_scale 0.25, block 3)", "timm", _timm_model("resnet18"), False),
-    "timm_resnet50": ModelSpec("timm_resnet50", "timm resnet50, drop_block_rate=p (stages 3-4: block 5 at "
-                               "gamma_scale 0.25, block 3)", "timm", _timm_model("resnet50"), False),
-    "tv_resnet50": ModelSpec("tv_resnet50", "torchvision resnet50, DropBlock(p, 7) after every stage-3/4 block",
-                             "torchvision", _torchvision_model("resnet50"), True),
-    "tv_resnet18": ModelSpec("tv_resnet18", "torchvision resnet18, DropBlock(p, 7) after every stage-3/4 block",
-                             "torchvision", _torchvision_model("resnet18"), True),
+    "timm_resnet18": ModelSpec(
+        "timm_resnet18",
+        "timm resnet18, drop_block_rate=p (stages 3-4: block 5 at gamma_scale 0.25, block 3)",
+        "timm",
+        _timm_model("resnet18"),
+        False,
+    ),
+    "timm_resnet50": ModelSpec(
+        "timm_resnet50",
+        "timm resnet50, drop_block_rate=p (stages 3-4: block 5 at gamma_scale 0.25, block 3)",
+        "timm",
+        _timm_model("resnet50"),
+        False,
+    ),
+    "tv_resnet50": ModelSpec(
+        "tv_resnet50",
+        "torchvision resnet50, DropBlock(p, 7) after every stage-3/4 block",
+        "torchvision",
+        _torchvision_model("resnet50"),
+        True,
+    ),
+    "tv_resnet18": ModelSpec(
+        "tv_resnet18",
+        "torchvision resnet18, DropBlock(p, 7) after every stage-3/4 block",
+        "torchvision",
+        _torchvision_model("resnet18"),
+        True,
+    ),
 }
 DEFAULT_MODELS = ("timm_resnet18", "timm_resnet50", "tv_resnet18", "tv_resnet50")
 CPU_COMPILE_MODELS = ("tv_resnet18",)
@@ -157,11 +212,17 @@ def _peer_layer(variant: str, site: Site) -> nn.Module:
         return nn.Identity()
     if variant == "torchvision":
         from torchvision.ops import DropBlock2d as TorchvisionDropBlock2d
+
         return TorchvisionDropBlock2d(site.p * site.gamma_scale, site.block_size)
     if variant in ("timm", "timm_per_channel"):
         from timm.layers import DropBlock2d as TimmDropBlock2d
-        return TimmDropBlock2d(drop_prob=site.p, block_size=site.block_size, gamma_scale=site.gamma_scale,
-                               couple_channels=variant == "timm")
+
+        return TimmDropBlock2d(
+            drop_prob=site.p,
+            block_size=site.block_size,
+            gamma_scale=site.gamma_scale,
+            couple_channels=variant == "timm",
+        )
     raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
 
 
@@ -169,6 +230,7 @@ def build_variant(spec: ModelSpec, base: nn.Module, sites: Sequence[Site], varia
     """A copy of ``base`` with ``variant``'s DropBlock at every site; ours through convert_dropblock,
     from the model's own (timm's or torchvision's) modules, as a user converts a model."""
     import dropblock_cuda
+
     model = copy.deepcopy(base)
     if variant in OURS:
         native = spec.native
@@ -208,6 +270,7 @@ def compiled_copy(model: nn.Module, scope: str, backend: str) -> nn.Module:
 # Steps and measurements
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Setup:
     device: torch.device
@@ -226,11 +289,13 @@ def make_step(model: nn.Module, setup: Setup, x: torch.Tensor, y: torch.Tensor) 
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16,
-                            enabled=setup.autocast is not None):
+        with torch.autocast(
+            setup.device.type, dtype=setup.autocast or torch.bfloat16, enabled=setup.autocast is not None
+        ):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
+
     return step
 
 
@@ -239,11 +304,19 @@ def site_inputs(model: nn.Module, sites: Sequence[Site], setup: Setup, x: torch.
     a training forward (shape, dtype, device, strides). The real activations would not do for the
     check: ReLU zeroes many of them, and timm's in-place ReLU overwrites the layer's output."""
     seen = []
-    hooks = [model.get_submodule(s.path).register_forward_hook(
-        lambda m, args, out: seen.append((m, torch.randn_like(args[0])))) for s in sites]
+    hooks = [
+        model.get_submodule(s.path).register_forward_hook(
+            lambda m, args, out: seen.append((m, torch.randn_like(args[0])))
+        )
+        for s in sites
+    ]
     try:
-        with torch.no_grad(), torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16,
-                                             enabled=setup.autocast is not None):
+        with (
+            torch.no_grad(),
+            torch.autocast(
+                setup.device.type, dtype=setup.autocast or torch.bfloat16, enabled=setup.autocast is not None
+            ),
+        ):
             model(x)
     finally:
         for h in hooks:
@@ -259,8 +332,14 @@ def gate(variant: str, model: nn.Module, sites: Sequence[Site], setup: Setup, x:
     for site, (layer, xin) in zip(sites, site_inputs(model, sites, setup, x)):
         with torch.no_grad():
             yout = layer(xin)
-        result = check_dropblock_output(xin, yout, site.p * site.gamma_scale, site.block_size,
-                                           shared_channels=shared, lenient_upper=variant.startswith("timm"))
+        result = check_dropblock_output(
+            xin,
+            yout,
+            site.p * site.gamma_scale,
+            site.block_size,
+            shared_channels=shared,
+            lenient_upper=variant.startswith("timm"),
+        )
         if not result.ok:
             return f"{site.path}: {result.reason}", ""
         if result.warning:
@@ -282,10 +361,13 @@ def dropblock_saved_bytes(model: nn.Module, sites: Sequence[Site], setup: Setup,
 
 def step_saved_bytes(model: nn.Module, setup: Setup, x: torch.Tensor, y: torch.Tensor) -> int:
     """Bytes the whole forward and loss keep for backward (weights included)."""
+
     def loss(t):
-        with torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16,
-                            enabled=setup.autocast is not None):
+        with torch.autocast(
+            setup.device.type, dtype=setup.autocast or torch.bfloat16, enabled=setup.autocast is not None
+        ):
             return F.cross_entropy(model(t), y)
+
     return measure.saved_bytes_for_backward(loss, x)
 
 
@@ -323,14 +405,21 @@ def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> Lis
     rows: Dict[Tuple[str, str], dict] = {}
     steps: Dict[Tuple[str, str], Callable[[], None]] = {}
     models: Dict[str, nn.Module] = {}
-    common = {"model": spec.key, "device": setup.device.type, "batch": setup.batch, "image_size": setup.image_size,
-              "dtype": str(setup.autocast or torch.float32).replace("torch.", ""),
-              "memory_format": "channels_last" if setup.channels_last else "contiguous", "sites": len(sites)}
+    common = {
+        "model": spec.key,
+        "device": setup.device.type,
+        "batch": setup.batch,
+        "image_size": setup.image_size,
+        "dtype": str(setup.autocast or torch.float32).replace("torch.", ""),
+        "memory_format": "channels_last" if setup.channels_last else "contiguous",
+        "sites": len(sites),
+    }
     for variant in cfg.variants:
         label, masks = VARIANTS[variant]
         for mode in modes:
-            rows[(variant, mode)] = dict(common, variant=variant, label=label, masks=masks, mode=mode, status="ok",
-                                         reason="", warning="")
+            rows[(variant, mode)] = dict(
+                common, variant=variant, label=label, masks=masks, mode=mode, status="ok", reason="", warning=""
+            )
         progress(f"{spec.key} build {variant}")
         try:
             model = _to_device(build_variant(spec, base, sites, variant), setup)
@@ -359,9 +448,12 @@ def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> Lis
                 row.update(status="ERROR", reason=f"{exc.__class__.__name__}: {exc}"[:300])
             progress(f"{spec.key} {mode} {variant} ready")
     # Each round runs every step once, the order rotated by one from round to round.
-    times = measure.interleaved_rounds({key: (lambda i, step=step: step()) for key, step in steps.items()},
-                                       cfg.rounds, setup.device,
-                                       on_round=lambda r: progress(f"{spec.key} round {r + 1}/{cfg.rounds}"))
+    times = measure.interleaved_rounds(
+        {key: (lambda i, step=step: step()) for key, step in steps.items()},
+        cfg.rounds,
+        setup.device,
+        on_round=lambda r: progress(f"{spec.key} round {r + 1}/{cfg.rounds}"),
+    )
     for (variant, mode), ms in times.items():
         row = rows[(variant, mode)]
         row.update(step_ms=statistics.median(ms), step_min_ms=min(ms), rounds=len(ms))
@@ -388,23 +480,33 @@ def measure_model(spec: ModelSpec, cfg: "Config", setup: Setup, progress) -> Lis
 # Targets and output
 # --------------------------------------------------------------------------------------------
 
+
 def target_verdicts(rows: List[dict]) -> List[dict]:
     """This benchmark's targets (``TARGETS``): ours (both mask modes) adds <= 5% to an eager and
     <= 2% to a compiled step on the models at the paper's settings; ours costs less than each
     peer, in every configuration (model and mode), in both mask modes."""
-    ok = [r for r in rows if r["status"] == "ok" and r.get("overhead_pct") == r.get("overhead_pct")
-          and "overhead_pct" in r]
+    ok = [
+        r
+        for r in rows
+        if r["status"] == "ok" and r.get("overhead_pct") == r.get("overhead_pct") and "overhead_pct" in r
+    ]
     by = {(r["model"], r["variant"], r["mode"]): r for r in ok}
     verdicts = []
     for mode, limit in TARGETS.items():
         cases = [r for r in ok if r["variant"] in OURS and r["mode"] == mode and MODELS[r["model"]].paper_settings]
         failed = [r for r in cases if r["overhead_pct"] > limit]
         worst = max(cases, key=lambda r: r["overhead_pct"], default=None)
-        verdicts.append({"target": f"ours adds <= {limit:g}% to a{'n' if mode == 'eager' else ''} {mode} step "
-                                   f"(paper's settings)", "measured": len(cases), "met": len(cases) - len(failed),
-                         "worst": worst["overhead_pct"] if worst else None,
-                         "worst_case": f"{worst['model']} {worst['variant']}" if worst else "",
-                         "failed_cases": [f"{r['model']} {r['variant']}" for r in failed]})
+        verdicts.append(
+            {
+                "target": f"ours adds <= {limit:g}% to a{'n' if mode == 'eager' else ''} {mode} step "
+                f"(paper's settings)",
+                "measured": len(cases),
+                "met": len(cases) - len(failed),
+                "worst": worst["overhead_pct"] if worst else None,
+                "worst_case": f"{worst['model']} {worst['variant']}" if worst else "",
+                "failed_cases": [f"{r['model']} {r['variant']}" for r in failed],
+            }
+        )
     cases, failed, margins = 0, [], []
     for r in ok:
         if r["variant"] in OURS or r["variant"] == "none":
@@ -414,14 +516,22 @@ def target_verdicts(rows: List[dict]) -> List[dict]:
             if mine is None:
                 continue
             cases += 1
-            margins.append((r["overhead_pct"] - mine["overhead_pct"],
-                            f"{r['model']} {r['mode']} {ours} vs {r['variant']}"))
+            margins.append(
+                (r["overhead_pct"] - mine["overhead_pct"], f"{r['model']} {r['mode']} {ours} vs {r['variant']}")
+            )
             if mine["overhead_pct"] >= r["overhead_pct"]:  # paired by round: less noisy than the medians
                 failed.append(margins[-1][1])
     worst = min(margins, default=None)
-    verdicts.append({"target": "ours costs less than each peer (every model and mode, both mask modes)",
-                     "measured": cases, "met": cases - len(failed), "worst": worst[0] if worst else None,
-                     "worst_case": worst[1] if worst else "", "failed_cases": failed})
+    verdicts.append(
+        {
+            "target": "ours costs less than each peer (every model and mode, both mask modes)",
+            "measured": cases,
+            "met": cases - len(failed),
+            "worst": worst[0] if worst else None,
+            "worst_case": worst[1] if worst else "",
+            "failed_cases": failed,
+        }
+    )
     return verdicts
 
 
@@ -432,19 +542,23 @@ def _mb(v) -> str:
 def markdown(result: dict) -> str:
     env, rows = result["environment"], result["rows"]
     setup = result["setup"]
-    lines = [f"Training-step overhead of DropBlock (`python -m benchmarks.train_step`), measured on "
-             f"{env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, timm "
-             f"{env['timm']}, torchvision {env['torchvision']}, commit {env['git_commit']}, {env['timestamp']}, "
-             f"{env['wall_s']:.0f} s.", "",
-             f"Batch {setup['batch']} of {setup['image_size']}x{setup['image_size']} images, "
-             f"{setup['dtype']}{' (autocast)' if setup['dtype'] != 'float32' else ''}, {setup['memory_format']}, "
-             f"SGD with momentum; {result['config']['rounds']} interleaved rounds; torch.compile ("
-             f"{', '.join(result['config']['compile_models'] or result['models'])}): "
-             f"{result['config']['compile_scope']} scope, {result['config']['compile_backend']} backend, "
-             "timed after its compilation. "
-             "overhead = median over the rounds of (step / no-DropBlock step of the same round - 1), "
-             "[25th, 75th percentile]; saved = bytes the DropBlock layers keep for backward (eager), "
-             "extra = what the whole step keeps beyond the no-DropBlock step.", ""]
+    lines = [
+        f"Training-step overhead of DropBlock (`python -m benchmarks.train_step`), measured on "
+        f"{env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, timm "
+        f"{env['timm']}, torchvision {env['torchvision']}, commit {env['git_commit']}, {env['timestamp']}, "
+        f"{env['wall_s']:.0f} s.",
+        "",
+        f"Batch {setup['batch']} of {setup['image_size']}x{setup['image_size']} images, "
+        f"{setup['dtype']}{' (autocast)' if setup['dtype'] != 'float32' else ''}, {setup['memory_format']}, "
+        f"SGD with momentum; {result['config']['rounds']} interleaved rounds; torch.compile ("
+        f"{', '.join(result['config']['compile_models'] or result['models'])}): "
+        f"{result['config']['compile_scope']} scope, {result['config']['compile_backend']} backend, "
+        "timed after its compilation. "
+        "overhead = median over the rounds of (step / no-DropBlock step of the same round - 1), "
+        "[25th, 75th percentile]; saved = bytes the DropBlock layers keep for backward (eager), "
+        "extra = what the whole step keeps beyond the no-DropBlock step.",
+        "",
+    ]
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
     head = ["model", "implementation", "masks"]
     for m in modes:
@@ -457,8 +571,9 @@ def markdown(result: dict) -> str:
         head += [f"{m} peak MB" for m in modes]
     head.append("note")
     lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join("---" if h in ("model", "implementation", "masks", "note") else "---:"
-                                for h in head) + "|")
+    lines.append(
+        "|" + "|".join("---" if h in ("model", "implementation", "masks", "note") else "---:" for h in head) + "|"
+    )
     by = {(r["model"], r["variant"], r["mode"]): r for r in rows}
     for model in dict.fromkeys(r["model"] for r in rows):
         for variant in dict.fromkeys(r["variant"] for r in rows if r["model"] == model):
@@ -469,13 +584,23 @@ def markdown(result: dict) -> str:
                 r = by.get((model, variant, m), {})
                 if r.get("status", "ok") != "ok":
                     notes.append(f"{m}: {r['status']}: {r['reason']}")
-                over = "-" if variant == "none" else (
-                    f"{fmt(r.get('overhead_pct'), '{:+.1f}')} [{fmt(r.get('overhead_q25_pct'), '{:+.1f}')}, "
-                    f"{fmt(r.get('overhead_q75_pct'), '{:+.1f}')}]" if "overhead_pct" in r else "-")
+                over = (
+                    "-"
+                    if variant == "none"
+                    else (
+                        f"{fmt(r.get('overhead_pct'), '{:+.1f}')} [{fmt(r.get('overhead_q25_pct'), '{:+.1f}')}, "
+                        f"{fmt(r.get('overhead_q75_pct'), '{:+.1f}')}]"
+                        if "overhead_pct" in r
+                        else "-"
+                    )
+                )
                 cells += [fmt(r.get("step_ms"), "{:.1f}"), over]
             saved = first.get("dropblock_saved_bytes", float("nan"))
-            cells.append("-" if variant == "none" else
-                         f"{_mb(saved)} ({fmt(first.get('dropblock_saved_bytes_per_elem'), '{:.3g}')})")
+            cells.append(
+                "-"
+                if variant == "none"
+                else f"{_mb(saved)} ({fmt(first.get('dropblock_saved_bytes_per_elem'), '{:.3g}')})"
+            )
             cells.append("-" if variant == "none" else _mb(first.get("step_saved_extra_bytes", float("nan"))))
             if "compile" in modes:
                 cells.append(fmt(by.get((model, variant, "compile"), {}).get("compile_s"), "{:.1f}"))
@@ -489,8 +614,10 @@ def markdown(result: dict) -> str:
     for v in result["targets"]:
         status = "not measured" if not v["measured"] else ("MET" if v["met"] == v["measured"] else "NOT MET")
         worst = f"; worst {fmt(v['worst'], '{:+.1f}')} pp ({v['worst_case']})" if v["worst"] is not None else ""
-        lines.append(f"- {status}: {v['target']}: {v['met']} of {v['measured']}{worst}"
-                     + (f"; failed: {', '.join(v['failed_cases'])}" if v["failed_cases"] and status != "MET" else ""))
+        lines.append(
+            f"- {status}: {v['target']}: {v['met']} of {v['measured']}{worst}"
+            + (f"; failed: {', '.join(v['failed_cases'])}" if v["failed_cases"] and status != "MET" else "")
+        )
     lines.append("")
     lines.append("Models: " + "; ".join(f"`{k}`: {MODELS[k].description}" for k in result["models"]) + ".")
     for note in result.get("skipped", []):
@@ -508,8 +635,13 @@ def write_plot(result: dict, path: str) -> bool:
     modes = [m for m in MODES if any(r["mode"] == m for r in result["rows"])] or ["eager"]
     variants = [v for v in VARIANTS if v != "none" and any(r["variant"] == v for r in result["rows"])]
     per_mode = {m: list(dict.fromkeys(r["model"] for r in result["rows"] if r["mode"] == m)) for m in modes}
-    fig, axes = plt.subplots(1, len(modes), figsize=(4 + 2.2 * sum(max(1, len(v)) for v in per_mode.values()), 4.8),
-                             squeeze=False, gridspec_kw={"width_ratios": [max(1, len(per_mode[m])) for m in modes]})
+    fig, axes = plt.subplots(
+        1,
+        len(modes),
+        figsize=(4 + 2.2 * sum(max(1, len(v)) for v in per_mode.values()), 4.8),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [max(1, len(per_mode[m])) for m in modes]},
+    )
     width = 0.8 / max(len(variants), 1)
     for ax, mode in zip(axes[0], modes):
         models = per_mode[mode]
@@ -520,14 +652,25 @@ def write_plot(result: dict, path: str) -> bool:
                 values.append(r["overhead_pct"] if r else float("nan"))
                 low.append(r["overhead_pct"] - r["overhead_q25_pct"] if r else 0.0)
                 high.append(r["overhead_q75_pct"] - r["overhead_pct"] if r else 0.0)
-            ax.bar(xs, values, width=width, yerr=[low, high], capsize=2,
-                   label=f"{VARIANTS[variant][0]} [{VARIANTS[variant][1]}]")
+            ax.bar(
+                xs,
+                values,
+                width=width,
+                yerr=[low, high],
+                capsize=2,
+                label=f"{VARIANTS[variant][0]} [{VARIANTS[variant][1]}]",
+            )
         limit = TARGETS.get(mode)
         if limit is not None:
             ax.axhline(limit, color="gray", linestyle="--", linewidth=0.8)
         ax.set_yscale("symlog", linthresh=2.0, linscale=1.0)  # linear within +-2%, logarithmic beyond
-        reporting.style_bar_axis(ax, models, ylabel="training-step overhead over no DropBlock, %",
-                                 title=f"{mode} (dashed: the target for ours)", baseline=0.0)
+        reporting.style_bar_axis(
+            ax,
+            models,
+            ylabel="training-step overhead over no DropBlock, %",
+            title=f"{mode} (dashed: the target for ours)",
+            baseline=0.0,
+        )
     reporting.legend_below(fig, axes[0][0])
     reporting.save_figure(fig, path, "DropBlock in a training step", result["environment"], rect=(0, 0.1, 1, 0.95))
     return True
@@ -536,6 +679,7 @@ def write_plot(result: dict, path: str) -> bool:
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Config:
@@ -610,9 +754,14 @@ def plan(cfg: Config) -> Tuple[Setup, List[str]]:
         skipped.append("compile: torch.compile not available")
         cfg.modes = [m for m in cfg.modes if m != "compile"]
     autocast = cfg.autocast if cfg.autocast is not None else ("bfloat16" if cuda else "float32")
-    setup = Setup(device, cfg.batch if cfg.batch is not None else (128 if cuda else 2), cfg.image_size, cfg.classes,
-                  None if autocast == "float32" else getattr(torch, autocast),
-                  cfg.channels_last if cfg.channels_last is not None else cuda)
+    setup = Setup(
+        device,
+        cfg.batch if cfg.batch is not None else (128 if cuda else 2),
+        cfg.image_size,
+        cfg.classes,
+        None if autocast == "float32" else getattr(torch, autocast),
+        cfg.channels_last if cfg.channels_last is not None else cuda,
+    )
     return setup, skipped
 
 
@@ -647,11 +796,20 @@ def run_train_step(cfg: Config) -> dict:
         torch.backends.cudnn.benchmark = previous[1]
     env = environment(device, threads)
     env["wall_s"] = round(time.perf_counter() - wall0, 2)
-    result = {"environment": env, "config": reporting.json_clean(asdict(cfg)), "models": list(cfg.models),
-              "setup": {"batch": setup.batch, "image_size": setup.image_size,
-                        "dtype": str(setup.autocast or torch.float32).replace("torch.", ""),
-                        "memory_format": "channels_last" if setup.channels_last else "contiguous"},
-              "skipped": skipped, "targets": target_verdicts(rows), "rows": rows}
+    result = {
+        "environment": env,
+        "config": reporting.json_clean(asdict(cfg)),
+        "models": list(cfg.models),
+        "setup": {
+            "batch": setup.batch,
+            "image_size": setup.image_size,
+            "dtype": str(setup.autocast or torch.float32).replace("torch.", ""),
+            "memory_format": "channels_last" if setup.channels_last else "contiguous",
+        },
+        "skipped": skipped,
+        "targets": target_verdicts(rows),
+        "rows": rows,
+    }
     reporting.write_results(cfg.out, "train_step", result, rows, CSV_FIELDS, markdown(result), write_plot, cfg.quiet)
     return result
 
@@ -663,28 +821,58 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
     cli.add_quick(ap, f"one model ({','.join(QUICK_MODELS)}), eager only")
     cli.add_device(ap)
-    ap.add_argument("--models", type=cli.names, default=None,
-                    help=f"comma-separated, of {', '.join(MODELS)} (default {','.join(DEFAULT_MODELS)}; "
-                         f"{','.join(QUICK_MODELS)} with --quick)")
-    ap.add_argument("--variants", type=cli.names, default=list(DEFAULT_VARIANTS),
-                    help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
+    ap.add_argument(
+        "--models",
+        type=cli.names,
+        default=None,
+        help=f"comma-separated, of {', '.join(MODELS)} (default {','.join(DEFAULT_MODELS)}; "
+        f"{','.join(QUICK_MODELS)} with --quick)",
+    )
+    ap.add_argument(
+        "--variants",
+        type=cli.names,
+        default=list(DEFAULT_VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})",
+    )
     ap.add_argument("--modes", type=cli.names, default=None, help="eager,compile (default both; eager with --quick)")
     ap.add_argument("--batch", type=int, default=None, help="default 2 on the CPU, 128 on CUDA (or what fits)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--p", type=float, default=PAPER_P, help="drop probability (timm's drop_block_rate too)")
-    ap.add_argument("--rounds", type=int, default=None,
-                    help=f"interleaved rounds (default 7 CPU, 20 CUDA; {cli.QUICK_REPEATS} with --quick)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"interleaved rounds (default 7 CPU, 20 CUDA; {cli.QUICK_REPEATS} with --quick)",
+    )
     cli.add_warmup(ap, 2, "steps of each (variant, mode)", quick=1)
-    ap.add_argument("--compile-models", type=cli.names, default=None,
-                    help="the models also measured compiled (default: all on CUDA, " + ",".join(CPU_COMPILE_MODELS)
-                         + " on the CPU; 'all' for all)")
-    ap.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
-                    help="torch.compile every residual block (default) or the whole model")
+    ap.add_argument(
+        "--compile-models",
+        type=cli.names,
+        default=None,
+        help="the models also measured compiled (default: all on CUDA, "
+        + ",".join(CPU_COMPILE_MODELS)
+        + " on the CPU; 'all' for all)",
+    )
+    ap.add_argument(
+        "--compile-scope",
+        choices=("blocks", "model"),
+        default="blocks",
+        help="torch.compile every residual block (default) or the whole model",
+    )
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
-    ap.add_argument("--autocast", choices=("float32", "bfloat16", "float16"), default=None,
-                    help="autocast dtype (default bfloat16 on CUDA; float32 = off, the CPU default)")
-    ap.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                    help="channels_last model and input (the CUDA default)")
+    ap.add_argument(
+        "--autocast",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="autocast dtype (default bfloat16 on CUDA; float32 = off, the CPU default)",
+    )
+    ap.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action="store_true",
+        default=None,
+        help="channels_last model and input (the CUDA default)",
+    )
     ap.add_argument("--contiguous", dest="channels_last", action="store_false", help="contiguous (the CPU default)")
     cli.add_threads(ap)
     ap.add_argument("--seed", type=int, default=0, help="of the weights and the batch (default 0)")
@@ -695,15 +883,34 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
     # Without --quick the rounds stay unset: plan() gives the device's default.
     quick = dict(models=list(QUICK_MODELS), modes=["eager"], rounds=cli.QUICK_REPEATS, warmup=1)
-    args = cli.resolve_defaults(build_parser().parse_args(argv), quick=quick,
-                                full=dict(models=list(DEFAULT_MODELS), modes=list(MODES), rounds=None, warmup=2))
-    compile_models = () if args.compile_models is None else (None if args.compile_models == ["all"]
-                                                             else args.compile_models)
-    cfg = Config(device=args.device, models=args.models, compile_models=compile_models, variants=args.variants,
-                 modes=args.modes, batch=args.batch, image_size=args.image_size, p=args.p, rounds=args.rounds,
-                 warmup=args.warmup, compile_scope=args.compile_scope, compile_backend=args.compile_backend,
-                 autocast=args.autocast, channels_last=args.channels_last, threads=args.threads, seed=args.seed,
-                 out=args.out, progress=not args.no_progress)
+    args = cli.resolve_defaults(
+        build_parser().parse_args(argv),
+        quick=quick,
+        full=dict(models=list(DEFAULT_MODELS), modes=list(MODES), rounds=None, warmup=2),
+    )
+    compile_models = (
+        () if args.compile_models is None else (None if args.compile_models == ["all"] else args.compile_models)
+    )
+    cfg = Config(
+        device=args.device,
+        models=args.models,
+        compile_models=compile_models,
+        variants=args.variants,
+        modes=args.modes,
+        batch=args.batch,
+        image_size=args.image_size,
+        p=args.p,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        compile_scope=args.compile_scope,
+        compile_backend=args.compile_backend,
+        autocast=args.autocast,
+        channels_last=args.channels_last,
+        threads=args.threads,
+        seed=args.seed,
+        out=args.out,
+        progress=not args.no_progress,
+    )
     return cfg
 
 

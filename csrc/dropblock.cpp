@@ -22,12 +22,14 @@
 #endif
 
 TORCH_LIBRARY(dropblock_cuda, m) {
-  m.def("drop_block_mask(Tensor input, Tensor seed, Tensor p, int[] block_size, float eps, bool shared_channels)"
-        " -> (Tensor mask, Tensor scale)");
+  m.def(
+      "drop_block_mask(Tensor input, Tensor seed, Tensor p, int[] block_size, float eps, bool shared_channels)"
+      " -> (Tensor mask, Tensor scale)");
   m.def("drop_block_apply(Tensor input, Tensor mask, Tensor scale, bool shared_channels) -> Tensor");
   m.def("drop_block_apply_(Tensor(a!) input, Tensor mask, Tensor scale, bool shared_channels) -> ()");
-  m.def("_drop_block_train(Tensor input, float p, int[] block_size, float eps, bool shared_channels, "
-        "bool scale_by_keep) -> Tensor");
+  m.def(
+      "_drop_block_train(Tensor input, float p, int[] block_size, float eps, bool shared_channels, "
+      "bool scale_by_keep) -> Tensor");
 }
 
 #ifdef DROPBLOCK_PYTHON_MODULE

@@ -86,7 +86,7 @@ C10_HOST_DEVICE inline Philox4 philox4x32_10(uint64_t counter_lo, uint64_t count
   uint32_t c1 = static_cast<uint32_t>(counter_lo >> 32);
   uint32_t c2 = static_cast<uint32_t>(counter_hi);
   uint32_t c3 = static_cast<uint32_t>(counter_hi >> 32);
-DROPBLOCK_UNROLL
+  DROPBLOCK_UNROLL
   for (int round = 0; round < 10; ++round) {
     philox_round(c0, c1, c2, c3, philox_round_key_lo(key, round), philox_round_key_hi(key, round));
   }
@@ -178,7 +178,7 @@ C10_HOST_DEVICE inline CountTable make_count_table(double gamma, uint64_t* bound
   const double h = t.mirrored ? add_rn(1.0, -gamma) : gamma;  // exact for gamma > 1/2 (Sterbenz)
   const double q = add_rn(1.0, -h);
   double pmf = q;
-DROPBLOCK_UNROLL
+  DROPBLOCK_UNROLL
   for (int i = 0; i < 8; ++i) {
     pmf = mul_rn(pmf, pmf);  // q^256
   }
@@ -242,9 +242,7 @@ struct PositionDraw {
   int have;
   int need;
 
-  C10_HOST_DEVICE bool done() const {
-    return have >= need;
-  }
+  C10_HOST_DEVICE bool done() const { return have >= need; }
   // Takes the 4 candidate bytes of `word` in order.
   C10_HOST_DEVICE void take(uint32_t word) {
 #if defined(__CUDA_ARCH__) || defined(DROPBLOCK_CUDA_EMULATION)  // the emulation runs the device's form
@@ -254,7 +252,7 @@ struct PositionDraw {
     if (have >= need) {
       return;
     }
-DROPBLOCK_UNROLL
+    DROPBLOCK_UNROLL
     for (int j = 0; j < 4; ++j) {
       const uint32_t b = (word >> (8 * j)) & 0xFFu;
       const uint64_t bit = uint64_t(1) << (b & 63);
@@ -311,7 +309,7 @@ C10_HOST_DEVICE inline ChunkBits seeds_of_chunk(uint64_t chunk, PhiloxKey key, c
   PositionDraw d = start_position_draw(philox4x32_10(chunk, 0, key), bounds, t, count);
   for (uint64_t call = 1; !d.done(); ++call) {
     const Philox4 r = philox4x32_10(chunk, call, key);
-DROPBLOCK_UNROLL
+    DROPBLOCK_UNROLL
     for (int w = 0; w < 4; ++w) {
       d.take(r.word[w]);
     }
@@ -324,13 +322,9 @@ struct MaskGeometry {
   int64_t planes;
   int64_t size[kMaxSpatialDims];   // D, H, W
   int64_t block[kMaxSpatialDims];  // bd, bh, bw, each in [1, size]
-  C10_HOST_DEVICE int64_t plane_numel() const {
-    return size[0] * size[1] * size[2];
-  }
+  C10_HOST_DEVICE int64_t plane_numel() const { return size[0] * size[1] * size[2]; }
   // Number of positions along dimension d where a block fits.
-  C10_HOST_DEVICE int64_t seed_extent(int d) const {
-    return size[d] - block[d] + 1;
-  }
+  C10_HOST_DEVICE int64_t seed_extent(int d) const { return size[d] - block[d] + 1; }
 };
 
 // ---- the packed mask: bit g % 64 of 64-bit word g / 64 is the KEEP bit of logical index g ----
@@ -573,10 +567,9 @@ C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk
   }
   const int64_t H = s.size[1], W = s.size[2];
   const int64_t n = s.total - g0 < kChunk ? s.total - g0 : kChunk;
-  if (popcount64(seeds.w0) + popcount64(seeds.w1) + popcount64(seeds.w2) + popcount64(seeds.w3) <=
-      kSparseChunkSeeds) {
+  if (popcount64(seeds.w0) + popcount64(seeds.w1) + popcount64(seeds.w2) + popcount64(seeds.w3) <= kSparseChunkSeeds) {
     const uint64_t words[4] = {seeds.w0, seeds.w1, seeds.w2, seeds.w3};
-DROPBLOCK_UNROLL
+    DROPBLOCK_UNROLL
     for (int q = 0; q < 4; ++q) {
       for (uint64_t v = words[q]; v != 0; v &= v - 1) {
         const int64_t i = 64 * q + lowest_bit64(v);

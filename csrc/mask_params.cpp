@@ -76,14 +76,14 @@ double gamma_factor(const MaskGeometry& g) {
 std::optional<double> check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
                                       double eps) {
   TORCH_CHECK_VALUE(eps >= 0.0, "eps: expected a non-negative number, got ", eps);
-  TORCH_CHECK_VALUE(seed.dim() == 0 && seed.scalar_type() == at::kLong &&
-                        (seed.device() == input.device() || seed.device().is_cpu()),
-                    "seed: expected a 0-dim int64 tensor on the CPU or on the input's device (", input.device(),
-                    "), got ", seed.scalar_type(), " of shape ", seed.sizes(), " on ", seed.device());
-  TORCH_CHECK_VALUE(p.dim() == 0 && p.scalar_type() == at::kDouble &&
-                        (p.device() == input.device() || p.device().is_cpu()),
-                    "p: expected a 0-dim float64 tensor on the CPU or on the input's device (", input.device(),
-                    "), got ", p.scalar_type(), " of shape ", p.sizes(), " on ", p.device());
+  TORCH_CHECK_VALUE(
+      seed.dim() == 0 && seed.scalar_type() == at::kLong && (seed.device() == input.device() || seed.device().is_cpu()),
+      "seed: expected a 0-dim int64 tensor on the CPU or on the input's device (", input.device(), "), got ",
+      seed.scalar_type(), " of shape ", seed.sizes(), " on ", seed.device());
+  TORCH_CHECK_VALUE(
+      p.dim() == 0 && p.scalar_type() == at::kDouble && (p.device() == input.device() || p.device().is_cpu()),
+      "p: expected a 0-dim float64 tensor on the CPU or on the input's device (", input.device(), "), got ",
+      p.scalar_type(), " of shape ", p.sizes(), " on ", p.device());
   if (!p.device().is_cpu()) {
     return std::nullopt;
   }
@@ -100,8 +100,8 @@ void check_apply_args(const at::Tensor& input, const at::Tensor& mask, const at:
   check_input(input);
   TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte, "mask: expected uint8, got ", mask.scalar_type());
   TORCH_CHECK_TYPE(scale.scalar_type() == at::kDouble, "scale: expected float64, got ", scale.scalar_type());
-  TORCH_CHECK_VALUE(mask.device() == input.device(), "mask: expected a tensor on the input's device (",
-                    input.device(), "), got one on ", mask.device());
+  TORCH_CHECK_VALUE(mask.device() == input.device(), "mask: expected a tensor on the input's device (", input.device(),
+                    "), got one on ", mask.device());
   TORCH_CHECK_VALUE(scale.device() == input.device(), "scale: expected a tensor on the input's device (",
                     input.device(), "), got one on ", scale.device());
   TORCH_CHECK_VALUE(scale.numel() == 1, "scale: expected one element, got ", scale.numel());
@@ -119,8 +119,8 @@ void check_inplace_args(const at::Tensor& input, const at::Tensor& mask, const a
   // get_overlap_status says TooHard for tensors that are not dense even where their storages
   // differ: only tensors of one storage can overlap, and there anything but "No" is refused.
   const auto refuse_overlap = [&](const at::Tensor& other, const char* name) {
-    const bool same_storage = input.has_storage() && other.has_storage() &&
-                              input.storage().is_alias_of(other.storage());
+    const bool same_storage =
+        input.has_storage() && other.has_storage() && input.storage().is_alias_of(other.storage());
     TORCH_CHECK(!same_storage || at::get_overlap_status(input, other) == at::MemOverlapStatus::No,
                 "drop_block_apply_: ", name, " shares memory with the input, which is written before the ", name,
                 " is read; pass ", name, ".clone()");

@@ -22,8 +22,7 @@ double gamma_factor(const MaskGeometry& geometry);
 // Checks drop_block_mask's scalar arguments. `seed` and `p` may sit on the CPU whatever the
 // input's device (a CUDA kernel then takes them by value). Returns p's value, checked to lie in
 // [0, 1], when p is on the CPU (read once, here); nothing for a p on a device.
-std::optional<double> check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
-                                      double eps);
+std::optional<double> check_mask_args(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p, double eps);
 
 // Bytes of a packed keep mask of `bits` bits: whole 64-bit words (no overflow up to 2^63 - 1 bits).
 int64_t packed_mask_bytes(int64_t bits);

@@ -47,7 +47,7 @@ std::atomic<int>& mask_kernel_setting() {
   static std::atomic<int> setting{[] {
     const char* env = std::getenv("DROPBLOCK_CUDA_MASK_KERNEL");
     return static_cast<int>(env == nullptr || *env == '\0' ? CudaMaskKernel::kAuto
-                                                             : parse_mask_kernel(env, "DROPBLOCK_CUDA_MASK_KERNEL"));
+                                                           : parse_mask_kernel(env, "DROPBLOCK_CUDA_MASK_KERNEL"));
   }()};
   return setting;
 }

@@ -72,8 +72,14 @@ def _register_vmap(op: str):
 def _drop_block_mask_vmap(info, in_dims, input, seed, p, block_size, eps, shared_channels):
     masks, scales = [], []
     for index in range(info.batch_size):
-        mask, scale = _ops.drop_block_mask(_member(input, in_dims[0], index), _member(seed, in_dims[1], index),
-                                           _member(p, in_dims[2], index), block_size, eps, shared_channels)
+        mask, scale = _ops.drop_block_mask(
+            _member(input, in_dims[0], index),
+            _member(seed, in_dims[1], index),
+            _member(p, in_dims[2], index),
+            block_size,
+            eps,
+            shared_channels,
+        )
         masks.append(mask)
         scales.append(scale)
     return (torch.stack(masks), torch.stack(scales)), (0, 0)
@@ -82,8 +88,12 @@ def _drop_block_mask_vmap(info, in_dims, input, seed, p, block_size, eps, shared
 @_register_vmap("dropblock_cuda::drop_block_apply")
 def _drop_block_apply_vmap(info, in_dims, input, mask, scale, shared_channels):
     outputs = [
-        _ops.drop_block_apply(_member(input, in_dims[0], index), _member(mask, in_dims[1], index),
-                              _member(scale, in_dims[2], index), shared_channels)
+        _ops.drop_block_apply(
+            _member(input, in_dims[0], index),
+            _member(mask, in_dims[1], index),
+            _member(scale, in_dims[2], index),
+            shared_channels,
+        )
         for index in range(info.batch_size)
     ]
     return torch.stack(outputs), 0

@@ -60,11 +60,11 @@ def _packed_mask_bytes(bits):
 def _check_scalar(tensor, name, dtype, input):
     """What seed and p must be: 0-dim, of `dtype`, on the CPU or on the input's device."""
     torch._check_value(
-        tensor.dim() == 0
-        and tensor.dtype == dtype
-        and (tensor.device == input.device or tensor.device.type == "cpu"),
-        lambda: f"{name}: expected a 0-dim {str(dtype).split('.')[-1]} tensor on the CPU or on the input's device"
-        f" ({input.device}), got {_dtype_name(tensor)} of shape {list(tensor.shape)} on {tensor.device}",
+        tensor.dim() == 0 and tensor.dtype == dtype and (tensor.device == input.device or tensor.device.type == "cpu"),
+        lambda: (
+            f"{name}: expected a 0-dim {str(dtype).split('.')[-1]} tensor on the CPU or on the input's device"
+            f" ({input.device}), got {_dtype_name(tensor)} of shape {list(tensor.shape)} on {tensor.device}"
+        ),
     )
 
 
@@ -100,7 +100,9 @@ def _check_apply_args(input, mask, scale, shared_channels):
     torch._check_value(scale.numel() == 1, lambda: f"scale: expected one element, got {scale.numel()}")
     torch._check_value(
         mask.dim() == 1 and mask.is_contiguous(),
-        lambda: f"mask: expected a contiguous 1-d tensor, got shape {list(mask.shape)} with strides {list(mask.stride())}",
+        lambda: (
+            f"mask: expected a contiguous 1-d tensor, got shape {list(mask.shape)} with strides {list(mask.stride())}"
+        ),
     )
     expected = _packed_mask_bytes(_mask_bits(input, shared_channels))
     torch._check_value(

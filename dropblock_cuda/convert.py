@@ -38,14 +38,20 @@ def _from_torchvision(module: nn.Module, cls) -> nn.Module:
 def _from_timm(module: nn.Module, name: str) -> nn.Module:
     where = f" (module {name!r})" if name else ""
     if getattr(module, "with_noise", False):
-        raise ValueError(f"with_noise=True: timm's DropBlock2d fills the dropped blocks with noise; dropblock_cuda "
-                         f"has no equivalent{where}")
+        raise ValueError(
+            f"with_noise=True: timm's DropBlock2d fills the dropped blocks with noise; dropblock_cuda "
+            f"has no equivalent{where}"
+        )
     p = module.drop_prob if module.drop_prob else 0.0  # timm treats a falsy drop_prob as off
     try:
-        return DropBlock2d(p, module.block_size, bool(module.inplace),
-                           shared_channels=bool(getattr(module, "couple_channels", True)),
-                           gamma_scale=getattr(module, "gamma_scale", 1.0),
-                           scale_by_keep=bool(getattr(module, "scale_by_keep", True)))
+        return DropBlock2d(
+            p,
+            module.block_size,
+            bool(module.inplace),
+            shared_channels=bool(getattr(module, "couple_channels", True)),
+            gamma_scale=getattr(module, "gamma_scale", 1.0),
+            scale_by_keep=bool(getattr(module, "scale_by_keep", True)),
+        )
     except (TypeError, ValueError) as error:  # settings our modules refuse (p * gamma_scale > 1, ...)
         raise type(error)(f"{error}{where}") from error
 
@@ -106,8 +112,10 @@ def convert_dropblock(model: nn.Module) -> nn.Module:
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
         # A scripted or traced model's submodules are compiled code: nothing can be swapped in.
-        raise TypeError("model: a TorchScript module (torch.jit.script or torch.jit.trace) cannot be converted; "
-                        "convert the eager model first, then script it (dropblock_cuda's modules are scriptable)")
+        raise TypeError(
+            "model: a TorchScript module (torch.jit.script or torch.jit.trace) cannot be converted; "
+            "convert the eager model first, then script it (dropblock_cuda's modules are scriptable)"
+        )
     classes = (*_torchvision_classes(), _timm_class())
     new = _replacement(model, "", classes)
     if new is not None:

@@ -32,8 +32,9 @@ def _load_image(size: int) -> torch.Tensor:
     img = img[..., :3].permute(2, 0, 1)[None]
     h, w = img.shape[-2:]
     scale = size / min(h, w)
-    img = F.interpolate(img, size=(round(h * scale), round(w * scale)), mode="bilinear",
-                        antialias=True, align_corners=False)
+    img = F.interpolate(
+        img, size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True, align_corners=False
+    )
     return img.clamp(0.0, 1.0)
 
 
@@ -44,7 +45,7 @@ def _mosaic(planes: torch.Tensor, cols: int, gap: int = 2) -> torch.Tensor:
     out = torch.full((rows * (h + gap) - gap, cols * (w + gap) - gap), 0.5)
     for i in range(k):
         r, c = divmod(i, cols)
-        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = planes[i]
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = planes[i]
     return out
 
 
@@ -86,16 +87,17 @@ def make_figure(p: float = 0.25, block_sizes: Sequence[int] = (3, 7, 15), seed: 
         ax.imshow(shown[0].permute(1, 2, 0).numpy())
         ax.set_title(title, fontsize=10)
     flat = list(axes.flat)
-    for ax, (title, mask) in zip(flat[len(panels):],
-                                 ((f"Keep mask of a 1x16x56x56 feature map\nper channel (default), block 7, "
-                                   f"p={p:g}", per_channel),
-                                  (f"Keep mask of the same map\nshared_channels=True, block 7, p={p:g}", shared))):
+    for ax, (title, mask) in zip(
+        flat[len(panels) :],
+        (
+            (f"Keep mask of a 1x16x56x56 feature map\nper channel (default), block 7, p={p:g}", per_channel),
+            (f"Keep mask of the same map\nshared_channels=True, block 7, p={p:g}", shared),
+        ),
+    ):
         kept = mask.float().mean().item()
-        ax.imshow(_mosaic(mask[0].float(), cols=4).numpy(), cmap="gray", vmin=0.0, vmax=1.0,
-                  interpolation="nearest")
+        ax.imshow(_mosaic(mask[0].float(), cols=4).numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_title(f"{title}\n16 channels, white = kept ({kept:.0%})", fontsize=10)
-    fig.suptitle(f"Dropout vs DropBlock (dropblock_cuda), seed {seed}; dropped pixels are black",
-                 fontsize=12)
+    fig.suptitle(f"Dropout vs DropBlock (dropblock_cuda), seed {seed}; dropped pixels are black", fontsize=12)
     fig.tight_layout()
     del matplotlib
     return fig

@@ -121,8 +121,10 @@ def _check_scalars(p: float, eps: float, gamma_scale: float) -> None:
     _check_nonnegative_finite(eps, "eps")
     _check_nonnegative_finite(gamma_scale, "gamma_scale")
     if gamma_scale != 1.0 and p * gamma_scale > 1.0:
-        raise ValueError(f"gamma_scale: p * gamma_scale is the seed rate's drop probability and must be <= 1, "
-                         f"got p={p}, gamma_scale={gamma_scale}")
+        raise ValueError(
+            f"gamma_scale: p * gamma_scale is the seed rate's drop probability and must be <= 1, "
+            f"got p={p}, gamma_scale={gamma_scale}"
+        )
 
 
 def _in_onnx_export(compiling: bool) -> bool:
@@ -142,23 +144,36 @@ _train_op = torch.ops.dropblock_cuda._drop_block_train.default
 _train_op = getattr(_train_op, "_op", _train_op)
 
 
-def _takes_fast_path(input, p, inplace, eps, training, generator, gamma_scale, shared_channels, scale_by_keep,
-                     spatial_dims: int) -> bool:
+def _takes_fast_path(
+    input, p, inplace, eps, training, generator, gamma_scale, shared_channels, scale_by_keep, spatial_dims: int
+) -> bool:
     """Whether a call may go straight to `_drop_block_train`: plain values that pass every check, an
     eager training call that draws from the default generator, outside everything that needs the
     separate ops (torch.compile, whose Dynamo sees False at the first test and so never traces the
     others; torch.jit.trace, ONNX export, torch.func, forward AD, modes, tensor subclasses)."""
-    return (not torch.compiler.is_compiling()
-            and training is True and inplace is False and generator is None
-            and type(input) is Tensor and type(p) is float and 0.0 < p <= 1.0
-            and type(eps) is float and 0.0 <= eps < math.inf
-            and type(gamma_scale) is float and gamma_scale == 1.0
-            and type(shared_channels) is bool and type(scale_by_keep) is bool
-            and input.dtype in _KERNEL_DTYPES and input.dim() == spatial_dims + 2
-            and _torch_C._get_tracing_state() is None
-            and not _torch_C._are_functorch_transforms_active() and _forward_ad._current_level < 0
-            and not _torch_C._is_torch_function_mode_enabled() and _torch_C._len_torch_dispatch_stack() == 0
-            and not _in_onnx_export(False))
+    return (
+        not torch.compiler.is_compiling()
+        and training is True
+        and inplace is False
+        and generator is None
+        and type(input) is Tensor
+        and type(p) is float
+        and 0.0 < p <= 1.0
+        and type(eps) is float
+        and 0.0 <= eps < math.inf
+        and type(gamma_scale) is float
+        and gamma_scale == 1.0
+        and type(shared_channels) is bool
+        and type(scale_by_keep) is bool
+        and input.dtype in _KERNEL_DTYPES
+        and input.dim() == spatial_dims + 2
+        and _torch_C._get_tracing_state() is None
+        and not _torch_C._are_functorch_transforms_active()
+        and _forward_ad._current_level < 0
+        and not _torch_C._is_torch_function_mode_enabled()
+        and _torch_C._len_torch_dispatch_stack() == 0
+        and not _in_onnx_export(False)
+    )
 
 
 def _drop_block_checked(
@@ -186,14 +201,15 @@ def _drop_block_checked(
     transformed = False
     if not torch.jit.is_scripting():
         if _in_onnx_export(compiling):
-            raise RuntimeError("DropBlock in training mode cannot be exported to ONNX (it draws a random mask "
-                               "with custom ops); call model.eval() before torch.onnx.export, where DropBlock "
-                               "is the identity")
+            raise RuntimeError(
+                "DropBlock in training mode cannot be exported to ONNX (it draws a random mask "
+                "with custom ops); call model.eval() before torch.onnx.export, where DropBlock "
+                "is the identity"
+            )
         transformed = not compiling and _functorch.transforms_active()
     if generator is None:
         # The literals are _KEY_LOW and _KEY_HIGH: TorchScript reads no module-level ints.
-        seed = torch.randint(-9223372036854775807 - 1, 9223372036854775807, (), dtype=torch.int64,
-                             device=input.device)
+        seed = torch.randint(-9223372036854775807 - 1, 9223372036854775807, (), dtype=torch.int64, device=input.device)
     else:
         seed = _draw_seed(input.device, generator)
     seed_p = p if gamma_scale == 1.0 else p * gamma_scale
@@ -250,8 +266,7 @@ def _traced_call(function, input, p, block_size, inplace, eps, training, extras)
     if extras["generator"] is not None:
         raise TypeError("generator: a torch.Generator cannot be recorded in a torch.fx graph; trace without it")
     del extras["generator"]
-    return input.tracer.create_proxy("call_function", function, (input, p, block_size, inplace, eps, training),
-                                     extras)
+    return input.tracer.create_proxy("call_function", function, (input, p, block_size, inplace, eps, training), extras)
 
 
 def _drop_block(
@@ -269,22 +284,49 @@ def _drop_block(
     spatial_dims: int,
 ) -> Tensor:
     """The eager entry of `function` (drop_block1d/2d/3d): the type checks, then `_drop_block_checked`."""
-    if type(block_size) is int and 1 <= block_size <= _MAX_BLOCK and _takes_fast_path(
-            input, p, inplace, eps, training, generator, gamma_scale, shared_channels, scale_by_keep, spatial_dims):
+    if (
+        type(block_size) is int
+        and 1 <= block_size <= _MAX_BLOCK
+        and _takes_fast_path(
+            input, p, inplace, eps, training, generator, gamma_scale, shared_channels, scale_by_keep, spatial_dims
+        )
+    ):
         return _train_op(input, p, [block_size] * spatial_dims, eps, shared_channels, scale_by_keep)
     if not isinstance(input, Tensor):
         if isinstance(input, torch.fx.Proxy):
-            return _traced_call(function, input, p, block_size, inplace, eps, training,
-                                dict(shared_channels=shared_channels, generator=generator, gamma_scale=gamma_scale,
-                                     scale_by_keep=scale_by_keep))
+            return _traced_call(
+                function,
+                input,
+                p,
+                block_size,
+                inplace,
+                eps,
+                training,
+                dict(
+                    shared_channels=shared_channels,
+                    generator=generator,
+                    gamma_scale=gamma_scale,
+                    scale_by_keep=scale_by_keep,
+                ),
+            )
         raise TypeError(f"input: expected a Tensor, got {type(input).__name__}")
     p = _check_real(p, "p")
     eps = _check_real(eps, "eps")
     gamma_scale = _check_real(gamma_scale, "gamma_scale")
     sizes = list(_check_block_size(block_size, spatial_dims))
-    return _drop_block_checked(input, p, sizes, _check_flag(inplace, "inplace"), eps, _check_flag(training, "training"),
-                               _check_flag(shared_channels, "shared_channels"), gamma_scale,
-                               _check_flag(scale_by_keep, "scale_by_keep"), spatial_dims, generator)
+    return _drop_block_checked(
+        input,
+        p,
+        sizes,
+        _check_flag(inplace, "inplace"),
+        eps,
+        _check_flag(training, "training"),
+        _check_flag(shared_channels, "shared_channels"),
+        gamma_scale,
+        _check_flag(scale_by_keep, "scale_by_keep"),
+        spatial_dims,
+        generator,
+    )
 
 
 _DOC = """Randomly zeroes contiguous blocks of a {dims}-d feature map (DropBlock, arXiv 1810.12890).
@@ -326,8 +368,20 @@ def drop_block1d(
     gamma_scale: float = 1.0,
     scale_by_keep: bool = True,
 ) -> Tensor:
-    return _drop_block(drop_block1d, input, p, block_size, inplace, eps, training, shared_channels, generator,
-                       gamma_scale, scale_by_keep, 1)
+    return _drop_block(
+        drop_block1d,
+        input,
+        p,
+        block_size,
+        inplace,
+        eps,
+        training,
+        shared_channels,
+        generator,
+        gamma_scale,
+        scale_by_keep,
+        1,
+    )
 
 
 def drop_block2d(
@@ -343,8 +397,20 @@ def drop_block2d(
     gamma_scale: float = 1.0,
     scale_by_keep: bool = True,
 ) -> Tensor:
-    return _drop_block(drop_block2d, input, p, block_size, inplace, eps, training, shared_channels, generator,
-                       gamma_scale, scale_by_keep, 2)
+    return _drop_block(
+        drop_block2d,
+        input,
+        p,
+        block_size,
+        inplace,
+        eps,
+        training,
+        shared_channels,
+        generator,
+        gamma_scale,
+        scale_by_keep,
+        2,
+    )
 
 
 def drop_block3d(
@@ -360,8 +426,20 @@ def drop_block3d(
     gamma_scale: float = 1.0,
     scale_by_keep: bool = True,
 ) -> Tensor:
-    return _drop_block(drop_block3d, input, p, block_size, inplace, eps, training, shared_channels, generator,
-                       gamma_scale, scale_by_keep, 3)
+    return _drop_block(
+        drop_block3d,
+        input,
+        p,
+        block_size,
+        inplace,
+        eps,
+        training,
+        shared_channels,
+        generator,
+        gamma_scale,
+        scale_by_keep,
+        3,
+    )
 
 
 drop_block1d.__doc__ = _DOC.format(dims=1, layout="(N, C, L)")

@@ -10,8 +10,17 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from .functional import (BlockSize, _check_block_size, _check_flag, _check_real, _check_scalars, _drop_block,
-                         _drop_block_checked, _takes_fast_path, _train_op)
+from .functional import (
+    BlockSize,
+    _check_block_size,
+    _check_flag,
+    _check_real,
+    _check_scalars,
+    _drop_block,
+    _drop_block_checked,
+    _takes_fast_path,
+    _train_op,
+)
 from .functional import drop_block1d, drop_block2d, drop_block3d
 
 
@@ -22,8 +31,17 @@ class _DropBlockNd(nn.Module):
     # TorchScript compiles properties unless told not to; forward reads _block_sizes instead.
     __jit_unused_properties__ = ["block_size"]
 
-    def __init__(self, p: float, block_size: BlockSize, inplace: bool = False, eps: float = 1e-06, *,
-                 shared_channels: bool = False, gamma_scale: float = 1.0, scale_by_keep: bool = True) -> None:
+    def __init__(
+        self,
+        p: float,
+        block_size: BlockSize,
+        inplace: bool = False,
+        eps: float = 1e-06,
+        *,
+        shared_channels: bool = False,
+        gamma_scale: float = 1.0,
+        scale_by_keep: bool = True,
+    ) -> None:
         super().__init__()
         # Public and plain, so that a scheduler can change p between steps; checked on every call.
         self.p = _check_real(p, "p")
@@ -66,20 +84,50 @@ class _DropBlockNd(nn.Module):
         if not torch.jit.is_scripting():  # TorchScript compiles the return below only
             # The settings are public and may have been reassigned: the fast path tests them on every
             # call, as the functions do, but the block sizes were checked when they were set.
-            if _takes_fast_path(input, self.p, self.inplace, self.eps, self.training, None, self.gamma_scale,
-                                self.shared_channels, self.scale_by_keep, self.spatial_dims):
-                return _train_op(input, self.p, self._block_sizes, self.eps, self.shared_channels,
-                                 self.scale_by_keep)
+            if _takes_fast_path(
+                input,
+                self.p,
+                self.inplace,
+                self.eps,
+                self.training,
+                None,
+                self.gamma_scale,
+                self.shared_channels,
+                self.scale_by_keep,
+                self.spatial_dims,
+            ):
+                return _train_op(input, self.p, self._block_sizes, self.eps, self.shared_channels, self.scale_by_keep)
             return self._eager_forward(input)
-        return _drop_block_checked(input, self.p, self._block_sizes, self.inplace, self.eps, self.training,
-                                   self.shared_channels, self.gamma_scale, self.scale_by_keep, self.spatial_dims)
+        return _drop_block_checked(
+            input,
+            self.p,
+            self._block_sizes,
+            self.inplace,
+            self.eps,
+            self.training,
+            self.shared_channels,
+            self.gamma_scale,
+            self.scale_by_keep,
+            self.spatial_dims,
+        )
 
     @torch.jit.unused
     def _eager_forward(self, input: Tensor) -> Tensor:
         # The block size as given: an int takes _check_block_size's fast path.
-        return _drop_block(type(self)._functional, input, self.p, self._block_size, self.inplace, self.eps,
-                           self.training, self.shared_channels, None, self.gamma_scale, self.scale_by_keep,
-                           self.spatial_dims)
+        return _drop_block(
+            type(self)._functional,
+            input,
+            self.p,
+            self._block_size,
+            self.inplace,
+            self.eps,
+            self.training,
+            self.shared_channels,
+            None,
+            self.gamma_scale,
+            self.scale_by_keep,
+            self.spatial_dims,
+        )
 
     def extra_repr(self) -> str:
         extras = ""
@@ -87,8 +135,10 @@ class _DropBlockNd(nn.Module):
             extras += f", gamma_scale={self.gamma_scale}"
         if not self.scale_by_keep:
             extras += ", scale_by_keep=False"
-        return (f"p={self.p}, block_size={self.block_size}, inplace={self.inplace}, eps={self.eps}, "
-                f"shared_channels={self.shared_channels}{extras}")
+        return (
+            f"p={self.p}, block_size={self.block_size}, inplace={self.inplace}, eps={self.eps}, "
+            f"shared_channels={self.shared_channels}{extras}"
+        )
 
 
 class DropBlock1d(_DropBlockNd):

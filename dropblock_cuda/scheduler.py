@@ -51,8 +51,10 @@ class LinearScheduler:
         self.total_steps = _check_total_steps(total_steps)
         self.modules: List[_DropBlockNd] = [m for m in model.modules() if isinstance(m, _DropBlockNd)]
         if not self.modules:
-            raise ValueError("model: has no DropBlock module (dropblock_cuda.DropBlock1d/2d/3d) to schedule; "
-                             "convert torchvision's or timm's with dropblock_cuda.convert_dropblock first")
+            raise ValueError(
+                "model: has no DropBlock module (dropblock_cuda.DropBlock1d/2d/3d) to schedule; "
+                "convert torchvision's or timm's with dropblock_cuda.convert_dropblock first"
+            )
         self.last_step = 0
         self._apply()
 
@@ -75,8 +77,12 @@ class LinearScheduler:
         return self.p
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"last_step": self.last_step, "start_p": self.start_p, "stop_p": self.stop_p,
-                "total_steps": self.total_steps}
+        return {
+            "last_step": self.last_step,
+            "start_p": self.start_p,
+            "stop_p": self.stop_p,
+            "total_steps": self.total_steps,
+        }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores a :meth:`state_dict` and sets the modules' ``p`` to the restored step's value."""
@@ -93,6 +99,8 @@ class LinearScheduler:
         self._apply()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(start_p={self.start_p}, stop_p={self.stop_p}, "
-                f"total_steps={self.total_steps}, last_step={self.last_step}, p={self.p}, "
-                f"modules={len(self.modules)})")
+        return (
+            f"{type(self).__name__}(start_p={self.start_p}, stop_p={self.stop_p}, "
+            f"total_steps={self.total_steps}, last_step={self.last_step}, p={self.p}, "
+            f"modules={len(self.modules)})"
+        )

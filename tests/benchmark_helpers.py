@@ -34,8 +34,18 @@ def assert_png(path) -> None:
 # --------------------------------------------------------------------------------------------
 
 # benchmarks/gpu_check.sh's steps in the order it runs them; the optional ones run when time allows.
-GPU_CHECK_STEPS = ["build", "tests_cuda", "bench", "memcheck", "racecheck", "tests_ecosystem", "bench_peers",
-                   "train_step", "bench_compiled", "train_step_compiled"]
+GPU_CHECK_STEPS = [
+    "build",
+    "tests_cuda",
+    "bench",
+    "memcheck",
+    "racecheck",
+    "tests_ecosystem",
+    "bench_peers",
+    "train_step",
+    "bench_compiled",
+    "train_step_compiled",
+]
 GPU_CHECK_OPTIONAL = ["racecheck", "train_step", "bench_compiled", "train_step_compiled"]
 GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
 
@@ -43,8 +53,9 @@ GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
 def gpu_check(tmp_path, *args, **env):
     """Runs gpu_check.sh in tmp_path with `env` added (strings); returns the CompletedProcess."""
     env = dict(os.environ, TMPDIR=str(tmp_path), **env)
-    return subprocess.run(["bash", str(GPU_CHECK), *args], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        ["bash", str(GPU_CHECK), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
 
 
 def summary_lines(summary):

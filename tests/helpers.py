@@ -68,12 +68,15 @@ def assert_equal(actual, expected):
         return
     actual = actual.detach().cpu()
     expected = expected.detach().cpu()
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype, \
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
         f"shape/dtype {tuple(actual.shape)} {actual.dtype} vs {tuple(expected.shape)} {expected.dtype}"
+    )
     where = (actual != expected).nonzero()  # NaN differs from NaN, as in torch.equal
     first = tuple(where[0].tolist())
-    raise AssertionError(f"{len(where)} of {actual.numel()} elements differ; first at {first}: "
-                         f"{actual[first].item()!r} vs {expected[first].item()!r}")
+    raise AssertionError(
+        f"{len(where)} of {actual.numel()} elements differ; first at {first}: "
+        f"{actual[first].item()!r} vs {expected[first].item()!r}"
+    )
 
 
 # Memory layouts of the apply tests (make_input). "offsetK" is contiguous memory K elements past an
@@ -130,4 +133,3 @@ def mask_of(x, key, p, block_size, shared_channels=False, eps=1e-6):
 
 def reference_mask(shape, key, p, block_size, shared_channels=False):
     return keep_mask(tuple(shape), tuple(block_size), p, key, shared_channels)
-

@@ -21,9 +21,27 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 # (N, C, *spatial): plane sizes 1, 5, 15/16/17, 63/64/65, 99, 120, 127/128/129, and 1089 (C = 1).
-SHAPES = [(1, 1, 1), (2, 3, 1, 1), (2, 3, 5), (2, 5, 15), (2, 5, 16), (2, 5, 17), (1, 1, 63), (1, 1, 64),
-          (1, 1, 65), (2, 4, 9, 7), (3, 7, 8, 8), (2, 3, 13, 5), (2, 70, 9, 11), (2, 3, 4, 5, 6), (1, 2, 127),
-          (4, 2, 128), (1, 2, 129), (1, 1, 33, 33), (3, 40, 7, 7)]
+SHAPES = [
+    (1, 1, 1),
+    (2, 3, 1, 1),
+    (2, 3, 5),
+    (2, 5, 15),
+    (2, 5, 16),
+    (2, 5, 17),
+    (1, 1, 63),
+    (1, 1, 64),
+    (1, 1, 65),
+    (2, 4, 9, 7),
+    (3, 7, 8, 8),
+    (2, 3, 13, 5),
+    (2, 70, 9, 11),
+    (2, 3, 4, 5, 6),
+    (1, 2, 127),
+    (4, 2, 128),
+    (1, 2, 129),
+    (1, 1, 33, 33),
+    (3, 40, 7, 7),
+]
 OFFSETS = [0, 1, 3]  # elements past the start of a fresh allocation: unaligned vectors
 
 
@@ -39,11 +57,33 @@ def specials(dtype):
     elif dtype == torch.bfloat16:
         raw = [0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0x7F81, 0xFFC1, 0x7F7F, 0x0001, 0x807F, 0x3F80]
     elif dtype == torch.float32:
-        raw = [0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFC12345, 0x7F7FFFFF,
-               0x00000001, 0x807FFFFF, 0x3F800000]
+        raw = [
+            0x00000000,
+            0x80000000,
+            0x7F800000,
+            0xFF800000,
+            0x7FC00000,
+            0x7F800001,
+            0xFFC12345,
+            0x7F7FFFFF,
+            0x00000001,
+            0x807FFFFF,
+            0x3F800000,
+        ]
     else:
-        raw = [0, 1 << 63, 0x7FF0 << 48, 0xFFF0 << 48, 0x7FF8 << 48, (0x7FF0 << 48) | 1, 0x7FFF_FFFF_FFFF_FFFF,
-               0x7FEF_FFFF_FFFF_FFFF, 1, 0x8000_0000_0000_0001, 0x3FF0 << 48]
+        raw = [
+            0,
+            1 << 63,
+            0x7FF0 << 48,
+            0xFFF0 << 48,
+            0x7FF8 << 48,
+            (0x7FF0 << 48) | 1,
+            0x7FFF_FFFF_FFFF_FFFF,
+            0x7FEF_FFFF_FFFF_FFFF,
+            1,
+            0x8000_0000_0000_0001,
+            0x3FF0 << 48,
+        ]
     int_dtype = INT_VIEW[torch.empty((), dtype=dtype).element_size()]
     wrap = {torch.int16: 1 << 16, torch.int32: 1 << 32, torch.int64: 1 << 64}[int_dtype]
     signed = [v - wrap if v >= wrap // 2 else v for v in raw]
@@ -105,8 +145,15 @@ def cases():
                 mask, _ = make_mask(shape, shared, kind, seed=i)
                 scale = (1.0, 1.2345678901234, 3e4)[i % 3]  # 3e4 overflows half: kept values become inf
                 name = f"{tuple(shape)}-{str(dtype)[6:]}-{'shared' if shared else 'per_channel'}-off{offset}-{kind}"
-                out.append((name, make_input(shape, dtype, offset, seed=i), mask,
-                            torch.tensor(scale, dtype=torch.float64), shared))
+                out.append(
+                    (
+                        name,
+                        make_input(shape, dtype, offset, seed=i),
+                        mask,
+                        torch.tensor(scale, dtype=torch.float64),
+                        shared,
+                    )
+                )
     return out
 
 
@@ -144,8 +191,9 @@ def test_nan_products_are_c10s_nan():
         expected = torch.tensor([v - (1 << 16) if v >= 1 << 15 else v for v in nan_bits] * 25, dtype=torch.int16)
         assert torch.equal(bits_of(y).flatten(), expected)
     x = torch.tensor([0x7F800001, 0x7FC12345, 0xFF812345 - (1 << 32)], dtype=torch.int32).view(torch.float32).repeat(30)
-    y = ops.drop_block_apply(x.view(1, 1, 90), torch.full((16,), 255, dtype=torch.uint8),
-                             torch.tensor(3.0, dtype=torch.float64), False)
+    y = ops.drop_block_apply(
+        x.view(1, 1, 90), torch.full((16,), 255, dtype=torch.uint8), torch.tensor(3.0, dtype=torch.float64), False
+    )
     quieted = torch.tensor([0x7FC00001, 0x7FC12345, 0xFFC12345 - (1 << 32)], dtype=torch.int32).repeat(30)
     assert torch.equal(bits_of(y).flatten(), quieted)
 
@@ -171,9 +219,13 @@ def test_avx512_and_generic_kernels_agree_bit_for_bit(tmp_path):
     # Where the CPU has no AVX-512 both runs take the generic kernels and agree trivially.
     all_cases = cases()
     torch.save(all_cases, tmp_path / "cases.pt")
-    run = subprocess.run([sys.executable, "-c", RUN_GENERIC, str(tmp_path / "cases.pt"), str(tmp_path / "out.pt")],
-                         env=env_finding_package(DROPBLOCK_CPU_APPLY="generic"), cwd=tmp_path, capture_output=True,
-                         text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", RUN_GENERIC, str(tmp_path / "cases.pt"), str(tmp_path / "out.pt")],
+        env=env_finding_package(DROPBLOCK_CPU_APPLY="generic"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     generic = torch.load(tmp_path / "out.pt")
     for (name, x, mask, scale, shared), (y_generic, inplace_generic, cl_generic) in zip(all_cases, generic):
@@ -199,16 +251,23 @@ def test_the_layouts_agree_with_the_contiguous_kernel():
 
 @pytest.mark.parametrize("value, ok", [("auto", True), ("", True), ("generic", True), ("avx2", False)])
 def test_the_kernel_setting_is_checked(value, ok, tmp_path):
-    code = ("import torch, dropblock_cuda\n"
-            "x = torch.ones(2, 3, 5)\n"
-            "try:\n"
-            "    y = torch.ops.dropblock_cuda.drop_block_apply(x, torch.full((8,), 255, dtype=torch.uint8),"
-            " torch.tensor(2.0, dtype=torch.float64), False)\n"
-            "    print('ok', float(y.sum()))\n"
-            "except ValueError as e:\n"
-            "    print('ValueError', e)\n")
-    run = subprocess.run([sys.executable, "-c", code], env=env_finding_package(DROPBLOCK_CPU_APPLY=value), cwd=tmp_path,
-                         capture_output=True, text=True)
+    code = (
+        "import torch, dropblock_cuda\n"
+        "x = torch.ones(2, 3, 5)\n"
+        "try:\n"
+        "    y = torch.ops.dropblock_cuda.drop_block_apply(x, torch.full((8,), 255, dtype=torch.uint8),"
+        " torch.tensor(2.0, dtype=torch.float64), False)\n"
+        "    print('ok', float(y.sum()))\n"
+        "except ValueError as e:\n"
+        "    print('ValueError', e)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env_finding_package(DROPBLOCK_CPU_APPLY=value),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     if ok:
         assert run.stdout.startswith("ok 60.0"), run.stdout

@@ -20,17 +20,33 @@ RESULTS_CSV_COLUMNS = (
     "section,device,shape,batch,dtype,block_size,p,impl,label,masks,status,reason,warning,drop_frac,scale,fwd_ms,"
     "fwd_min_ms,fwd_repeats,fwd_vs_ours,fwd_vs_floor,fwdbwd_ms,fwdbwd_min_ms,fwdbwd_repeats,fwdbwd_vs_ours,"
     "fwdbwd_vs_floor,compared_with,saved_bytes_per_elem,gpu_held_bytes_per_elem,gpu_peak_bytes_per_elem,compile_s,"
-    "note").split(",")
-RESULTS_JSON_KEYS = {"batch", "config", "environment", "files", "headline", "impls", "repeats", "rows", "skipped",
-                     "summary"}
+    "note"
+).split(",")
+RESULTS_JSON_KEYS = {
+    "batch",
+    "config",
+    "environment",
+    "files",
+    "headline",
+    "impls",
+    "repeats",
+    "rows",
+    "skipped",
+    "summary",
+}
 
 
 def test_failed_implementation_is_reported_not_timed():
-    bad = peers.Impl("bad", "doubles everything", False, lambda p, b, dt, dev: (lambda x: x * 2))
-    ours = peers.Impl("ours", "dropblock_cuda", False,
-                      lambda p, b, dt, dev: (lambda x: dropblock_cuda.drop_block2d(x, p, b)))
-    rows = bm.measure_config([ours, bad], bm.Case((2, 4, 12, 12), torch.float32, 3, 0.2), torch.device("cpu"),
-                             Timing(repeats=1, warmup=0, max_time_s=0.1))
+    bad = peers.Impl("bad", "doubles everything", False, lambda p, b, dt, dev: lambda x: x * 2)
+    ours = peers.Impl(
+        "ours", "dropblock_cuda", False, lambda p, b, dt, dev: lambda x: dropblock_cuda.drop_block2d(x, p, b)
+    )
+    rows = bm.measure_config(
+        [ours, bad],
+        bm.Case((2, 4, 12, 12), torch.float32, 3, 0.2),
+        torch.device("cpu"),
+        Timing(repeats=1, warmup=0, max_time_s=0.1),
+    )
     by = {r["impl"]: r for r in rows}
     assert by["ours"]["status"] == "ok" and by["ours"]["fwd_ms"] > 0
     assert by["bad"]["status"] == "FAILED" and by["bad"]["reason"]
@@ -47,9 +63,20 @@ def test_registry_lists_ours_in_both_modes_and_notes_what_it_leaves_out():
 
 
 def _tiny_config(tmp_path, **kw):
-    base = dict(shapes=[(6, 12, 12), (1, 4, 9, 9)], dtypes=["float32"], block_sizes=[3], batch=2, repeats=1,
-                warmup=0, max_time_s=0.05, headline=False, compile=False, progress=False, quiet=True,
-                out=str(tmp_path))
+    base = dict(
+        shapes=[(6, 12, 12), (1, 4, 9, 9)],
+        dtypes=["float32"],
+        block_sizes=[3],
+        batch=2,
+        repeats=1,
+        warmup=0,
+        max_time_s=0.05,
+        headline=False,
+        compile=False,
+        progress=False,
+        quiet=True,
+        out=str(tmp_path),
+    )
     base.update(kw)
     return bm.Config(**base)
 
@@ -91,8 +118,25 @@ def test_plot_skips_cleanly_without_rows(tmp_path):
 
 def test_cli_quick_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(bm.HEADLINE, "shape", (2, 4, 14, 14))  # the headline path, on a tiny tensor
-    code = bm.main(["--quick", "--shapes", "4x12x12", "--batch", "2", "--repeats", "1", "--warmup", "0",
-                    "--no-compile", "--no-progress", "--threads", "1", "--out", str(tmp_path)])
+    code = bm.main(
+        [
+            "--quick",
+            "--shapes",
+            "4x12x12",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--no-compile",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "Headline" in out and "per_channel_fwd_over_floor" in out
@@ -101,16 +145,46 @@ def test_cli_quick_end_to_end(tmp_path, monkeypatch, capsys):
     assert {r["section"] for r in data["rows"]} == {"headline", "sweep"}
     assert {r["block_size"] for r in data["rows"] if r["section"] == "sweep"} == {7}
     assert (tmp_path / "results.csv").exists() and (tmp_path / "results.md").exists()
-    assert set(data["headline"]) == {"block_size", "device", "dtype", "not_ok", "p", "ratios", "ratios_of_min_times",
-                                     "shape", "targets", "threads", "times_ms"}
-    assert set(data["config"]) == {"batch", "block_sizes", "compile", "compile_static", "device", "dtypes", "headline",
-                                   "headline_repeats", "max_time_s", "only", "out", "p", "progress", "quiet",
-                                   "repeats", "seed", "shapes", "threads", "warmup"}
+    assert set(data["headline"]) == {
+        "block_size",
+        "device",
+        "dtype",
+        "not_ok",
+        "p",
+        "ratios",
+        "ratios_of_min_times",
+        "shape",
+        "targets",
+        "threads",
+        "times_ms",
+    }
+    assert set(data["config"]) == {
+        "batch",
+        "block_sizes",
+        "compile",
+        "compile_static",
+        "device",
+        "dtypes",
+        "headline",
+        "headline_repeats",
+        "max_time_s",
+        "only",
+        "out",
+        "p",
+        "progress",
+        "quiet",
+        "repeats",
+        "seed",
+        "shapes",
+        "threads",
+        "warmup",
+    }
 
 
 def test_parse_flags():
-    cfg = bm.config_from_args(["--shapes", "resnet50,3x8x8,1x2x5x5", "--block-sizes", "3,5", "--dtype",
-                               "bfloat16", "--device", "cpu"])
+    cfg = bm.config_from_args(
+        ["--shapes", "resnet50,3x8x8,1x2x5x5", "--block-sizes", "3,5", "--dtype", "bfloat16", "--device", "cpu"]
+    )
     assert list(cfg.shapes)[:4] == list(bm.RESNET50_STAGES)
     assert cfg.shapes[4:] == [(3, 8, 8), (1, 2, 5, 5)]
     assert cfg.block_sizes == [3, 5] and cfg.dtypes == ["bfloat16"]

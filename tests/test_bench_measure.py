@@ -44,6 +44,7 @@ def test_time_calls_stops_at_the_time_budget_after_the_minimum_repeats():
 
 class HostEvent:
     """torch.cuda.Event's timing interface on the host clock, and a log of what was recorded."""
+
     log = []
 
     def __init__(self, enable_timing=False):
@@ -51,6 +52,7 @@ class HostEvent:
 
     def record(self):
         import time
+
         self.time = time.perf_counter()
         HostEvent.log.append("record")
 
@@ -77,15 +79,16 @@ def test_interleaved_rounds_rotate_the_order_and_drop_the_warm_up():
     calls = {key: (lambda i, key=key: order.append((key, i))) for key in "abc"}
     rounds = []
     times = measure.interleaved_rounds(calls, 3, "cpu", on_round=rounds.append)
-    assert [key for key, _ in order] == list("abc" "bca" "cab")
+    assert [key for key, _ in order] == list("abcbcacab")
     assert rounds == [0, 1, 2] and {key: len(ms) for key, ms in times.items()} == {"a": 3, "b": 3, "c": 3}
 
 
 def test_interleaved_rounds_turns_of_several_calls():
     order = []
     calls = {key: (lambda i, key=key: order.append((key, i))) for key in "ab"}
-    times = measure.interleaved_rounds(calls, 2, "cpu", warmup_rounds=1, calls_per_turn=3, dropped_per_turn=1,
-                                       rotate=False)
+    times = measure.interleaved_rounds(
+        calls, 2, "cpu", warmup_rounds=1, calls_per_turn=3, dropped_per_turn=1, rotate=False
+    )
     # Round 0 warms up; each turn's first call is dropped: 2 timed rounds x 2 kept calls.
     assert {key: len(ms) for key, ms in times.items()} == {"a": 4, "b": 4}
     assert order[:6] == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
@@ -129,8 +132,9 @@ def test_writers(tmp_path):
     reporting.write_json({"x": float("nan")}, tmp_path / "t.json")
     assert json.loads((tmp_path / "t.json").read_text()) == {"x": None}
     result = {"environment": {"wall_s": 1.0}}
-    files = reporting.write_results(str(tmp_path / "out"), "stem", result, rows, ["a"], "# table\n",
-                                    lambda result, path: False, quiet=True)
+    files = reporting.write_results(
+        str(tmp_path / "out"), "stem", result, rows, ["a"], "# table\n", lambda result, path: False, quiet=True
+    )
     assert sorted(files) == ["csv", "json", "md"]  # no plot: said so in the result
     assert json.loads((tmp_path / "out" / "stem.json").read_text())["skipped"] == ["plot: matplotlib not installed"]
     assert (tmp_path / "out" / "stem.md").read_text() == "# table\n"
@@ -146,13 +150,29 @@ def test_progress_counts_and_stays_silent_when_disabled(capsys):
 
 def test_environment_names_the_machine_and_the_commit():
     env = environment(torch.device("cpu"), 2)
-    assert set(env) == {"device", "device_name", "torch", "torchvision", "timm", "dropblock", "dropblock_cuda",
-                        "python", "threads", "cpu_count", "git_commit", "timestamp"}
+    assert set(env) == {
+        "device",
+        "device_name",
+        "torch",
+        "torchvision",
+        "timm",
+        "dropblock",
+        "dropblock_cuda",
+        "python",
+        "threads",
+        "cpu_count",
+        "git_commit",
+        "timestamp",
+    }
     assert env["device"] == "cpu" and env["threads"] == 2 and env["torch"] == torch.__version__
 
 
-PARSERS = {"python -m benchmarks": bm.build_parser, "gpu_bench": gpu_bench.build_parser,
-           "train_step": ts.build_parser, "regularisation": regularisation.build_parser}
+PARSERS = {
+    "python -m benchmarks": bm.build_parser,
+    "gpu_bench": gpu_bench.build_parser,
+    "train_step": ts.build_parser,
+    "regularisation": regularisation.build_parser,
+}
 
 
 def _help(parser_factory):
@@ -164,8 +184,11 @@ def test_shared_flags_mean_one_thing_in_every_command(command):
     helps = _help(PARSERS[command])
     assert helps["quick"].startswith(f"smoke run: {cli.QUICK_REPEATS} repeats and ")
     assert helps["out"] == "output folder (default benchmarks/results)"
-    for dest, prefix in (("threads", "torch threads per process"), ("warmup", "untimed "),
-                         ("no_progress", "no progress bar")):
+    for dest, prefix in (
+        ("threads", "torch threads per process"),
+        ("warmup", "untimed "),
+        ("no_progress", "no progress bar"),
+    ):
         if dest in helps:
             assert helps[dest].startswith(prefix), (dest, helps[dest])
 
@@ -188,8 +211,12 @@ def test_quick_changes_defaults_never_an_explicit_flag():
     quick = ts.config_from_args(["--quick", "--models", "tv_resnet50", "--rounds", "5"])
     assert (quick.models, quick.modes, quick.rounds, quick.warmup) == (["tv_resnet50"], ["eager"], 5, 1)
     full = ts.config_from_args([])
-    assert (list(full.models), list(full.modes), full.rounds, full.warmup) == \
-        (list(ts.DEFAULT_MODELS), list(ts.MODES), None, 2)  # rounds: the device's default, set by plan()
+    assert (list(full.models), list(full.modes), full.rounds, full.warmup) == (
+        list(ts.DEFAULT_MODELS),
+        list(ts.MODES),
+        None,
+        2,
+    )  # rounds: the device's default, set by plan()
     assert regularisation.config_from_args(["--quick", "--seeds", "1"]).seeds == 1
     assert regularisation.config_from_args([]).seeds == 5
 
@@ -198,8 +225,9 @@ def test_resolve_defaults():
     import argparse
 
     args = argparse.Namespace(quick=True, a=None, b=None, c=7)
-    assert vars(cli.resolve_defaults(args, full=dict(a=1, b=2, c=3), quick=dict(a=10))) == \
-        dict(quick=True, a=10, b=2, c=7)
+    assert vars(cli.resolve_defaults(args, full=dict(a=1, b=2, c=3), quick=dict(a=10))) == dict(
+        quick=True, a=10, b=2, c=7
+    )
 
 
 def test_names_and_ints():
@@ -207,8 +235,9 @@ def test_names_and_ints():
     assert cli.main_of(lambda cfg: cfg, lambda argv: types.SimpleNamespace(argv=argv), ["x"]) == 0
 
 
-@pytest.mark.parametrize("path", ["benchmarks/measure.py", "benchmarks/train_step.py", "benchmarks/gpu_bench.py",
-                                  "benchmarks/benchmark.py"])
+@pytest.mark.parametrize(
+    "path", ["benchmarks/measure.py", "benchmarks/train_step.py", "benchmarks/gpu_bench.py", "benchmarks/benchmark.py"]
+)
 def test_cuda_only_code_binds_every_name_it_uses(path):
     # The CUDA branches of these files run on a GPU machine only: a name used there but never
     # bound would be a NameError in the GPU check, not here.

@@ -16,8 +16,18 @@ import torch
 
 import dropblock_cuda
 from dropblock_cuda import drop_block1d, drop_block2d, drop_block3d
-from helpers import (EPS, ELEMENT_OFFSETS, LAYOUTS, assert_equal, contiguous_vector_width, env_finding_package,
-                     make_input, p_tensor, requires_cuda, requires_two_gpus)
+from helpers import (
+    EPS,
+    ELEMENT_OFFSETS,
+    LAYOUTS,
+    assert_equal,
+    contiguous_vector_width,
+    env_finding_package,
+    make_input,
+    p_tensor,
+    requires_cuda,
+    requires_two_gpus,
+)
 
 ops = torch.ops.dropblock_cuda
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -29,7 +39,9 @@ def positive_cpu(shape):
 
 def cpu_and_cuda_masks(shape, block, p, seed, shared, device="cuda"):
     """drop_block_mask on the CPU and on `device` for the same seed value: ((mask, scale), (mask, scale))."""
-    cpu = ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), p_tensor(p, torch.empty(shape).device), list(block), EPS, shared)
+    cpu = ops.drop_block_mask(
+        torch.empty(shape), torch.tensor(seed), p_tensor(p, torch.empty(shape).device), list(block), EPS, shared
+    )
     x = torch.empty(shape, device=device)
     gpu = ops.drop_block_mask(x, torch.tensor(seed, device=device), p_tensor(p, x.device), list(block), EPS, shared)
     return cpu, gpu
@@ -120,8 +132,16 @@ def check_many_keys(shape, block, p, set_mask_kernel, device="cuda", keys=200):
             mask, scale = ops.drop_block_mask(x, seed, p_arg, list(block), EPS, shared)
             paths[kernel] = (mask, scale, popcount[mask.long()].sum())
         (mask, scale, kept), (mask_s, scale_s, kept_s) = paths["window"], paths["scatter"]
-        results.append((key, shared, (mask != mask_s).any(), torch.stack([scale, scale_s]),
-                        torch.stack([kept, kept_s]), mask if i % cpu_every == 0 else None))
+        results.append(
+            (
+                key,
+                shared,
+                (mask != mask_s).any(),
+                torch.stack([scale, scale_s]),
+                torch.stack([kept, kept_s]),
+                mask if i % cpu_every == 0 else None,
+            )
+        )
     if device == "cuda":
         torch.cuda.synchronize()
     for key, shared, differ, scales, kept, mask in results:
@@ -130,8 +150,9 @@ def check_many_keys(shape, block, p, set_mask_kernel, device="cuda", keys=200):
         for (scale, count), kernel in zip(zip(scales.tolist(), kept.tolist()), ("window", "scatter")):
             assert scale == math.prod(shape) / (EPS + count * multiplier), f"key {key}: {kernel} scale {scale}"
         if mask is not None:
-            assert_same_mask(ops.drop_block_mask(x_cpu, torch.tensor(key), p_tensor(p),
-                                                 list(block), EPS, shared), (mask, scales[0]))
+            assert_same_mask(
+                ops.drop_block_mask(x_cpu, torch.tensor(key), p_tensor(p), list(block), EPS, shared), (mask, scales[0])
+            )
 
 
 @requires_cuda
@@ -211,8 +232,12 @@ def test_contiguous_apply_runs_every_vector_width():
     # from the kernels' names in the profiler, e.g. apply_contiguous_kernel<__half, 4, false>.
     from torch.profiler import ProfilerActivity, profile
 
-    type_names = {torch.float32: "float", torch.float64: "double", torch.float16: "__half",
-                  torch.bfloat16: "__nv_bfloat16"}
+    type_names = {
+        torch.float32: "float",
+        torch.float64: "double",
+        torch.float16: "__half",
+        torch.bfloat16: "__nv_bfloat16",
+    }
     shape = (2, 3, 50)
     (mask_cpu, scale_cpu), (mask, scale) = cpu_and_cuda_masks(shape, (7,), 0.3, 42, False)
     for dtype in DTYPES:
@@ -224,8 +249,11 @@ def test_contiguous_apply_runs_every_vector_width():
                 assert_equal(out.cpu(), ops.drop_block_apply(x.cpu(), mask_cpu, scale_cpu, False))
                 expected_widths.add(contiguous_vector_width(dtype, offset))
             torch.cuda.synchronize()
-        launched = {int(width) for event in prof.events() for width in
-                    re.findall(rf"apply_contiguous_kernel<{type_names[dtype]}, (\d+), false>", event.name)}
+        launched = {
+            int(width)
+            for event in prof.events()
+            for width in re.findall(rf"apply_contiguous_kernel<{type_names[dtype]}, (\d+), false>", event.name)
+        }
         element_size = torch.empty((), dtype=dtype).element_size()
         assert launched == expected_widths == {v for v in (1, 2, 4, 8) if v * element_size <= 16}, dtype
 
@@ -248,7 +276,9 @@ def test_apply_vector_tails(dtype, numel_tail):
 def test_apply_dropped_elements_are_zero_whatever_the_input():
     x = torch.full((2, 3, 16, 16), float("inf"), device="cuda")
     x[0, 0, 0, 0] = float("nan")
-    mask, scale = ops.drop_block_mask(x, torch.tensor(5, device="cuda"), torch.tensor(0.9, dtype=torch.float64, device=x.device), [3, 3], EPS, False)
+    mask, scale = ops.drop_block_mask(
+        x, torch.tensor(5, device="cuda"), torch.tensor(0.9, dtype=torch.float64, device=x.device), [3, 3], EPS, False
+    )
     out = ops.drop_block_apply(x, mask, scale, False)
     bits = torch.tensor(list(mask.cpu().numpy().tobytes()), dtype=torch.uint8)
     keep = ((bits[:, None] >> torch.arange(8)) & 1).flatten()[: x.numel()].view(x.shape).bool().cuda()
@@ -261,7 +291,9 @@ def test_apply_dropped_elements_are_zero_whatever_the_input():
 def test_apply_mask_at_odd_byte_offset():
     shape = (2, 3, 10, 10)
     x = torch.randn(shape, device="cuda")
-    mask, scale = ops.drop_block_mask(x, torch.tensor(9, device="cuda"), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 3], EPS, False)
+    mask, scale = ops.drop_block_mask(
+        x, torch.tensor(9, device="cuda"), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 3], EPS, False
+    )
     shifted = torch.empty(mask.numel() + 1, dtype=torch.uint8, device="cuda")[1:]
     shifted.copy_(mask)
     assert_equal(ops.drop_block_apply(x, shifted, scale, False), ops.drop_block_apply(x, mask, scale, False))
@@ -354,7 +386,9 @@ def test_cuda_graph_capture_and_replay():
     p.fill_(0.5)
     graph.replay()
     torch.cuda.synchronize()
-    expected_mask, _ = ops.drop_block_mask(x.cpu(), seed.cpu(), torch.tensor(0.5, dtype=torch.float64), [5, 5], EPS, False)
+    expected_mask, _ = ops.drop_block_mask(
+        x.cpu(), seed.cpu(), torch.tensor(0.5, dtype=torch.float64), [5, 5], EPS, False
+    )
     assert_equal(mask.cpu(), expected_mask)
 
     torch.cuda.manual_seed(2024)
@@ -394,8 +428,14 @@ SUBPROCESS_CODE = {
 
 @requires_cuda
 def test_capture_as_the_first_use_in_a_process(tmp_path):
-    run = subprocess.run([sys.executable, "-c", SUBPROCESS_CODE["capture_as_the_first_use"]], cwd=tmp_path,
-                         env=env_finding_package(), capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", SUBPROCESS_CODE["capture_as_the_first_use"]],
+        cwd=tmp_path,
+        env=env_finding_package(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
@@ -412,7 +452,9 @@ def test_non_default_stream():
         mask, scale = ops.drop_block_mask(x, seed, p, [7, 7], EPS, True)
         y = ops.drop_block_apply(x, mask, scale, True)
     stream.synchronize()
-    expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), torch.tensor(77), torch.tensor(0.2, dtype=torch.float64, device=x.cpu().device), [7, 7], EPS, True)
+    expected_mask, expected_scale = ops.drop_block_mask(
+        x.cpu(), torch.tensor(77), torch.tensor(0.2, dtype=torch.float64, device=x.cpu().device), [7, 7], EPS, True
+    )
     assert_equal(mask.cpu(), expected_mask)
     assert_equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, True))
 
@@ -422,9 +464,7 @@ def test_non_default_stream():
 def test_seed_and_p_on_the_host_give_the_device_arguments_mask(shared):
     x = torch.empty(3, 5, 30, 30, device="cuda")
     for seed, p in [(5, 0.3), (-(2**63), 0.1), (2**63 - 1, 1.0), (123, 0.0)]:
-        on_device = ops.drop_block_mask(
-            x, torch.tensor(seed, device="cuda"), p_tensor(p, "cuda"), [5, 5], EPS, shared
-        )
+        on_device = ops.drop_block_mask(x, torch.tensor(seed, device="cuda"), p_tensor(p, "cuda"), [5, 5], EPS, shared)
         for seed_device, p_device in [("cpu", "cuda"), ("cuda", "cpu"), ("cpu", "cpu")]:
             mixed = ops.drop_block_mask(
                 x,
@@ -513,11 +553,22 @@ def test_huge_tensor_over_2_pow_31_elements():
     seed = 987654321
     # The mask depends on the shape only: an expanded CPU tensor stands in for the input.
     mask_cpu, scale_cpu = ops.drop_block_mask(
-        torch.empty((), dtype=torch.bfloat16).expand(shape), torch.tensor(seed), torch.tensor(0.1, dtype=torch.float64),
-        [7, 7], EPS, False
+        torch.empty((), dtype=torch.bfloat16).expand(shape),
+        torch.tensor(seed),
+        torch.tensor(0.1, dtype=torch.float64),
+        [7, 7],
+        EPS,
+        False,
     )
     x = torch.empty(shape, dtype=torch.bfloat16, device="cuda").normal_()
-    mask, scale = ops.drop_block_mask(x, torch.tensor(seed, device="cuda"), torch.tensor(0.1, dtype=torch.float64, device=x.device), [7, 7], EPS, False)
+    mask, scale = ops.drop_block_mask(
+        x,
+        torch.tensor(seed, device="cuda"),
+        torch.tensor(0.1, dtype=torch.float64, device=x.device),
+        [7, 7],
+        EPS,
+        False,
+    )
     assert torch.equal(mask.cpu(), mask_cpu) and scale.item() == scale_cpu.item()
 
     out = ops.drop_block_apply(x, mask, scale, False)
@@ -535,7 +586,14 @@ def test_huge_tensor_over_2_pow_31_elements():
 
     # The strided path with 64-bit indices: a transposed view, logical index r * H + c of element x[c, r].
     xt = x.transpose(2, 3)
-    mask_t, scale_t = ops.drop_block_mask(xt, torch.tensor(seed, device="cuda"), torch.tensor(0.1, dtype=torch.float64, device=xt.device), [7, 7], EPS, False)
+    mask_t, scale_t = ops.drop_block_mask(
+        xt,
+        torch.tensor(seed, device="cuda"),
+        torch.tensor(0.1, dtype=torch.float64, device=xt.device),
+        [7, 7],
+        EPS,
+        False,
+    )
     out_t = ops.drop_block_apply(xt, mask_t, scale_t, False)
     assert out_t.stride() == xt.stride()
     words_t = mask_t.view(torch.int64)

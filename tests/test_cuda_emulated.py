@@ -23,8 +23,16 @@ import torch
 
 import dropblock_cuda  # noqa: F401  (registers the CPU ops compared against)
 from dropblock_cuda._registrations import _packed_mask_bytes
-from helpers import (EPS, ELEMENT_OFFSETS, LAYOUTS, ROOT, contiguous_vector_width, host_compile_command, make_input,
-                     p_tensor)
+from helpers import (
+    EPS,
+    ELEMENT_OFFSETS,
+    LAYOUTS,
+    ROOT,
+    contiguous_vector_width,
+    host_compile_command,
+    make_input,
+    p_tensor,
+)
 
 ops = torch.ops.dropblock_cuda
 KINDS = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -33,10 +41,13 @@ KINDS = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3
 def _skip_without_cpp20(compiler, tmp_path):
     """Skips when `compiler` lacks what the emulation needs (C++20 <barrier> and std::atomic_ref)."""
     probe = tmp_path / "probe.cpp"
-    probe.write_text("#include <atomic>\n#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait();"
-                     " unsigned v = 1; std::atomic_ref<unsigned>(v).fetch_and(0u); return static_cast<int>(v); }\n")
-    check = subprocess.run([compiler, "-std=c++20", "-pthread", str(probe), "-o", str(tmp_path / "probe")],
-                           capture_output=True, text=True)
+    probe.write_text(
+        "#include <atomic>\n#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait();"
+        " unsigned v = 1; std::atomic_ref<unsigned>(v).fetch_and(0u); return static_cast<int>(v); }\n"
+    )
+    check = subprocess.run(
+        [compiler, "-std=c++20", "-pthread", str(probe), "-o", str(tmp_path / "probe")], capture_output=True, text=True
+    )
     if check.returncode != 0:
         pytest.skip(f"{compiler} lacks C++20 <barrier> / std::atomic_ref: {check.stderr[-300:]}")
 
@@ -49,8 +60,12 @@ def ubsan_log(tmp_path_factory):
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory, ubsan_log):
     lib_path = tmp_path_factory.mktemp("emulated") / "libdropblock_emulated.so"
-    command = host_compile_command(ROOT / "tests" / "cpp" / "cuda_emulation_lib.cpp", lib_path, cuda_headers=True,
-                                   flags=("-O1", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas"))
+    command = host_compile_command(
+        ROOT / "tests" / "cpp" / "cuda_emulation_lib.cpp",
+        lib_path,
+        cuda_headers=True,
+        flags=("-O1", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas"),
+    )
     if command is None:
         pytest.skip("needs a C++20 compiler and the CUDA headers")
     _skip_without_cpp20(command[0], tmp_path_factory.mktemp("probe"))
@@ -116,9 +131,22 @@ def emulated_mask(lib, shape, block, p, seed, shared, p_in_memory=False, seed_in
     scale = torch.empty((), dtype=torch.float64)
     scratch = torch.full((lib.emulated_scratch_elements(words),), -3, dtype=torch.int64)
     geometry = (ctypes.c_int64 * 7)(planes, *size, *clamped)
-    rc = lib.emulated_mask(geometry, p, int(p_in_memory), factor, seed, int(seed_in_memory), mask.data_ptr(), words,
-                           shape[1] if shared else 1, math.prod(shape), EPS, scale.data_ptr(), scratch.data_ptr(),
-                           MASK_KERNELS[kernel])
+    rc = lib.emulated_mask(
+        geometry,
+        p,
+        int(p_in_memory),
+        factor,
+        seed,
+        int(seed_in_memory),
+        mask.data_ptr(),
+        words,
+        shape[1] if shared else 1,
+        math.prod(shape),
+        EPS,
+        scale.data_ptr(),
+        scratch.data_ptr(),
+        MASK_KERNELS[kernel],
+    )
     assert rc == 0
     return mask.view(torch.uint8), scale
 
@@ -134,10 +162,18 @@ MAX_APPLY_DIMS = 5
 
 class ApplyParams(ctypes.Structure):
     """dropblock::cuda::ApplyParams (csrc/cuda/apply_kernels.h), field for field."""
-    _fields_ = [("input", ctypes.c_void_p), ("out", ctypes.c_void_p), ("mask", ctypes.c_void_p),
-                ("scale", ctypes.c_void_p), ("dim", ctypes.c_int), ("sizes", ctypes.c_int64 * MAX_APPLY_DIMS),
-                ("in_strides", ctypes.c_int64 * MAX_APPLY_DIMS), ("out_strides", ctypes.c_int64 * MAX_APPLY_DIMS),
-                ("shared_channels", ctypes.c_bool)]
+
+    _fields_ = [
+        ("input", ctypes.c_void_p),
+        ("out", ctypes.c_void_p),
+        ("mask", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("dim", ctypes.c_int),
+        ("sizes", ctypes.c_int64 * MAX_APPLY_DIMS),
+        ("in_strides", ctypes.c_int64 * MAX_APPLY_DIMS),
+        ("out_strides", ctypes.c_int64 * MAX_APPLY_DIMS),
+        ("shared_channels", ctypes.c_bool),
+    ]
 
 
 # The apply paths the emulation reports (ApplyPath in tests/cpp/cuda_emulation_lib.cpp).
@@ -146,10 +182,17 @@ APPLY_PATHS = {"other": 0, "contiguous": 1, "single_value": 2, "channels_last": 
 
 def emulated_apply(lib, x, mask, scale, shared, out=None):
     out = torch.empty_like(x) if out is None else out
-    params = ApplyParams(input=x.data_ptr(), out=out.data_ptr(), mask=mask.data_ptr(), scale=scale.data_ptr(),
-                         dim=x.dim(), sizes=(ctypes.c_int64 * MAX_APPLY_DIMS)(*x.shape),
-                         in_strides=(ctypes.c_int64 * MAX_APPLY_DIMS)(*x.stride()),
-                         out_strides=(ctypes.c_int64 * MAX_APPLY_DIMS)(*out.stride()), shared_channels=shared)
+    params = ApplyParams(
+        input=x.data_ptr(),
+        out=out.data_ptr(),
+        mask=mask.data_ptr(),
+        scale=scale.data_ptr(),
+        dim=x.dim(),
+        sizes=(ctypes.c_int64 * MAX_APPLY_DIMS)(*x.shape),
+        in_strides=(ctypes.c_int64 * MAX_APPLY_DIMS)(*x.stride()),
+        out_strides=(ctypes.c_int64 * MAX_APPLY_DIMS)(*out.stride()),
+        shared_channels=shared,
+    )
     lib.emulated_apply(KINDS[x.dtype], ctypes.byref(params))
     return out
 
@@ -161,8 +204,7 @@ def last_apply(lib, dtype):
 
 
 def cpu_mask(shape, block, p, seed, shared):
-    return ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), p_tensor(p),
-                               list(block), EPS, shared)
+    return ops.drop_block_mask(torch.empty(shape), torch.tensor(seed), p_tensor(p), list(block), EPS, shared)
 
 
 MASK_CASES = [
@@ -296,9 +338,18 @@ def test_emulated_channels_last_tiles_run_every_vector_width(emulated, dtype, sh
     # C = 16, 20, 18, 17 and offsets of 1 and 2 elements: every width of every element size (16-bit:
     # 8, 4, 2, 1; float32: 4, 2, 1; float64: 2, 1), each checked against the CPU, out of place and in place.
     widths = set()
-    for channels, offset, spatial in [(16, 0, (5, 3)), (20, 0, (5, 3)), (18, 0, (5, 3)), (17, 0, (5, 3)),
-                                      (16, 1, (5, 3)), (16, 2, (5, 3)), (300, 0, (5, 3)), (18, 0, (7,)),
-                                      (17, 0, (2, 3, 4)), (24, 4, (2, 3, 4))]:
+    for channels, offset, spatial in [
+        (16, 0, (5, 3)),
+        (20, 0, (5, 3)),
+        (18, 0, (5, 3)),
+        (17, 0, (5, 3)),
+        (16, 1, (5, 3)),
+        (16, 2, (5, 3)),
+        (300, 0, (5, 3)),
+        (18, 0, (7,)),
+        (17, 0, (2, 3, 4)),
+        (24, 4, (2, 3, 4)),
+    ]:
         shape = (2, channels, *spatial)
         x = offset_copy(make_input(shape, dtype, "channels_last"), offset)
         mask, scale = cpu_mask(shape, (3,) * len(spatial), 0.3, 7, shared)
@@ -326,8 +377,9 @@ def test_emulated_transposed_views_move_vectors(emulated, dtype):
         for shared in (False, True):
             mask, scale = cpu_mask(x.shape, (3, 3), 0.3, 11, shared)
             expected = ops.drop_block_apply(x.contiguous(), mask, scale, shared)
-            out = emulated_apply(emulated, x, mask, scale, shared,
-                                 out=offset_copy(torch.empty_like(base), offset).transpose(2, 3))
+            out = emulated_apply(
+                emulated, x, mask, scale, shared, out=offset_copy(torch.empty_like(base), offset).transpose(2, 3)
+            )
             assert torch.equal(out, expected), (offset, shared)
             path, width = last_apply(emulated, dtype)
             assert (path, width) == ("strided", widest(dtype, 8, offset)), (offset, shared)
@@ -420,9 +472,20 @@ def test_emulated_kernels_stay_inside_their_buffers(tmp_path):
     # A host memcheck: the kernels under the emulation, built with AddressSanitizer, on buffers of
     # exactly the size each launch may touch (every layout, element size and mask path).
     exe = tmp_path / "cuda_emulation_memcheck"
-    command = host_compile_command(ROOT / "tests" / "cpp" / "cuda_emulation_memcheck.cpp", exe, cuda_headers=True,
-                                   flags=("-O1", "-g", "-pthread", "-Wall", "-Wno-unknown-pragmas",
-                                          "-fsanitize=address,undefined", "-fno-sanitize-recover=all"))
+    command = host_compile_command(
+        ROOT / "tests" / "cpp" / "cuda_emulation_memcheck.cpp",
+        exe,
+        cuda_headers=True,
+        flags=(
+            "-O1",
+            "-g",
+            "-pthread",
+            "-Wall",
+            "-Wno-unknown-pragmas",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+        ),
+    )
     if command is None:
         pytest.skip("needs a C++20 compiler and the CUDA headers")
     _skip_without_cpp20(command[0], tmp_path)
@@ -430,8 +493,9 @@ def test_emulated_kernels_stay_inside_their_buffers(tmp_path):
     if build.returncode != 0 and "asan" in build.stderr.lower():
         pytest.skip("no AddressSanitizer runtime in this toolchain")
     assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
+    run = subprocess.run(
+        [str(exe)], capture_output=True, text=True, timeout=600, env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}
+    )
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), (run.stdout + run.stderr)[-4000:]
 
 

@@ -15,8 +15,9 @@ from helpers import ROOT, host_compile_command
 def test_cuda_apply_indexing_matches_stride_arithmetic(tmp_path):
     exe = tmp_path / "apply_indexing_test"
     # C++17, as nvcc compiles the header; -Werror for this project's code.
-    command = host_compile_command(ROOT / "tests/cpp/apply_indexing_test.cpp", exe, std="c++17",
-                                   flags=("-O1", "-Wall", "-Werror"))
+    command = host_compile_command(
+        ROOT / "tests/cpp/apply_indexing_test.cpp", exe, std="c++17", flags=("-O1", "-Wall", "-Werror")
+    )
     if command is None:
         pytest.skip("no C++ compiler")
     build = subprocess.run(command, capture_output=True, text=True)

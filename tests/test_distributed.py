@@ -23,8 +23,9 @@ WORLD_SIZE = 2
 STEPS = 4
 DEADLINE_S = 120
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="needs torch.distributed with gloo")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+)
 
 
 def _free_port() -> int:
@@ -47,8 +48,13 @@ def _model() -> nn.Module:
 
 def _worker(rank: int, port: int, out_dir: str, base_seed: int) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         torch.manual_seed(base_seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
         model = _model()
@@ -66,9 +72,10 @@ def _worker(rank: int, port: int, out_dir: str, base_seed: int) -> None:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        torch.save({"losses": losses, "masks": masks,
-                    "params": [p.detach().clone() for p in model.parameters()]},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"losses": losses, "masks": masks, "params": [p.detach().clone() for p in model.parameters()]},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
     # Leave without the interpreter's exit-time teardown: after all the work above, exit-time
@@ -81,8 +88,9 @@ def _worker(rank: int, port: int, out_dir: str, base_seed: int) -> None:
 
 
 def _run(out_dir, base_seed):
-    context = mp.start_processes(_worker, args=(_free_port(), str(out_dir), base_seed), nprocs=WORLD_SIZE,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(
+        _worker, args=(_free_port(), str(out_dir), base_seed), nprocs=WORLD_SIZE, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + DEADLINE_S
     try:
         while not context.join(timeout=1):

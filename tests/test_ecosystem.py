@@ -14,7 +14,6 @@ from dropblock_cuda import DropBlock2d, LinearScheduler
 from helpers import requires_cuda
 
 
-
 def block(p=0.3):
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), DropBlock2d(p, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
 
@@ -118,8 +117,14 @@ def test_checkpoint_without_rng_preservation_draws_another_mask():
 
 def _train_under_autocast(dtype):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), DropBlock2d(0.2, 3), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        DropBlock2d(0.2, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     dtypes = []
     model[1].register_forward_hook(lambda module, args, output: dtypes.append((args[0].dtype, output.dtype)))
@@ -158,8 +163,14 @@ def test_autocast_cpu_float16_trains():
 def _cuda_model(p=0.2):
     """A small CNN on the GPU, and the list its DropBlock layer appends its outputs to."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), DropBlock2d(p, 3), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).cuda()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        DropBlock2d(p, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    ).cuda()
     outputs = []
     model[1].register_forward_hook(lambda module, args, output: outputs.append(output))
     return model, outputs
@@ -239,8 +250,14 @@ def test_compile_cuda_reduce_overhead_trains_with_a_scheduled_p(fresh_dynamo):
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), DropBlock2d(0.0, 3), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).cuda()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        DropBlock2d(0.0, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    ).cuda()
     scheduler = LinearScheduler(model, stop_p=0.3, total_steps=6)
     graphs_before = counters["stats"]["unique_graphs"]
     compiled = torch.compile(model, mode="reduce-overhead")

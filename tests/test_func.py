@@ -102,8 +102,12 @@ def test_vmap_member_is_a_call_of_its_own():
 
 def test_model_ensemble_with_stack_module_state_trains():
     torch.manual_seed(0)
-    models = [nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), DropBlock2d(0.2, 3), nn.ReLU(), nn.Flatten(),
-                            nn.Linear(4 * 8 * 8, 2)) for _ in range(3)]
+    models = [
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), DropBlock2d(0.2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 2)
+        )
+        for _ in range(3)
+    ]
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
     x = torch.randn(3, 4, 3, 8, 8)

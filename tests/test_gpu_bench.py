@@ -19,10 +19,22 @@ def test_gpu_bench_table_and_saved_bytes_without_a_gpu():
     saved = gpu_bench.saved_bytes_per_element(lambda t: dropblock_cuda.drop_block2d(t, 0.1, 7), x)
     assert saved == pytest.approx(1 / 8 + 8 / x.numel())
 
-    full = {"shape": [128, 256, 56, 56], "dtype": "float32", "numel": 128 * 256 * 56 * 56, "copy_ms": 0.5,
-            "forward_ms": 0.6, "forward_over_copy": 1.2, "forward_graph_ms": 0.55, "forward_graph_over_copy": 1.1,
-            "mask_ms": 0.05, "backward_ms": 0.52, "backward_over_copy": 1.04, "channels_last_backward_over_copy": 1.3,
-            "fwd_bwd_ms": 1.2, "saved_bytes_per_element": 0.125}
+    full = {
+        "shape": [128, 256, 56, 56],
+        "dtype": "float32",
+        "numel": 128 * 256 * 56 * 56,
+        "copy_ms": 0.5,
+        "forward_ms": 0.6,
+        "forward_over_copy": 1.2,
+        "forward_graph_ms": 0.55,
+        "forward_graph_over_copy": 1.1,
+        "mask_ms": 0.05,
+        "backward_ms": 0.52,
+        "backward_over_copy": 1.04,
+        "channels_last_backward_over_copy": 1.3,
+        "fwd_bwd_ms": 1.2,
+        "saved_bytes_per_element": 0.125,
+    }
     failed_graph = {k: v for k, v in full.items() if not k.startswith("forward_graph")}
     failed_graph["forward_graph_error"] = "RuntimeError('capture')"
     table = gpu_bench.markdown([full, failed_graph], "Test GPU")
@@ -36,17 +48,41 @@ def test_gpu_bench_table_and_saved_bytes_without_a_gpu():
 
 def test_gpu_bench_target_verdicts():
     numel = 128 * 256 * 56 * 56
-    good = {"shape": [128, 256, 56, 56], "dtype": "float32", "block": 7, "numel": numel, "copy_ms": 1.0,
-            "mask_ms": 0.04, "forward_over_copy": 1.1, "backward_over_copy": 1.05,
-            "channels_last_forward_over_copy": 1.2, "transposed_forward_over_copy": 1.9,
-            "torchvision_fwd_bwd_speedup": 12.0, "compiled_fwd_bwd_speedup": 1.3,
-            "saved_bytes_per_element": 0.125 + 8 / numel}
+    good = {
+        "shape": [128, 256, 56, 56],
+        "dtype": "float32",
+        "block": 7,
+        "numel": numel,
+        "copy_ms": 1.0,
+        "mask_ms": 0.04,
+        "forward_over_copy": 1.1,
+        "backward_over_copy": 1.05,
+        "channels_last_forward_over_copy": 1.2,
+        "transposed_forward_over_copy": 1.9,
+        "torchvision_fwd_bwd_speedup": 12.0,
+        "compiled_fwd_bwd_speedup": 1.3,
+        "saved_bytes_per_element": 0.125 + 8 / numel,
+    }
     # bfloat16 at stage 1: its mask over the float32 copy of the same shape (0.06 / 1.0).
-    bad = dict(good, dtype="bfloat16", copy_ms=0.5, mask_ms=0.06, forward_over_copy=1.16,
-               transposed_forward_over_copy=2.5, compiled_fwd_bwd_speedup=0.9, saved_bytes_per_element=0.126)
+    bad = dict(
+        good,
+        dtype="bfloat16",
+        copy_ms=0.5,
+        mask_ms=0.06,
+        forward_over_copy=1.16,
+        transposed_forward_over_copy=2.5,
+        compiled_fwd_bwd_speedup=0.9,
+        saved_bytes_per_element=0.126,
+    )
     del bad["torchvision_fwd_bwd_speedup"]  # torchvision not measured for this case
-    late = dict(good, shape=[128, 2048, 7, 7], numel=128 * 2048 * 49, forward_over_copy=1.39, block=3,
-                saved_bytes_per_element=0.125 + 8 / (128 * 2048 * 49))
+    late = dict(
+        good,
+        shape=[128, 2048, 7, 7],
+        numel=128 * 2048 * 49,
+        forward_over_copy=1.39,
+        block=3,
+        saved_bytes_per_element=0.125 + 8 / (128 * 2048 * 49),
+    )
     verdicts = {v["target"]: v for v in gpu_bench.target_verdicts([good, bad, late])}
     assert len(verdicts) == len(gpu_bench.TARGETS) == 9
     early, stages_3_4 = verdicts["forward <= 1.15x copy, stages 1-2"], verdicts["forward <= 1.4x copy, stages 3-4"]
@@ -61,21 +97,29 @@ def test_gpu_bench_target_verdicts():
     assert verdicts["fwd+bwd faster than torch.compile of it"]["worst"] == 0.9
     assert verdicts["saved <= 1/8 byte per element"]["met"] == 2
     table = gpu_bench.markdown([good, bad, late], "Test GPU")
-    assert "| forward <= 1.15x copy, stages 1-2 | 1 of 2 | 1.16 (128x256x56x56 bfloat16 b7) | " \
-           "128x256x56x56 bfloat16 b7 |" in table
+    assert (
+        "| forward <= 1.15x copy, stages 1-2 | 1 of 2 | 1.16 (128x256x56x56 bfloat16 b7) | "
+        "128x256x56x56 bfloat16 b7 |" in table
+    )
     assert "| backward <= 1.1x copy | 3 of 3 | 1.05 (128x256x56x56 float32 b7) | - |" in table
     text = gpu_bench.targets_text([good, bad, late], "Test GPU")
-    assert "  NOT MET       forward <= 1.15x copy, stages 1-2: 1 of 2 cases, worst 1.16 (128x256x56x56 bfloat16 b7)" \
+    assert (
+        "  NOT MET       forward <= 1.15x copy, stages 1-2: 1 of 2 cases, worst 1.16 (128x256x56x56 bfloat16 b7)"
         in text
+    )
     assert "  MET           fwd+bwd >= 10x torchvision: 2 of 2 cases, worst 12 (128x256x56x56 float32 b7)" in text
     assert "not measured" in gpu_bench.markdown([{"shape": [1, 1, 1, 1], "dtype": "float32", "numel": 1}], "GPU")
     assert "NOT MEASURED  backward" in gpu_bench.targets_text([], "GPU")
     host = gpu_bench.targets_text([], "GPU", {"forward_us": 12.0, "dropout_forward_us": 7.5}).splitlines()[-1]
     assert host == "  NOT MET       host time per eager forward <= 1.5x F.dropout's: 1.6 (12.0 us against 7.5 us)"
-    assert gpu_bench.targets_text([], "GPU", {"forward_us": 9.0, "dropout_forward_us": 7.5}).splitlines()[-1] \
+    assert (
+        gpu_bench.targets_text([], "GPU", {"forward_us": 9.0, "dropout_forward_us": 7.5})
+        .splitlines()[-1]
         .startswith("  MET           host time")
-    assert gpu_bench.targets_text([], "GPU", {"forward_us": 9.0}).endswith("NOT MEASURED  host time per eager forward "
-                                                                            "<= 1.5x F.dropout's\n")
+    )
+    assert gpu_bench.targets_text([], "GPU", {"forward_us": 9.0}).endswith(
+        "NOT MEASURED  host time per eager forward <= 1.5x F.dropout's\n"
+    )
 
 
 def test_gpu_bench_case_runs_on_the_cpu_kernels(fresh_dynamo):
@@ -85,14 +129,32 @@ def test_gpu_bench_case_runs_on_the_cpu_kernels(fresh_dynamo):
     from torchvision.ops import drop_block2d as tv_drop_block2d
 
     run = gpu_bench.Run(Timing(repeats=2, calls=1, warmup=1), l2_bytes=2**20, device="cpu")
-    subjects = gpu_bench.Subjects(torch.ops.dropblock_cuda, dropblock_cuda.drop_block2d, tv_drop_block2d,
-                                  gpu_bench.compiled_peer("default", tv_drop_block2d))
+    subjects = gpu_bench.Subjects(
+        torch.ops.dropblock_cuda,
+        dropblock_cuda.drop_block2d,
+        tv_drop_block2d,
+        gpu_bench.compiled_peer("default", tv_drop_block2d),
+    )
     result = gpu_bench.bench_case(gpu_bench.Case((2, 16, 14, 14), torch.float32, block=3), subjects, run)
     assert "forward_graph_error" in result and "compiled_error" not in result and result["block"] == 3
-    for key in ("copy_ms", "forward_ms", "forward_shared_over_copy", "mask_ms", "mask_scatter_ms", "forward_scatter_ms",
-                "transposed_forward_over_copy", "backward_ms", "channels_last_forward_over_copy",
-                "channels_last_backward_over_copy", "fwd_bwd_ms", "torchvision_fwd_bwd_ms", "compiled_fwd_bwd_ms",
-                "torchvision_fwd_bwd_speedup", "compiled_fwd_bwd_speedup", "compiled_first_call_s"):
+    for key in (
+        "copy_ms",
+        "forward_ms",
+        "forward_shared_over_copy",
+        "mask_ms",
+        "mask_scatter_ms",
+        "forward_scatter_ms",
+        "transposed_forward_over_copy",
+        "backward_ms",
+        "channels_last_forward_over_copy",
+        "channels_last_backward_over_copy",
+        "fwd_bwd_ms",
+        "torchvision_fwd_bwd_ms",
+        "compiled_fwd_bwd_ms",
+        "torchvision_fwd_bwd_speedup",
+        "compiled_fwd_bwd_speedup",
+        "compiled_first_call_s",
+    ):
         assert result[key] > 0, key
     assert result["saved_bytes_per_element"] == pytest.approx(1 / 8 + 8 / result["numel"])
     assert torch.ops.dropblock_cuda._set_cuda_mask_kernel("auto") == "auto"  # the scatter timing restored it
@@ -103,20 +165,36 @@ def test_gpu_bench_case_runs_on_the_cpu_kernels(fresh_dynamo):
 
 def test_gpu_bench_kernel_names_and_breakdown_table():
     name = gpu_bench.short_kernel_name
-    assert name("void dropblock::cuda::(anonymous namespace)::apply_contiguous_kernel<float, 4, false>"
-                "(float const*, float*, long, unsigned long const*, double const*, "
-                "dropblock::cuda::SharedMaskBits)") == "apply_contiguous_kernel"
-    assert name("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<long>, "
-                "std::array<char*, 1ul> >(int, at::native::FillFunctor<long>, std::array<char*, 1ul>)") == \
-        "vectorized_elementwise_kernel"
+    assert (
+        name(
+            "void dropblock::cuda::(anonymous namespace)::apply_contiguous_kernel<float, 4, false>"
+            "(float const*, float*, long, unsigned long const*, double const*, "
+            "dropblock::cuda::SharedMaskBits)"
+        )
+        == "apply_contiguous_kernel"
+    )
+    assert (
+        name(
+            "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<long>, "
+            "std::array<char*, 1ul> >(int, at::native::FillFunctor<long>, std::array<char*, 1ul>)"
+        )
+        == "vectorized_elementwise_kernel"
+    )
     assert name("Memset (Device)") == "Memset"
     assert name("Memcpy DtoD (Device -> Device)") == "Memcpy DtoD"
     assert name("void plain_kernel<8>(int)") == "plain_kernel"
-    result = {"shape": [128, 2048, 7, 7], "dtype": "bfloat16", "block": 7, "numel": 128 * 2048 * 49,
-              "forward_kernels_us": {"apply_contiguous_kernel": 17.25, "window_mask_kernel": 4.5, "Memset": 1.0}}
+    result = {
+        "shape": [128, 2048, 7, 7],
+        "dtype": "bfloat16",
+        "block": 7,
+        "numel": 128 * 2048 * 49,
+        "forward_kernels_us": {"apply_contiguous_kernel": 17.25, "window_mask_kernel": 4.5, "Memset": 1.0},
+    }
     table = gpu_bench.markdown([result], "GPU")
-    assert "| 128x2048x7x7 | bfloat16 | 7 | forward | apply_contiguous_kernel 17.2, window_mask_kernel 4.5, " \
-           "Memset 1.0 |" in table
+    assert (
+        "| 128x2048x7x7 | bfloat16 | 7 | forward | apply_contiguous_kernel 17.2, window_mask_kernel 4.5, "
+        "Memset 1.0 |" in table
+    )
 
 
 @pytest.fixture
@@ -131,13 +209,34 @@ def gpu_bench_on_cpu(monkeypatch):
 def test_gpu_bench_main_writes_its_files(gpu_bench_on_cpu, tmp_path, capsys):
     # The script's driver (cases, JSON and markdown after every case, the printed table).
     gpu_bench = gpu_bench_on_cpu
-    assert gpu_bench.main(["--device", "cpu", "--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--calls",
-                           "1", "--compile", "off", "--no-torchvision"]) == 0
+    assert (
+        gpu_bench.main(
+            [
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path),
+                "--batch",
+                "2",
+                "--repeats",
+                "1",
+                "--calls",
+                "1",
+                "--compile",
+                "off",
+                "--no-torchvision",
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
     # float32 first (the bfloat16 masks are compared with its copies), then per shape both blocks.
     assert [(r["dtype"], r["shape"], r["block"]) for r in data["results"]] == [
-        (dtype, shape, block) for dtype in ("float32", "bfloat16") for shape in ([2, 16, 9, 9], [2, 8, 7, 7])
-        for block in (7, 3)]
+        (dtype, shape, block)
+        for dtype in ("float32", "bfloat16")
+        for shape in ([2, 16, 9, 9], [2, 8, 7, 7])
+        for block in (7, 3)
+    ]
     assert data["meta"]["device"] == "CPU dry run" and len(data["meta"]["targets"]) == len(gpu_bench.TARGETS)
     assert all(r["mask_over_fp32_copy"] > 0 for r in data["results"])
     table = (tmp_path / "gpu_bench.md").read_text()
@@ -162,8 +261,26 @@ def test_gpu_bench_compiled_only_over_two_shapes(gpu_bench_on_cpu, monkeypatch, 
     # shapes), nothing else.
     gpu_bench = gpu_bench_on_cpu
     monkeypatch.setattr(gpu_bench, "DTYPES", {"float32": torch.float32})
-    assert gpu_bench.main(["--device", "cpu", "--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--calls",
-                           "1", "--compiled-only", "--blocks", "7"]) == 0
+    assert (
+        gpu_bench.main(
+            [
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path),
+                "--batch",
+                "2",
+                "--repeats",
+                "1",
+                "--calls",
+                "1",
+                "--compiled-only",
+                "--blocks",
+                "7",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "gpu_bench.json").read_text())["results"]
     assert len(results) == 2
     for r in results:

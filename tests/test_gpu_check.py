@@ -56,8 +56,9 @@ def test_gpu_check_script_packs_its_logs_for_the_device_machine(tmp_path):
     assert files == ["gpu_check.tar.gz", "summary.txt"]
     summary = (out / "summary.txt").read_text()
     assert summary.startswith("gpu_check: ")
-    assert {step: verdict for step, (verdict, _) in summary_lines(summary).items()} == \
-        {step: "PASS" for step in GPU_CHECK_STEPS}
+    assert {step: verdict for step, (verdict, _) in summary_lines(summary).items()} == {
+        step: "PASS" for step in GPU_CHECK_STEPS
+    }
     order = [line.split()[0] for line in summary.splitlines() if line.split() and line.split()[0] in GPU_CHECK_STEPS]
     assert order == GPU_CHECK_STEPS
     assert "0 failed step(s), 0 skipped" in summary
@@ -90,16 +91,24 @@ def test_gpu_check_counts_failed_steps_lists_skips_and_targets(tmp_path):
     assert "rc=1; 1 failed, 3 passed in 0.52s" in steps["tests_ecosystem"][1]
     assert steps["tests_cuda"][1].endswith("712 passed in 61.20s") and steps["build"][1].endswith("cuda_version 13000")
     assert steps["racecheck"][0] == "SKIP" and "out of time" in steps["racecheck"][1]
-    assert {step for step, (verdict, _) in steps.items() if verdict == "PASS"} == \
-        set(GPU_CHECK_STEPS) - {"tests_ecosystem", "racecheck"}
+    assert {step for step, (verdict, _) in steps.items() if verdict == "PASS"} == set(GPU_CHECK_STEPS) - {
+        "tests_ecosystem",
+        "racecheck",
+    }
     assert "1 failed step(s), 1 skipped" in summary
     # The targets of both benchmark runs follow the steps (the compiled run's measured ones only).
     assert summary.count("NOT MET       backward <= 1.1x copy") == 2 and summary.count("NOT MEASURED") == 1
     # Then the training-step targets of both of its steps.
     assert summary.count("- MET: ours adds <= 5% to an eager step") == 2
     assert "targets of train_step (train_step):" in summary and "targets of train_step_compiled" in summary
-    assert sorted(path.name for path in out.iterdir()) == ["gpu_bench.md", "gpu_bench_compiled.md", "gpu_check.tar.gz",
-                                                            "summary.txt", "train_step.md", "train_step_compiled.md"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "gpu_bench.md",
+        "gpu_bench_compiled.md",
+        "gpu_check.tar.gz",
+        "summary.txt",
+        "train_step.md",
+        "train_step_compiled.md",
+    ]
 
 
 def test_gpu_check_runs_the_training_step_at_its_cuda_settings(tmp_path):
@@ -107,13 +116,21 @@ def test_gpu_check_runs_the_training_step_at_its_cuda_settings(tmp_path):
     # modes the GPU check promises; the CUDA defaults (batch 128 or what fits, bf16 autocast,
     # channels_last) are train_step's own (tests/test_train_step.py checks them).
     log = tmp_path / "args.log"
-    proc = gpu_check(tmp_path, str(tmp_path / "logs"), PYTHON=str(fake_python(tmp_path)), SANITIZER="true",
-                     ARGS_LOG=str(log), GPU_CHECK_STEPS="build train_step train_step_compiled")
+    proc = gpu_check(
+        tmp_path,
+        str(tmp_path / "logs"),
+        PYTHON=str(fake_python(tmp_path)),
+        SANITIZER="true",
+        ARGS_LOG=str(log),
+        GPU_CHECK_STEPS="build train_step train_step_compiled",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line.split() for line in log.read_text().splitlines() if "benchmarks.train_step" in line]
-    configs = [ts.config_from_args(words[words.index("benchmarks.train_step") + 1:]) for words in lines]
+    configs = [ts.config_from_args(words[words.index("benchmarks.train_step") + 1 :]) for words in lines]
     assert [(c.device, list(c.models), list(c.modes), c.rounds, c.warmup) for c in configs] == [
-        ("cuda", ["timm_resnet50", "tv_resnet50"], ["eager"], 10, 1), ("cuda", ["tv_resnet50"], ["compile"], 10, 2)]
+        ("cuda", ["timm_resnet50", "tv_resnet50"], ["eager"], 10, 1),
+        ("cuda", ["tv_resnet50"], ["compile"], 10, 2),
+    ]
     assert list(configs[0].variants) == list(ts.DEFAULT_VARIANTS)
     assert list(configs[1].variants) == ["ours", "torchvision"]  # the step without DropBlock is added to both
     assert all((c.batch, c.autocast, c.channels_last, c.progress) == (None, None, None, False) for c in configs)
@@ -123,8 +140,16 @@ def test_gpu_check_runs_the_training_step_at_its_cuda_settings(tmp_path):
 
 
 def test_gpu_check_stops_a_step_at_its_cap_with_sigint(tmp_path):
-    proc = gpu_check(tmp_path, str(tmp_path / "logs"), PYTHON=str(fake_python(tmp_path)), SANITIZER="true",
-                     SLEEP_IN="--quick", CAP_bench_peers="2", MIN_STEP_S="1", GPU_CHECK_STEPS="build bench_peers")
+    proc = gpu_check(
+        tmp_path,
+        str(tmp_path / "logs"),
+        PYTHON=str(fake_python(tmp_path)),
+        SANITIZER="true",
+        SLEEP_IN="--quick",
+        CAP_bench_peers="2",
+        MIN_STEP_S="1",
+        GPU_CHECK_STEPS="build bench_peers",
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr  # bench_peers timed out: a failed step
     steps = summary_lines((tmp_path / "logs" / "summary.txt").read_text())
     assert steps["bench_peers"][0] == "TIMEOUT" and "interrupted by SIGINT" in steps["bench_peers"][1]
@@ -146,11 +171,30 @@ def test_gpu_check_selects_every_cuda_test_by_marker(tmp_path):
     # selected, and of tests/test_ecosystem.py exactly those named for CUDA (what `-k cuda`
     # selected before). One collection of the whole suite; a plugin lists what it left out.
     (tmp_path / "list_deselected.py").write_text(
-        "def pytest_deselected(items):\n    for item in items:\n        print('DESELECTED', item.nodeid)\n")
+        "def pytest_deselected(items):\n    for item in items:\n        print('DESELECTED', item.nodeid)\n"
+    )
     pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "-p",
-                           "list_deselected", "tests", "-m", "cuda"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=pythonpath))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--co",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "list_deselected",
+            "tests",
+            "-m",
+            "cuda",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=pythonpath),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     deselected = {line.split()[1] for line in lines if line.startswith("DESELECTED ")}

@@ -42,15 +42,19 @@ def fast_calls(monkeypatch):
 def separate_ops(x, p, block_size, eps=1e-6, shared_channels=False, scale_by_keep=True):
     """What the general path computes, step by step: the key from torch.randint, then the two ops."""
     seed = torch.randint(functional._KEY_LOW, functional._KEY_HIGH, (), dtype=torch.int64, device=x.device)
-    mask, scale = ops.drop_block_mask(x, seed, torch.tensor(p, dtype=torch.float64), list(block_size), eps,
-                                      shared_channels)
+    mask, scale = ops.drop_block_mask(
+        x, seed, torch.tensor(p, dtype=torch.float64), list(block_size), eps, shared_channels
+    )
     if not scale_by_keep:
         scale = torch.ones((), dtype=torch.float64, device=x.device)
     return ops.drop_block_apply(x, mask, scale, shared_channels)
 
 
-FUNCTIONS = [(drop_block1d, DropBlock1d, (2, 3, 40)), (drop_block2d, DropBlock2d, (2, 3, 11, 13)),
-             (drop_block3d, DropBlock3d, (1, 2, 5, 6, 7))]
+FUNCTIONS = [
+    (drop_block1d, DropBlock1d, (2, 3, 40)),
+    (drop_block2d, DropBlock2d, (2, 3, 11, 13)),
+    (drop_block3d, DropBlock3d, (1, 2, 5, 6, 7)),
+]
 
 
 @pytest.mark.parametrize("function, cls, shape", FUNCTIONS)
@@ -170,11 +174,13 @@ def test_fast_path_on_cuda_draws_the_cuda_generators_key(fast_calls):
 
 
 def test_host_time_benchmark_runs_on_a_tiny_size():
-    args = host_time.config_from_args(["--quick", "--device", "cpu", "--rounds", "2", "--calls", "2",
-                                       "--shape", "1,1,4,4"])
+    args = host_time.config_from_args(
+        ["--quick", "--device", "cpu", "--rounds", "2", "--calls", "2", "--shape", "1,1,4,4"]
+    )
     rows = host_time.run(args)
-    assert {(r.call, r.grad) for r in rows} == {(c, g) for c in ("F.dropout", "nn.Dropout", "drop_block2d",
-                                                                 "DropBlock2d") for g in (False, True)}
+    assert {(r.call, r.grad) for r in rows} == {
+        (c, g) for c in ("F.dropout", "nn.Dropout", "drop_block2d", "DropBlock2d") for g in (False, True)
+    }
     assert all(r.device == "cpu" and r.us > 0 and r.vs_dropout > 0 for r in rows)
     assert all(r.vs_dropout == 1.0 for r in rows if r.call == host_time.BASELINE)
     assert "x F.dropout" in host_time.format_table(rows)

@@ -10,8 +10,16 @@ from hypothesis import strategies as st
 
 import dropblock_cuda
 from helpers import mask_of, p_tensor, reference_mask
-from reference import (CHUNK, count_distribution, count_table, drop_probability_per_position, effective_gamma,
-                       philox4x32_10, seed_flags, seed_probability)
+from reference import (
+    CHUNK,
+    count_distribution,
+    count_table,
+    drop_probability_per_position,
+    effective_gamma,
+    philox4x32_10,
+    seed_flags,
+    seed_probability,
+)
 
 
 def test_reference_philox_known_answers():

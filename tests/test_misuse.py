@@ -79,8 +79,14 @@ def _x(shape=(2, 3, 8, 8), dtype=torch.float32):
 
 def _mask_args(x=None, seed=None, p=None, block=None, eps=EPS, shared=False):
     x = _x() if x is None else x
-    return (x, seed_() if seed is None else seed, p_() if p is None else p,
-            [3] * (x.dim() - 2) if block is None else block, eps, shared)
+    return (
+        x,
+        seed_() if seed is None else seed,
+        p_() if p is None else p,
+        [3] * (x.dim() - 2) if block is None else block,
+        eps,
+        shared,
+    )
 
 
 def _apply_args(x=None, mask=None, scale=None, shared=False):
@@ -108,8 +114,9 @@ MASK_CASES = {
     "p_2_elements": lambda: _mask_args(p=p_().expand(2)),
     # A zero-size input whose sizes multiply past int64: its mask size would wrap around.
     "bits_overflow": lambda: _mask_args(x=torch.empty(0, 1, 1, 1).expand(0, 1, 2**40, 2**40)),
-    "bits_overflow_shared": lambda: _mask_args(x=torch.empty(2**40, 0, 1, 1).expand(2**40, 0, 2**40, 2**40),
-                                               shared=True),
+    "bits_overflow_shared": lambda: _mask_args(
+        x=torch.empty(2**40, 0, 1, 1).expand(2**40, 0, 2**40, 2**40), shared=True
+    ),
 }
 
 APPLY_CASES = {
@@ -124,10 +131,12 @@ APPLY_CASES = {
     "mask_too_short": lambda: _apply_args(mask=torch.zeros(40, dtype=torch.uint8)),
     "mask_of_the_shared_size": lambda: _apply_args(mask=mask_and_scale(_x(), shared=True)[0]),
     # 2**63 - 1 logical elements: 2**60 mask bytes, computed without overflow (bits + 63 would).
-    "mask_for_2_63_elements": lambda: _apply_args(x=torch.zeros(1, 1, 1, 1).expand(HUGE_SHAPE),
-                                                  mask=torch.zeros(8, dtype=torch.uint8)),
-    "bits_overflow": lambda: _apply_args(x=torch.empty(0, 1, 1, 1).expand(0, 1, 2**40, 2**40),
-                                         mask=torch.zeros(0, dtype=torch.uint8)),
+    "mask_for_2_63_elements": lambda: _apply_args(
+        x=torch.zeros(1, 1, 1, 1).expand(HUGE_SHAPE), mask=torch.zeros(8, dtype=torch.uint8)
+    ),
+    "bits_overflow": lambda: _apply_args(
+        x=torch.empty(0, 1, 1, 1).expand(0, 1, 2**40, 2**40), mask=torch.zeros(0, dtype=torch.uint8)
+    ),
 }
 
 EXPECTED = {  # (exception, start of the message) of each case
@@ -158,8 +167,9 @@ EXPECTED = {  # (exception, start of the message) of each case
     "mask_for_2_63_elements": (ValueError, f"mask: expected {2**60} bytes for an input of shape"),
 }
 
-CASES = ([("drop_block_mask", name) for name in MASK_CASES]
-         + [(op, name) for op in ("drop_block_apply", "drop_block_apply_") for name in APPLY_CASES])
+CASES = [("drop_block_mask", name) for name in MASK_CASES] + [
+    (op, name) for op in ("drop_block_apply", "drop_block_apply_") for name in APPLY_CASES
+]
 
 
 def _build(op, name):
@@ -219,8 +229,11 @@ def test_apply_with_one_argument_on_meta_raises(op, on_meta, shared):
     named = "scale" if on_meta == "scale" else "mask"  # a meta input: the mask is then on the wrong device
     input_device = "meta" if on_meta == "input" else "cpu"
     other_device = "cpu" if on_meta == "input" else "meta"
-    with pytest.raises(ValueError, match=rf"^{named}: expected a tensor on the input's device \({input_device}\), "
-                                         rf"got one on {other_device}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{named}: expected a tensor on the input's device \({input_device}\), "
+        rf"got one on {other_device}$",
+    ):
         getattr(ops, op)(args["input"], args["mask"], args["scale"], shared)
     if on_meta != "input":
         assert torch.equal(args["input"], before)
@@ -231,8 +244,11 @@ def test_mask_with_a_scalar_on_meta_for_a_cpu_input_raises(on_meta):
     x = positive((2, 3, 8, 8))
     args = {"seed": seed_(), "p": p_()}
     args[on_meta] = args[on_meta].to("meta")
-    with pytest.raises(ValueError, match=rf"^{on_meta}: expected a 0-dim .* on the CPU or on the input's device "
-                                         r"\(cpu\), got .* on meta$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{on_meta}: expected a 0-dim .* on the CPU or on the input's device "
+        r"\(cpu\), got .* on meta$",
+    ):
         ops.drop_block_mask(x, args["seed"], args["p"], [3, 3], EPS, False)
 
 
@@ -305,12 +321,12 @@ def test_an_input_that_requires_grad_is_fine_for_the_mask():
 
 def _mask_inside_the_input():
     buffer = positive((2 * 3 * 8 * 8,))
-    return buffer.view(2, 3, 8, 8), buffer.view(torch.uint8)[16:16 + 48]
+    return buffer.view(2, 3, 8, 8), buffer.view(torch.uint8)[16 : 16 + 48]
 
 
 def _mask_straddling_the_inputs_end():
     buffer = positive((2 * 3 * 8 * 8 + 16,))
-    return buffer[:-16].view(2, 3, 8, 8), buffer.view(torch.uint8)[2 * 3 * 8 * 8 * 4 - 8:][:48]  # 8 bytes inside
+    return buffer[:-16].view(2, 3, 8, 8), buffer.view(torch.uint8)[2 * 3 * 8 * 8 * 4 - 8 :][:48]  # 8 bytes inside
 
 
 def _mask_beside_a_strided_input():
@@ -319,8 +335,11 @@ def _mask_beside_a_strided_input():
     return buffer[:-12].view(2, 3, 8, 16)[..., ::2], buffer[-12:].view(torch.uint8)[:48]
 
 
-@pytest.mark.parametrize("place", [_mask_inside_the_input, _mask_straddling_the_inputs_end,
-                                   _mask_beside_a_strided_input], ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize(
+    "place",
+    [_mask_inside_the_input, _mask_straddling_the_inputs_end, _mask_beside_a_strided_input],
+    ids=lambda f: f.__name__[1:],
+)
 def test_inplace_refuses_a_mask_in_the_inputs_memory(place):
     x, alias = place()  # a mask of 48 bytes, for a (2, 3, 8, 8) input
     _, scale = mask_and_scale(x)
@@ -357,10 +376,15 @@ def test_out_of_place_apply_may_read_a_mask_from_the_input():
     buffer = positive((2 * 3 * 8 * 8,))
     x = buffer.view(2, 3, 8, 8)
     mask, scale = mask_and_scale(x)
-    inside = buffer.view(torch.uint8)[8:8 + mask.numel()]
+    inside = buffer.view(torch.uint8)[8 : 8 + mask.numel()]
     inside.copy_(mask)  # x now holds the mask's bytes (NaNs among them): the op reads both, writes neither
-    torch.testing.assert_close(ops.drop_block_apply(x, inside, scale, False), reference_apply(x, mask, scale, False),
-                               rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        ops.drop_block_apply(x, inside, scale, False),
+        reference_apply(x, mask, scale, False),
+        rtol=0,
+        atol=0,
+        equal_nan=True,
+    )
 
 
 # ---- masks at any byte offset (the kernels read 64-bit words) ------------------------------------
@@ -417,8 +441,9 @@ _EXAMPLES = int(os.environ.get("DROPBLOCK_MISUSE_EXAMPLES", "25"))
     key=st.integers(-(2**63), 2**63 - 1),
     p=st.floats(0.0, 1.0),
 )
-def test_random_views_offsets_and_keys_match_the_reference(n, c, spatial, dtype, layout, shared, mask_offset,
-                                                            input_offset, inplace, key, p):
+def test_random_views_offsets_and_keys_match_the_reference(
+    n, c, spatial, dtype, layout, shared, mask_offset, input_offset, inplace, key, p
+):
     # Inputs and masks at any element / byte offset, every layout path, every key and p.
     shape = (n, c, *spatial)
     numel = int(np.prod(shape))
@@ -455,8 +480,9 @@ def test_sparse_tensors_are_not_implemented(sparse):
     mask, scale = mask_and_scale(x)
     args = {"input": x, "mask": mask}
     args[sparse] = args[sparse].to_sparse()
-    with pytest.raises(NotImplementedError, match="'dropblock_cuda::drop_block_apply' with arguments from the "
-                                                  "'SparseCPU' backend"):
+    with pytest.raises(
+        NotImplementedError, match="'dropblock_cuda::drop_block_apply' with arguments from the 'SparseCPU' backend"
+    ):
         ops.drop_block_apply(args["input"], args["mask"], scale, False)
     with pytest.raises(NotImplementedError, match="SparseCPU"):
         ops.drop_block_mask(x.to_sparse(), seed_(), p_(), [3, 3], EPS, False)
@@ -534,8 +560,14 @@ FORK_CHILD = textwrap.dedent("""
 def test_a_forked_child_runs_small_tensors_without_hanging(tmp_path):
     # A DataLoader worker started with fork: libgomp's pool does not survive fork, so the child must
     # not enter a parallel region for a small tensor (the kernels go parallel past GRAIN_SIZE only).
-    run = subprocess.run([sys.executable, "-c", FORK_CHILD], env=env_finding_package(), cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", FORK_CHILD],
+        env=env_finding_package(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
 
 
@@ -547,9 +579,13 @@ def test_a_forked_child_runs_small_tensors_without_hanging(tmp_path):
 def test_cuda_apply_with_a_mask_elsewhere_raises(other):
     x = torch.rand(2, 3, 8, 8, device="cuda")
     mask, scale = mask_and_scale(x)
-    with pytest.raises(ValueError, match=rf"^mask: expected a tensor on the input's device \(cuda:0\), got one on {other}"):
+    with pytest.raises(
+        ValueError, match=rf"^mask: expected a tensor on the input's device \(cuda:0\), got one on {other}"
+    ):
         ops.drop_block_apply(x, mask.to(other), scale, False)
-    with pytest.raises(ValueError, match=rf"^scale: expected a tensor on the input's device \(cuda:0\), got one on {other}"):
+    with pytest.raises(
+        ValueError, match=rf"^scale: expected a tensor on the input's device \(cuda:0\), got one on {other}"
+    ):
         ops.drop_block_apply_(x, mask, scale.to(other), False)
 
 
@@ -566,4 +602,4 @@ def test_cuda_inplace_refuses_a_mask_inside_the_input():
     x = buffer.view(2, 3, 8, 8)
     mask, scale = mask_and_scale(x)
     with pytest.raises(RuntimeError, match=r"^drop_block_apply_: mask shares memory with the input"):
-        ops.drop_block_apply_(x, buffer.view(torch.uint8)[8:8 + mask.numel()], scale, False)
+        ops.drop_block_apply_(x, buffer.view(torch.uint8)[8 : 8 + mask.numel()], scale, False)

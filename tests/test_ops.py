@@ -67,8 +67,7 @@ def test_dropped_elements_are_exactly_zero_whatever_the_input():
     x = torch.full((1, 4, 8, 8), float("nan"))
     x[0, 0] = float("inf")
     y = drop_block2d(x, 0.5, 3, generator=gen(1))
-    dropped = torch.from_numpy(~mask_of(x, key_of(gen(1)),
-                                        0.5, (3, 3))[0]).reshape(x.shape)
+    dropped = torch.from_numpy(~mask_of(x, key_of(gen(1)), 0.5, (3, 3))[0]).reshape(x.shape)
     assert dropped.any()
     assert (y[dropped] == 0).all()
 
@@ -125,12 +124,15 @@ def test_half_precision_scale_survives_many_kept_elements():
     torch.testing.assert_close(y[y != 0].float(), torch.full((kept,), expected), rtol=1e-3, atol=0)
 
 
-@pytest.mark.parametrize("make", [
-    lambda x: x.contiguous(memory_format=torch.channels_last),
-    lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),
-    lambda x: torch.stack([x, -x], dim=-1)[..., 0],
-    lambda x: x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: x.contiguous(memory_format=torch.channels_last),
+        lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),
+        lambda x: torch.stack([x, -x], dim=-1)[..., 0],
+        lambda x: x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3),
+    ],
+)
 @pytest.mark.parametrize("shared", [False, True])
 def test_layout_does_not_change_the_result(make, shared):
     x = positive((2, 3, 14, 15))
@@ -277,7 +279,9 @@ def test_huge_block_sizes_are_valid_and_clamped_to_the_map(block_size):
     # Any block size >= 1 is valid (semantics 2): past int64 it is the whole map, as any size >= S.
     x = positive((2, 3, 6, 7))
     clamped = (6, 7) if isinstance(block_size, int) else (6, 3)
-    assert torch.equal(drop_block2d(x, 0.5, block_size, generator=gen(4)), drop_block2d(x, 0.5, clamped, generator=gen(4)))
+    assert torch.equal(
+        drop_block2d(x, 0.5, block_size, generator=gen(4)), drop_block2d(x, 0.5, clamped, generator=gen(4))
+    )
     module = DropBlock2d(0.5, block_size)
     assert module.block_size == block_size  # shown as given
     torch.manual_seed(4)
@@ -312,7 +316,9 @@ def test_each_flag_is_read_once():
         drop_block2d(x, 0.5, 3, shared_channels=torch.tensor(True))
 
 
-@pytest.mark.parametrize("dtype", [getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name)])
+@pytest.mark.parametrize(
+    "dtype", [getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name)]
+)
 def test_float8_input_is_refused_before_a_key_is_drawn(dtype):
     x = torch.zeros(1, 1, 4, 4).to(dtype)
     generator = gen(3)
@@ -331,7 +337,9 @@ def test_raw_ops_check_their_arguments():
         ops.drop_block_mask(x, seed, torch.tensor(0.5, dtype=torch.float64, device=x.device), [3], 1e-6, False)
     with pytest.raises(ValueError, match="p"):
         ops.drop_block_mask(x, seed, torch.tensor(1.5, dtype=torch.float64, device=x.device), [3, 3], 1e-6, False)
-    mask, scale = ops.drop_block_mask(x, seed, torch.tensor(0.5, dtype=torch.float64, device=x.device), [3, 3], 1e-6, False)
+    mask, scale = ops.drop_block_mask(
+        x, seed, torch.tensor(0.5, dtype=torch.float64, device=x.device), [3, 3], 1e-6, False
+    )
     with pytest.raises(ValueError, match="mask"):
         ops.drop_block_apply(x[:1], mask, scale, False)
     with pytest.raises(TypeError, match="mask"):
@@ -387,7 +395,13 @@ def test_inplace_op_refuses_tracked_inputs_and_bumps_the_version():
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_modules_hold_settings_only(dims):
     module = MODULES[dims](0.2, 3, inplace=False, eps=1e-5, shared_channels=True)
-    assert (module.p, module.block_size, module.inplace, module.eps, module.shared_channels) == (0.2, 3, False, 1e-5, True)
+    assert (module.p, module.block_size, module.inplace, module.eps, module.shared_channels) == (
+        0.2,
+        3,
+        False,
+        1e-5,
+        True,
+    )
     assert list(module.parameters()) == [] and list(module.buffers()) == []
     assert module.state_dict() == {}
     text = repr(module)
@@ -414,7 +428,9 @@ def test_cuda_version_is_none_or_the_cuda_of_torch():
     if torch.version.cuda is None:
         assert version is None  # setup.py falls back to the CPU ops
     else:  # None when no nvcc was found; else the toolkit torch was built with, up to the minor version
-        assert version is None or (isinstance(version, int) and version // 1000 == int(torch.version.cuda.split(".")[0]))
+        assert version is None or (
+            isinstance(version, int) and version // 1000 == int(torch.version.cuda.split(".")[0])
+        )
 
 
 def test_cuda_mask_kernel_setting_is_checked_and_returns_the_previous_one():
@@ -423,8 +439,9 @@ def test_cuda_mask_kernel_setting_is_checked_and_returns_the_previous_one():
     assert ops._set_cuda_mask_kernel("scatter") == "auto"
     try:
         assert ops._set_cuda_mask_kernel("window") == "scatter"
-        with pytest.raises(ValueError, match="_set_cuda_mask_kernel: kernel: expected 'auto', 'window' or "
-                                             "'scatter', got 'fast'"):
+        with pytest.raises(
+            ValueError, match="_set_cuda_mask_kernel: kernel: expected 'auto', 'window' or 'scatter', got 'fast'"
+        ):
             ops._set_cuda_mask_kernel("fast")
         assert ops._set_cuda_mask_kernel("window") == "window"  # a refused setting changes nothing
     finally:
@@ -433,11 +450,13 @@ def test_cuda_mask_kernel_setting_is_checked_and_returns_the_previous_one():
 
 @pytest.mark.parametrize("value,expected", [("scatter", "scatter"), ("", "auto"), ("fast", "ValueError")])
 def test_cuda_mask_kernel_environment_variable_is_read_once_and_checked(value, expected, tmp_path):
-    code = ("import torch, dropblock_cuda\n"
-            "try:\n"
-            "    print(torch.ops.dropblock_cuda._set_cuda_mask_kernel('auto'))\n"
-            "except ValueError as exc:\n"
-            "    print('ValueError', exc)\n")
+    code = (
+        "import torch, dropblock_cuda\n"
+        "try:\n"
+        "    print(torch.ops.dropblock_cuda._set_cuda_mask_kernel('auto'))\n"
+        "except ValueError as exc:\n"
+        "    print('ValueError', exc)\n"
+    )
     env = env_finding_package(DROPBLOCK_CUDA_MASK_KERNEL=value)
     # Run outside the source tree, so that a source checkout without a build is not imported.
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
@@ -449,8 +468,9 @@ def test_cuda_mask_kernel_environment_variable_is_read_once_and_checked(value, e
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape", [(3, 70, 9, 11), (2, 5, 4, 6, 7), (2, 1, 20, 20), (1, 130, 3, 3), (2, 9, 150)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "shape", [(3, 70, 9, 11), (2, 5, 4, 6, 7), (2, 1, 20, 20), (1, 130, 3, 3), (2, 9, 150)], ids=str
+)
 @pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
 def test_channels_innermost_memory_gives_the_contiguous_result(dtype, shape, shared):
     # channels_last / channels_last_3d (and its 1-d analogue): the CPU kernel's tiled path.
@@ -482,7 +502,9 @@ def test_channels_innermost_random_shapes(n, c, spatial, shared, key):
         x, torch.tensor(key), torch.tensor(0.3, dtype=torch.float64), [3] * len(spatial), 1e-6, shared
     )
     channels_last = x.movedim(1, -1).contiguous().movedim(-1, 1)
-    assert torch.equal(ops.drop_block_apply(channels_last, mask, scale, shared), ops.drop_block_apply(x, mask, scale, shared))
+    assert torch.equal(
+        ops.drop_block_apply(channels_last, mask, scale, shared), ops.drop_block_apply(x, mask, scale, shared)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -491,7 +513,9 @@ def test_channels_innermost_random_shapes(n, c, spatial, shared, key):
 def test_16_bit_outputs_are_the_rounded_float_products(dtype, shared, channels_last):
     # Bit for bit: kept elements are (float(x) * float(scale)) rounded to nearest even (subnormals,
     # infinities and the largest finite values included), dropped ones are +0.
-    special = torch.tensor([0.0, -0.0, 1.0, -1.0, 65504.0, 1e-7, -6e-8, 3.3e-5, float("inf"), float("-inf"), 1e30, -1e-30])
+    special = torch.tensor(
+        [0.0, -0.0, 1.0, -1.0, 65504.0, 1e-7, -6e-8, 3.3e-5, float("inf"), float("-inf"), 1e30, -1e-30]
+    )
     x = torch.cat([special, torch.randn(2 * 24 * 7 * 11 - len(special), generator=gen(2)) * 100]).to(dtype)
     x = x.view(2, 24, 7, 11)
     mask, scale = ops.drop_block_mask(x, torch.tensor(3), torch.tensor(0.4, dtype=torch.float64), [3, 3], 1e-6, shared)
@@ -504,15 +528,18 @@ def test_16_bit_outputs_are_the_rounded_float_products(dtype, shared, channels_l
 
 
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("shape", [(1, 1, 0), (1, 1, 1), (1, 1, 63), (1, 1, 64), (1, 1, 65), (3, 5, 7, 9), (2, 3, 4, 5, 6)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 0), (1, 1, 1), (1, 1, 63), (1, 1, 64), (1, 1, 65), (3, 5, 7, 9), (2, 3, 4, 5, 6)]
+)
 def test_packed_mask_size_is_one_rule_in_cpp_and_in_the_fake_kernel(shape, shared):
     # One statement of the packed size each side ((bits + 63) / 64 * 8 bytes): the C++ kernels'
     # packed_mask_bytes (csrc/mask_params.cpp) and the fake kernels' _packed_mask_bytes agree.
     from dropblock_cuda._registrations import _mask_bits, _packed_mask_bytes
 
     x = torch.empty(shape)
-    mask, _ = ops.drop_block_mask(x, torch.tensor(1), torch.tensor(0.1, dtype=torch.float64), [3] * (x.dim() - 2),
-                                  1e-6, shared)
+    mask, _ = ops.drop_block_mask(
+        x, torch.tensor(1), torch.tensor(0.1, dtype=torch.float64), [3] * (x.dim() - 2), 1e-6, shared
+    )
     bits = _mask_bits(x, shared)
     assert bits == (shape[0] if shared else shape[0] * shape[1]) * math.prod(shape[2:])
     assert mask.numel() == _packed_mask_bytes(bits) == (bits + 63) // 64 * 8

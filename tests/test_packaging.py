@@ -21,8 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tracked_files():
     if shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")):
         pytest.skip("needs the git checkout")
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, check=True).stdout
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     return [path for path in listing.decode().split("\0") if path and os.path.exists(os.path.join(ROOT, path))]
 
 
@@ -38,14 +42,20 @@ def sdist_members(tmp_path_factory):
     # As on a machine without CUDA: setup.py then compiles no CUDA source, and the sdist must still
     # carry them all.
     env = dict(os.environ, FORCE_CUDA="0", CUDA_HOME="")
-    run = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist), "."],
-                         cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist), "."],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (archive,) = list(dist.glob("dropblock_cuda-*.tar.gz"))
     assert archive.name == f"dropblock_cuda-{dropblock_cuda.__version__}.tar.gz"
     with tarfile.open(archive) as tar:
         prefix = archive.name[: -len(".tar.gz")] + "/"
-        return {name[len(prefix):] for name in tar.getnames() if name.startswith(prefix)}
+        return {name[len(prefix) :] for name in tar.getnames() if name.startswith(prefix)}
 
 
 def test_sdist_holds_every_source_header_and_build_file(sdist_members):

@@ -18,15 +18,26 @@ from benchmarks import regularisation as reg
 
 
 def _tiny(tmp_path, **kw):
-    base = dict(datasets=["digits"], seeds=2, epochs=2, eval_points=2, limit=64, jobs=1, progress=False, quiet=True,
-                out=str(tmp_path))
+    base = dict(
+        datasets=["digits"],
+        seeds=2,
+        epochs=2,
+        eval_points=2,
+        limit=64,
+        jobs=1,
+        progress=False,
+        quiet=True,
+        out=str(tmp_path),
+    )
     base.update(kw)
     return reg.Config(**base)
 
 
 def _numbers(result):
-    return [(r["dataset"], r["arm"], r["seed"], r["test_acc"], r["train_acc"], r["train_loss"], r["curves"])
-            for r in result["runs"]]
+    return [
+        (r["dataset"], r["arm"], r["seed"], r["test_acc"], r["train_acc"], r["train_loss"], r["curves"])
+        for r in result["runs"]
+    ]
 
 
 def test_the_digits_ship_inside_scikit_learns_wheel_and_load_offline(monkeypatch):
@@ -37,6 +48,7 @@ def test_the_digits_ship_inside_scikit_learns_wheel_and_load_offline(monkeypatch
 
     def no_network(*args, **kwargs):
         raise AssertionError("the loader tried to reach the network")
+
     monkeypatch.setattr(socket.socket, "connect", no_network)
     x_train, y_train, x_test, y_test = reg.digits_split(0, 20)
     assert x_train.shape == (200, 1, 8, 8) and x_test.shape == (1597, 1, 8, 8)
@@ -94,11 +106,14 @@ def test_regularisation_one_dimensional_path_uses_dropblock1d(tmp_path, monkeypa
         x = torch.randn(48, 1, 40, generator=gen)
         y = (x[:, 0, :20].mean(1) > 0).long()
         return x[:32], y[:32], x[32:], y[32:]
-    monkeypatch.setitem(reg.DATASETS, "series", reg.Dataset("series", 1, "none", split, 0, 5, 3, 8, "synthetic",
-                                                             stem_kernel=7))
+
+    monkeypatch.setitem(
+        reg.DATASETS, "series", reg.Dataset("series", 1, "none", split, 0, 5, 3, 8, "synthetic", stem_kernel=7)
+    )
     model = reg.SmallResNet(1, 1, 2, reg.make_regulariser("dropblock", 1, 0.1, 5))
-    assert [type(m) for m in model.modules() if isinstance(m, dropblock_cuda.DropBlock1d)] == \
-        [dropblock_cuda.DropBlock1d] * 2
+    assert [type(m) for m in model.modules() if isinstance(m, dropblock_cuda.DropBlock1d)] == [
+        dropblock_cuda.DropBlock1d
+    ] * 2
     result = reg.run_experiment(_tiny(tmp_path, datasets=["series"], seeds=1, limit=None))
     assert {r["arm"] for r in result["runs"]} == set(reg.ARMS)
     assert all(r["epochs"] == 2 and r["train_size"] == 32 for r in result["runs"])
@@ -108,6 +123,7 @@ def test_regularisation_one_dimensional_path_uses_dropblock1d(tmp_path, monkeypa
 def test_a_missing_package_skips_its_dataset(tmp_path, monkeypatch):
     def split(seed, per_class):
         raise ImportError("No module named 'nothing_here'")
+
     monkeypatch.setitem(reg.DATASETS, "absent", reg.Dataset("absent", 1, "nothing_here", split, 0, 3, 1, 4, "absent"))
     result = reg.run_experiment(_tiny(tmp_path, datasets=["absent"]))
     assert result["runs"] == [] and "absent: needs nothing_here" in result["skipped"][0]

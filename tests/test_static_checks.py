@@ -73,8 +73,21 @@ def ptxas_report(source, tmp_path):
     if nvcc is None or torch_include is None:
         pytest.skip("needs nvcc and torch's C++ headers")
     # -cubin for one architecture: ptxas runs once per kernel, no host code is compiled.
-    command = [nvcc, "-std=c++17", "-O3", "-arch=sm_90", "-cubin", "-Xptxas", "-v", f"-I{ROOT / 'csrc'}",
-               "-isystem", torch_include, str(source), "-o", str(tmp_path / (Path(source).stem + ".cubin"))]
+    command = [
+        nvcc,
+        "-std=c++17",
+        "-O3",
+        "-arch=sm_90",
+        "-cubin",
+        "-Xptxas",
+        "-v",
+        f"-I{ROOT / 'csrc'}",
+        "-isystem",
+        torch_include,
+        str(source),
+        "-o",
+        str(tmp_path / (Path(source).stem + ".cubin")),
+    ]
     build = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-3000:]
     return build.stderr
@@ -99,25 +112,32 @@ def test_ptxas_report_check_finds_a_stack_frame(tmp_path):
     # The check above, on a kernel that must keep a stack frame (an array indexed at run time
     # lives in local memory): the report's format is the one ptxas_resource_problems reads.
     source = tmp_path / "local_array.cu"
-    source.write_text("__global__ void local_array(const int* index, float* out) {\n"
-                      "  float a[256];\n"
-                      "  for (int i = 0; i < 256; ++i) a[i] = out[i];\n"
-                      "  a[index[0] & 255] = 1.0f;\n"
-                      "  out[0] = a[index[threadIdx.x] & 255];\n"
-                      "}\n")
+    source.write_text(
+        "__global__ void local_array(const int* index, float* out) {\n"
+        "  float a[256];\n"
+        "  for (int i = 0; i < 256; ++i) a[i] = out[i];\n"
+        "  a[index[0] & 255] = 1.0f;\n"
+        "  out[0] = a[index[threadIdx.x] & 255];\n"
+        "}\n"
+    )
     problems = ptxas_resource_problems(ptxas_report(source, tmp_path))
     assert any("local_array" in p and "stack frame" in p for p in problems), problems
 
 
 def test_ptxas_report_check_reads_every_kind_of_device_memory_use():
-    report = ("ptxas info    : Function properties for _Z1fv\n"
-              "    0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n"
-              "ptxas info    : Used 255 registers, used 0 barriers, 16 bytes lmem\n"
-              "ptxas info    : Function properties for _Z1gv\n"
-              "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
-              "ptxas info    : Used 12 registers, used 1 barriers, 1092 bytes smem\n")
-    assert ptxas_resource_problems(report) == ["_Z1fv: 8 bytes spill stores", "_Z1fv: 4 bytes spill loads",
-                                               "_Z1fv: 16 bytes lmem"]
+    report = (
+        "ptxas info    : Function properties for _Z1fv\n"
+        "    0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n"
+        "ptxas info    : Used 255 registers, used 0 barriers, 16 bytes lmem\n"
+        "ptxas info    : Function properties for _Z1gv\n"
+        "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+        "ptxas info    : Used 12 registers, used 1 barriers, 1092 bytes smem\n"
+    )
+    assert ptxas_resource_problems(report) == [
+        "_Z1fv: 8 bytes spill stores",
+        "_Z1fv: 4 bytes spill loads",
+        "_Z1fv: 16 bytes lmem",
+    ]
 
 
 # ------------------------------------------------------------------------------------------
@@ -150,16 +170,19 @@ def unbound_names(code, filename="<code>"):
     return sorted(missing)
 
 
-@pytest.mark.parametrize("code,missing", [
-    ("import torch\nassert_equal(torch.ones(1), torch.ones(1))\n", ["assert_equal"]),  # issue 11's NameError
-    ("from helpers import assert_equal\nassert_equal(1, 1)\n", []),
-    ("def f(a):\n    return a + b\nprint(f(1))\n", ["b"]),
-    ("def f():\n    b = 1\n    return lambda: b\nf()()\n", []),  # free, bound in the enclosing function
-    ("print([y for y in range(3)], len, ValueError)\n", []),
-    ("print([y + z for y in range(3)])\n", ["z"]),
-    ("class A:\n    n = 1\nprint(A.n)\nwith open('f') as fh, __import__('os').scandir() as d:\n    pass\n", []),
-    ("try:\n    pass\nexcept Exception as e:\n    print(e)\nfor i in range(2):\n    print(i)\n", []),
-])
+@pytest.mark.parametrize(
+    "code,missing",
+    [
+        ("import torch\nassert_equal(torch.ones(1), torch.ones(1))\n", ["assert_equal"]),  # issue 11's NameError
+        ("from helpers import assert_equal\nassert_equal(1, 1)\n", []),
+        ("def f(a):\n    return a + b\nprint(f(1))\n", ["b"]),
+        ("def f():\n    b = 1\n    return lambda: b\nf()()\n", []),  # free, bound in the enclosing function
+        ("print([y for y in range(3)], len, ValueError)\n", []),
+        ("print([y + z for y in range(3)])\n", ["z"]),
+        ("class A:\n    n = 1\nprint(A.n)\nwith open('f') as fh, __import__('os').scandir() as d:\n    pass\n", []),
+        ("try:\n    pass\nexcept Exception as e:\n    print(e)\nfor i in range(2):\n    print(i)\n", []),
+    ],
+)
 def test_unbound_names_finds_what_would_raise_a_name_error(code, missing):
     assert unbound_names(code) == missing
 
@@ -193,8 +216,12 @@ def test_gpu_tests_run_only_registered_code_in_subprocesses(module):
 
 
 # Python that runs on a GPU machine only, in whole or in part.
-GPU_ONLY_PYTHON = ["tests/test_cuda.py", "tests/test_ecosystem.py", "benchmarks/gpu_bench.py",
-                   "benchmarks/sanitizer_smoke.py"]
+GPU_ONLY_PYTHON = [
+    "tests/test_cuda.py",
+    "tests/test_ecosystem.py",
+    "benchmarks/gpu_bench.py",
+    "benchmarks/sanitizer_smoke.py",
+]
 
 
 @pytest.mark.parametrize("path", GPU_ONLY_PYTHON)

@@ -35,8 +35,9 @@ def test_python_is_ruff_formatted_and_lint_clean():
     ruff = ruff_command()
     formatted = subprocess.run([*ruff, "format", "--check", *files], cwd=ROOT, capture_output=True, text=True)
     assert formatted.returncode == 0, formatted.stdout + formatted.stderr
-    checked = subprocess.run([*ruff, "check", "--output-format", "concise", *files], cwd=ROOT, capture_output=True,
-                             text=True)
+    checked = subprocess.run(
+        [*ruff, "check", "--output-format", "concise", *files], cwd=ROOT, capture_output=True, text=True
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 

@@ -61,8 +61,9 @@ def test_scale_by_keep_false_keeps_values():
     assert_equal(x.grad, keep.float())
 
 
-@pytest.mark.parametrize("cls, shape", [(DropBlock1d, (2, 3, 40)), (DropBlock2d, (2, 3, 12, 12)),
-                                        (DropBlock3d, (2, 3, 6, 6, 6))])
+@pytest.mark.parametrize(
+    "cls, shape", [(DropBlock1d, (2, 3, 40)), (DropBlock2d, (2, 3, 12, 12)), (DropBlock3d, (2, 3, 6, 6, 6))]
+)
 def test_modules_take_and_show_the_options(cls, shape):
     module = cls(0.2, 3, gamma_scale=0.25, scale_by_keep=False)
     assert (module.gamma_scale, module.scale_by_keep) == (0.25, False)
@@ -76,12 +77,15 @@ def test_modules_take_and_show_the_options(cls, shape):
     assert_equal(y[y != 0], x[y != 0])  # not rescaled
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(gamma_scale=-0.5), "gamma_scale"),
-    (dict(gamma_scale=float("nan")), "gamma_scale"),
-    (dict(gamma_scale=float("inf")), "gamma_scale"),
-    (dict(gamma_scale=5.0), "gamma_scale"),  # p * gamma_scale = 1.5 > 1
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(gamma_scale=-0.5), "gamma_scale"),
+        (dict(gamma_scale=float("nan")), "gamma_scale"),
+        (dict(gamma_scale=float("inf")), "gamma_scale"),
+        (dict(gamma_scale=5.0), "gamma_scale"),  # p * gamma_scale = 1.5 > 1
+    ],
+)
 def test_bad_gamma_scale_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DropBlock2d(0.3, 3, **kwargs)
@@ -110,12 +114,18 @@ def test_scheduler_ramps_p_and_keeps_gamma_scale():
 
 @pytest.mark.parametrize("gamma_scale, scale_by_keep, couple", [(0.25, True, True), (1.0, False, False)])
 def test_convert_maps_timm_options(gamma_scale, scale_by_keep, couple):
-    theirs = timm.layers.DropBlock2d(drop_prob=0.2, block_size=5, gamma_scale=gamma_scale,
-                                     scale_by_keep=scale_by_keep, couple_channels=couple)
+    theirs = timm.layers.DropBlock2d(
+        drop_prob=0.2, block_size=5, gamma_scale=gamma_scale, scale_by_keep=scale_by_keep, couple_channels=couple
+    )
     ours = convert_dropblock(nn.Sequential(theirs))[0]
     assert type(ours) is DropBlock2d
-    assert (ours.p, ours.block_size, ours.gamma_scale, ours.scale_by_keep, ours.shared_channels) == \
-        (0.2, 5, gamma_scale, scale_by_keep, couple)
+    assert (ours.p, ours.block_size, ours.gamma_scale, ours.scale_by_keep, ours.shared_channels) == (
+        0.2,
+        5,
+        gamma_scale,
+        scale_by_keep,
+        couple,
+    )
 
 
 def timm_model(name, rate=0.1):
@@ -157,8 +167,10 @@ def test_timm_resnet_layers_follow_the_law(name):
     """Each converted layer of the model, fed its real input, drops by the law at p * gamma_scale."""
     model = timm_model(name, rate=0.3)
     inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, name=n: inputs.setdefault(name, args[0].detach()))
-             for n, m in dropblock_layers(model)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, name=n: inputs.setdefault(name, args[0].detach()))
+        for n, m in dropblock_layers(model)
+    ]
     model(torch.randn(2, 3, 96, 96))
     for hook in hooks:
         hook.remove()

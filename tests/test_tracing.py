@@ -11,13 +11,21 @@ import dropblock_cuda
 from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
 from helpers import assert_equal
 
-MODULES = [(DropBlock1d, drop_block1d, (2, 3, 30)), (DropBlock2d, drop_block2d, (2, 3, 12, 12)),
-           (DropBlock3d, drop_block3d, (2, 3, 6, 7, 8))]
+MODULES = [
+    (DropBlock1d, drop_block1d, (2, 3, 30)),
+    (DropBlock2d, drop_block2d, (2, 3, 12, 12)),
+    (DropBlock3d, drop_block3d, (2, 3, 6, 7, 8)),
+]
 
 
 def net(p=0.3):
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), DropBlock2d(p, 3, shared_channels=True), nn.ReLU(),
-                         nn.Conv2d(4, 4, 1), DropBlock2d(p, (3, 2)))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        DropBlock2d(p, 3, shared_channels=True),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 1),
+        DropBlock2d(p, (3, 2)),
+    )
 
 
 def seeded(fn, *args, seed=0):
@@ -147,8 +155,11 @@ def test_a_module_pickled_by_version_0_1_loads():
     # torch.save(model) pickles the module's __dict__; 0.1 kept block_size plain and had neither
     # gamma_scale nor scale_by_keep.
     module = DropBlock2d(0.3, (3, 2))
-    state = {k: v for k, v in module.__dict__.items()
-             if k not in ("_block_size", "_block_sizes", "gamma_scale", "scale_by_keep")}
+    state = {
+        k: v
+        for k, v in module.__dict__.items()
+        if k not in ("_block_size", "_block_sizes", "gamma_scale", "scale_by_keep")
+    }
     state["block_size"] = (3, 2)
     old = DropBlock2d.__new__(DropBlock2d)
     old.__setstate__(state)

@@ -33,18 +33,26 @@ def test_timm_variants_are_converted_with_timms_settings():
     # timm's placement: the first conv's BN of every stage-3 block (block 5 at a quarter of the rate),
     # then stage 4 (block 3).
     assert [(s.path, s.block_size, s.gamma_scale) for s in sites] == [
-        ("layer3.0.drop_block", 5, 0.25), ("layer3.1.drop_block", 5, 0.25),
-        ("layer4.0.drop_block", 3, 1.0), ("layer4.1.drop_block", 3, 1.0)]
+        ("layer3.0.drop_block", 5, 0.25),
+        ("layer3.1.drop_block", 5, 0.25),
+        ("layer4.0.drop_block", 3, 1.0),
+        ("layer4.1.drop_block", 3, 1.0),
+    ]
     assert not any(isinstance(m, TimmDropBlock2d) for m in base.modules())  # the no-DropBlock model
     for variant, shared in (("ours", False), ("ours_shared", True)):
         model = ts.build_variant(spec, base, sites, variant)
         layers = [model.get_submodule(s.path) for s in sites]
         assert all(type(m) is dropblock_cuda.DropBlock2d and m.training for m in layers)
-        assert [(m.p, m.block_size, m.gamma_scale, m.shared_channels) for m in layers] == \
-            [(0.1, s.block_size, s.gamma_scale, shared) for s in sites]
+        assert [(m.p, m.block_size, m.gamma_scale, m.shared_channels) for m in layers] == [
+            (0.1, s.block_size, s.gamma_scale, shared) for s in sites
+        ]
     timm_model = ts.build_variant(spec, base, sites, "timm_per_channel")
-    assert [(m.couple_channels, m.gamma_scale) for m in timm_model.modules() if isinstance(m, TimmDropBlock2d)] == \
-        [(False, 0.25), (False, 0.25), (False, 1.0), (False, 1.0)]
+    assert [(m.couple_channels, m.gamma_scale) for m in timm_model.modules() if isinstance(m, TimmDropBlock2d)] == [
+        (False, 0.25),
+        (False, 0.25),
+        (False, 1.0),
+        (False, 1.0),
+    ]
     tv = ts.build_variant(spec, base, sites, "torchvision")
     # torchvision has no gamma_scale: the same seed rate is p * gamma_scale.
     assert [m.p for m in tv.modules() if isinstance(m, TorchvisionDropBlock2d)] == [0.025, 0.025, 0.1, 0.1]
@@ -54,8 +62,12 @@ def test_timm_variants_are_converted_with_timms_settings():
 def test_torchvision_model_has_the_papers_dropblock_after_each_stage_3_and_4_block():
     spec = ts.MODELS["tv_resnet18"]
     base, sites = spec.build(10, 0.1)
-    assert [s.path for s in sites] == ["layer3.0.drop_block", "layer3.1.drop_block", "layer4.0.drop_block",
-                                       "layer4.1.drop_block"]
+    assert [s.path for s in sites] == [
+        "layer3.0.drop_block",
+        "layer3.1.drop_block",
+        "layer4.0.drop_block",
+        "layer4.1.drop_block",
+    ]
     model = ts.build_variant(spec, base, sites, "ours_shared")
     assert [(m.p, m.block_size, m.shared_channels) for m in _layers(model)] == [(0.1, 7, True)] * 4
     # After the block: the wrapper runs the block, then the DropBlock, and nothing else.
@@ -71,20 +83,35 @@ def test_overhead_is_the_median_of_paired_ratios():
 
 
 def _row(model, variant, mode, overhead):
-    return {"model": model, "variant": variant, "mode": mode, "status": "ok", "overhead_pct": overhead,
-            "step_ms": 100.0 * (1 + overhead / 100)}
+    return {
+        "model": model,
+        "variant": variant,
+        "mode": mode,
+        "status": "ok",
+        "overhead_pct": overhead,
+        "step_ms": 100.0 * (1 + overhead / 100),
+    }
 
 
 def test_target_verdicts_count_each_case():
-    rows = [_row("tv_resnet50", "none", "eager", 0.0), _row("tv_resnet50", "ours", "eager", 4.0),
-            _row("tv_resnet50", "ours_shared", "eager", 6.0), _row("tv_resnet50", "torchvision", "eager", 5.0),
-            _row("tv_resnet50", "none", "compile", 0.0), _row("tv_resnet50", "ours", "compile", 1.0),
-            _row("timm_resnet18", "ours", "compile", 30.0),  # not at the paper's settings: not in the first two
-            _row("timm_resnet18", "timm", "compile", 40.0)]
+    rows = [
+        _row("tv_resnet50", "none", "eager", 0.0),
+        _row("tv_resnet50", "ours", "eager", 4.0),
+        _row("tv_resnet50", "ours_shared", "eager", 6.0),
+        _row("tv_resnet50", "torchvision", "eager", 5.0),
+        _row("tv_resnet50", "none", "compile", 0.0),
+        _row("tv_resnet50", "ours", "compile", 1.0),
+        _row("timm_resnet18", "ours", "compile", 30.0),  # not at the paper's settings: not in the first two
+        _row("timm_resnet18", "timm", "compile", 40.0),
+    ]
     verdicts = {v["target"]: v for v in ts.target_verdicts(rows)}
     eager = verdicts["ours adds <= 5% to an eager step (paper's settings)"]
-    assert (eager["measured"], eager["met"], eager["worst"], eager["failed_cases"]) == \
-        (2, 1, 6.0, ["tv_resnet50 ours_shared"])
+    assert (eager["measured"], eager["met"], eager["worst"], eager["failed_cases"]) == (
+        2,
+        1,
+        6.0,
+        ["tv_resnet50 ours_shared"],
+    )
     compiled = verdicts["ours adds <= 2% to a compile step (paper's settings)"]
     assert (compiled["measured"], compiled["met"]) == (1, 1)
     peers = verdicts["ours costs less than each peer (every model and mode, both mask modes)"]
@@ -98,9 +125,20 @@ def test_train_step_driver_writes_its_files(tmp_path):
     # Both model families, every variant, eagerly; 160 px keeps the stage-4 maps at 5x5, where
     # torchvision's odd-block check passes.
     threads = torch.get_num_threads()
-    cfg = ts.Config(models=["timm_resnet18", "tv_resnet18"], variants=list(ts.VARIANTS), modes=["eager"],
-                    image_size=160, batch=2, classes=10, rounds=2, warmup=0, threads=1, progress=False, quiet=True,
-                    out=str(tmp_path))
+    cfg = ts.Config(
+        models=["timm_resnet18", "tv_resnet18"],
+        variants=list(ts.VARIANTS),
+        modes=["eager"],
+        image_size=160,
+        batch=2,
+        classes=10,
+        rounds=2,
+        warmup=0,
+        threads=1,
+        progress=False,
+        quiet=True,
+        out=str(tmp_path),
+    )
     result = ts.run_train_step(cfg)
     assert torch.get_num_threads() == threads and result["environment"]["threads"] == 1  # restored after
     files = result["files"]
@@ -109,7 +147,8 @@ def test_train_step_driver_writes_its_files(tmp_path):
         assert reader.fieldnames == ts.CSV_FIELDS
         rows = list(reader)
     assert [(r["model"], r["variant"], r["mode"]) for r in rows] == [
-        (m, v, "eager") for m in cfg.models for v in ts.VARIANTS]
+        (m, v, "eager") for m in cfg.models for v in ts.VARIANTS
+    ]
     for r in rows:
         assert r["status"] == "ok", r
         assert float(r["step_ms"]) > 0 and int(r["rounds"]) == 2 and int(r["sites"]) == 4
@@ -143,21 +182,46 @@ def _tiny_specs(monkeypatch):
     graphs of a ResNet-18 to capture."""
     from torchvision.models.resnet import BasicBlock, ResNet
 
-    monkeypatch.setitem(ts.MODELS, "timm_resnet10t", ts.ModelSpec("timm_resnet10t", "timm resnet10t", "timm",
-                                                                   ts._timm_model("resnet10t"), False))
-    monkeypatch.setitem(ts.MODELS, "tv_resnet10", ts.ModelSpec(
-        "tv_resnet10", "torchvision ResNet, one block per stage", "torchvision",
-        ts._torchvision_model(lambda classes: ResNet(BasicBlock, [1, 1, 1, 1], num_classes=classes)), True))
+    monkeypatch.setitem(
+        ts.MODELS,
+        "timm_resnet10t",
+        ts.ModelSpec("timm_resnet10t", "timm resnet10t", "timm", ts._timm_model("resnet10t"), False),
+    )
+    monkeypatch.setitem(
+        ts.MODELS,
+        "tv_resnet10",
+        ts.ModelSpec(
+            "tv_resnet10",
+            "torchvision ResNet, one block per stage",
+            "torchvision",
+            ts._torchvision_model(lambda classes: ResNet(BasicBlock, [1, 1, 1, 1], num_classes=classes)),
+            True,
+        ),
+    )
 
 
 def test_train_step_compiled_blocks(tmp_path, monkeypatch, fresh_dynamo):
     # The compiled path with the aot_eager backend: Dynamo's capture of every block and AOT
     # autograd's forward/backward split, as under Inductor, without compiling kernels.
     _tiny_specs(monkeypatch)
-    result = ts.run_train_step(ts.Config(models=["timm_resnet10t", "tv_resnet10"], variants=["ours", "ours_shared"],
-                                         modes=["eager", "compile"], compile_models=None, image_size=160, batch=2,
-                                         classes=10, rounds=2, warmup=1, compile_backend="aot_eager", threads=1,
-                                         progress=False, quiet=True, out=str(tmp_path)))
+    result = ts.run_train_step(
+        ts.Config(
+            models=["timm_resnet10t", "tv_resnet10"],
+            variants=["ours", "ours_shared"],
+            modes=["eager", "compile"],
+            compile_models=None,
+            image_size=160,
+            batch=2,
+            classes=10,
+            rounds=2,
+            warmup=1,
+            compile_backend="aot_eager",
+            threads=1,
+            progress=False,
+            quiet=True,
+            out=str(tmp_path),
+        )
+    )
     rows = result["rows"]
     assert len(rows) == 2 * 3 * 2 and all(r["status"] == "ok" for r in rows), rows
     for r in rows:
@@ -182,9 +246,22 @@ def test_compiled_copy_compiles_each_block_and_leaves_the_model(fresh_dynamo):
 def test_train_step_reports_a_failed_peer_and_times_the_rest(tmp_path):
     # At 64 px torchvision's DropBlock2d clamps block 5 to the 4x4 stage-3 maps and refuses the
     # even size: reported as FAILED, not timed; the others run.
-    result = ts.run_train_step(ts.Config(models=["timm_resnet18"], variants=["ours", "torchvision"], modes=["eager"],
-                                         image_size=64, batch=2, classes=10, rounds=1, warmup=0, threads=1,
-                                         progress=False, quiet=True, out=str(tmp_path)))
+    result = ts.run_train_step(
+        ts.Config(
+            models=["timm_resnet18"],
+            variants=["ours", "torchvision"],
+            modes=["eager"],
+            image_size=64,
+            batch=2,
+            classes=10,
+            rounds=1,
+            warmup=0,
+            threads=1,
+            progress=False,
+            quiet=True,
+            out=str(tmp_path),
+        )
+    )
     by = {r["variant"]: r for r in result["rows"]}
     assert set(by) == {"none", "ours", "torchvision"}  # none is always measured: the overheads are over it
     assert by["torchvision"]["status"] == "FAILED" and "odd" in by["torchvision"]["reason"]
@@ -201,10 +278,30 @@ def test_train_step_help_lists_the_models(capsys):
 
 
 def test_train_step_flags():
-    cfg = ts.config_from_args(["--models", "tv_resnet50", "--variants", "ours,timm", "--modes", "eager",
-                               "--device", "cuda", "--compile-scope", "model", "--batch", "64"])
-    assert (cfg.models, cfg.variants, cfg.modes, cfg.device, cfg.compile_scope, cfg.batch) == \
-        (["tv_resnet50"], ["ours", "timm"], ["eager"], "cuda", "model", 64)
+    cfg = ts.config_from_args(
+        [
+            "--models",
+            "tv_resnet50",
+            "--variants",
+            "ours,timm",
+            "--modes",
+            "eager",
+            "--device",
+            "cuda",
+            "--compile-scope",
+            "model",
+            "--batch",
+            "64",
+        ]
+    )
+    assert (cfg.models, cfg.variants, cfg.modes, cfg.device, cfg.compile_scope, cfg.batch) == (
+        ["tv_resnet50"],
+        ["ours", "timm"],
+        ["eager"],
+        "cuda",
+        "model",
+        64,
+    )
     assert cfg.channels_last is None and cfg.autocast is None and cfg.compile_models == ()  # the device's defaults
     assert ts.config_from_args(["--compile-models", "all"]).compile_models is None
     assert ts.config_from_args(["--compile-models", "timm_resnet18"]).compile_models == ["timm_resnet18"]
@@ -216,21 +313,38 @@ def test_train_step_flags():
 
 def test_cpu_default_compiles_only_the_papers_resnet18(tmp_path, monkeypatch):
     # Which models get compiled rows by default on the CPU (the steps themselves stubbed out).
-    monkeypatch.setattr(ts, "measure_model", lambda spec, cfg, setup, progress: [
-        {"model": spec.key, "variant": "none", "label": "no DropBlock", "masks": "-", "mode": m, "status": "ok",
-         "reason": "", "warning": ""} for m in ts.model_modes(cfg, spec.key)])
+    monkeypatch.setattr(
+        ts,
+        "measure_model",
+        lambda spec, cfg, setup, progress: [
+            {
+                "model": spec.key,
+                "variant": "none",
+                "label": "no DropBlock",
+                "masks": "-",
+                "mode": m,
+                "status": "ok",
+                "reason": "",
+                "warning": "",
+            }
+            for m in ts.model_modes(cfg, spec.key)
+        ],
+    )
     result = ts.run_train_step(ts.Config(models=["timm_resnet18", "tv_resnet18"], quiet=True, out=str(tmp_path)))
     assert [(r["model"], r["mode"]) for r in result["rows"]] == [
-        ("timm_resnet18", "eager"), ("tv_resnet18", "eager"), ("tv_resnet18", "compile")]
+        ("timm_resnet18", "eager"),
+        ("tv_resnet18", "eager"),
+        ("tv_resnet18", "compile"),
+    ]
 
 
 def test_cuda_plan_is_batch_128_bf16_autocast_channels_last():
     # What the GPU check runs (train_step --device cuda), planned here without a GPU.
-    cfg = ts.config_from_args(["--device", "cuda", "--models", "timm_resnet50,tv_resnet50", "--modes", "eager",
-                               "--rounds", "10"])
+    cfg = ts.config_from_args(
+        ["--device", "cuda", "--models", "timm_resnet50,tv_resnet50", "--modes", "eager", "--rounds", "10"]
+    )
     setup, skipped = ts.plan(cfg)
-    assert (setup.device.type, setup.batch, setup.autocast, setup.channels_last) == \
-        ("cuda", 128, torch.bfloat16, True)
+    assert (setup.device.type, setup.batch, setup.autocast, setup.channels_last) == ("cuda", 128, torch.bfloat16, True)
     assert cfg.compile_models is None and cfg.rounds == 10 and cfg.variants[0] == "none" and skipped == []
     cpu, _ = ts.plan(ts.Config())
     assert (cpu.batch, cpu.autocast, cpu.channels_last) == (2, None, False)
@@ -245,7 +359,9 @@ def test_fit_batch_halves_until_a_step_fits(monkeypatch):
         def step():
             if x.shape[0] > 32:
                 raise torch.cuda.OutOfMemoryError("stand-in")
+
         return step
+
     monkeypatch.setattr(ts, "make_step", make_step)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     cfg = ts.Config(models=["tv_resnet18"], classes=10, image_size=32)
@@ -256,9 +372,24 @@ def test_fit_batch_halves_until_a_step_fits(monkeypatch):
 def test_step_runs_under_autocast_and_channels_last(tmp_path):
     # The CUDA step's settings (autocast, channels_last) on the CPU: bfloat16 autocast exists
     # there too, so the step and the gate run as on a GPU, on a tiny batch.
-    result = ts.run_train_step(ts.Config(models=["tv_resnet18"], variants=["ours"], modes=["eager"], image_size=64,
-                                         batch=2, classes=10, rounds=1, warmup=0, threads=1, autocast="bfloat16",
-                                         channels_last=True, progress=False, quiet=True, out=str(tmp_path)))
+    result = ts.run_train_step(
+        ts.Config(
+            models=["tv_resnet18"],
+            variants=["ours"],
+            modes=["eager"],
+            image_size=64,
+            batch=2,
+            classes=10,
+            rounds=1,
+            warmup=0,
+            threads=1,
+            autocast="bfloat16",
+            channels_last=True,
+            progress=False,
+            quiet=True,
+            out=str(tmp_path),
+        )
+    )
     assert result["setup"] == {"batch": 2, "image_size": 64, "dtype": "bfloat16", "memory_format": "channels_last"}
     assert all(r["status"] == "ok" and r["step_ms"] > 0 for r in result["rows"]), result["rows"]
     assert "peak_bytes" not in result["rows"][0]  # CUDA only
@@ -267,14 +398,32 @@ def test_step_runs_under_autocast_and_channels_last(tmp_path):
 def test_cuda_rows_report_the_steps_peak_memory(tmp_path, monkeypatch):
     # The markdown of a CUDA run (rows stood in for): a peak-memory column per mode, in MB.
     def measure_model(spec, cfg, setup, progress):
-        return [{"model": spec.key, "variant": v, "label": ts.VARIANTS[v][0], "masks": ts.VARIANTS[v][1],
-                 "mode": "eager", "status": "ok", "reason": "", "warning": "", "step_ms": 100.0 + i,
-                 "overhead_pct": float(i), "overhead_q25_pct": float(i), "overhead_q75_pct": float(i),
-                 "dropblock_saved_bytes": 0, "dropblock_saved_bytes_per_elem": 0.0, "step_saved_extra_bytes": 0,
-                 "peak_bytes": (3 + i) * 2**20} for i, v in enumerate(cfg.variants)]
+        return [
+            {
+                "model": spec.key,
+                "variant": v,
+                "label": ts.VARIANTS[v][0],
+                "masks": ts.VARIANTS[v][1],
+                "mode": "eager",
+                "status": "ok",
+                "reason": "",
+                "warning": "",
+                "step_ms": 100.0 + i,
+                "overhead_pct": float(i),
+                "overhead_q25_pct": float(i),
+                "overhead_q75_pct": float(i),
+                "dropblock_saved_bytes": 0,
+                "dropblock_saved_bytes_per_elem": 0.0,
+                "step_saved_extra_bytes": 0,
+                "peak_bytes": (3 + i) * 2**20,
+            }
+            for i, v in enumerate(cfg.variants)
+        ]
+
     monkeypatch.setattr(ts, "measure_model", measure_model)
-    result = ts.run_train_step(ts.Config(models=["tv_resnet18"], variants=["ours"], modes=["eager"], quiet=True,
-                                         out=str(tmp_path)))
+    result = ts.run_train_step(
+        ts.Config(models=["tv_resnet18"], variants=["ours"], modes=["eager"], quiet=True, out=str(tmp_path))
+    )
     md = Path(result["files"]["md"]).read_text()
     assert "eager peak MB" in md
     assert [line.split(" | ")[-2] for line in md.splitlines() if line.startswith("| tv_resnet18 |")] == ["3", "4"]

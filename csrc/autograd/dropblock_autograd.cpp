@@ -41,8 +41,7 @@ using torch::autograd::variable_list;
 // Refuses an argument `name` of `op` that has no gradient formula but would be recorded as one.
 void refuse_grad(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(!(at::GradMode::is_enabled() && t.requires_grad()), op, ": ", name,
-              " requires grad, but the op has no gradient for it (only the input has one); pass ", name,
-              ".detach()");
+              " requires grad, but the op has no gradient for it (only the input has one); pass ", name, ".detach()");
 }
 
 at::Tensor call_apply(const at::Tensor& input, const at::Tensor& mask, const at::Tensor& scale, bool shared_channels) {
@@ -105,11 +104,11 @@ using MaskOp = c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef, double, bool)>;
 
 const MaskOp& mask_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dropblock_cuda::drop_block_mask", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                       const at::Tensor&, c10::IntArrayRef,
-                                                                       double, bool)>();
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("dropblock_cuda::drop_block_mask", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    c10::IntArrayRef, double, bool)>();
   return op;
 }
 

@@ -38,10 +38,20 @@ struct LaneMasks {
   }
 };
 
-template <size_t bytes> struct LaneType;
-template <> struct LaneType<2> { using type = uint16_t; };
-template <> struct LaneType<4> { using type = uint32_t; };
-template <> struct LaneType<8> { using type = uint64_t; };
+template <size_t bytes>
+struct LaneType;
+template <>
+struct LaneType<2> {
+  using type = uint16_t;
+};
+template <>
+struct LaneType<4> {
+  using type = uint32_t;
+};
+template <>
+struct LaneType<8> {
+  using type = uint64_t;
+};
 
 // 16-bit floats: the conversions to and from float are most of the apply's cost (c10::Half
 // converts in software unless F16C is on at compile time), so runs of up to kNarrowBatch elements
@@ -193,8 +203,7 @@ void keep_tile_run(const float* src, float* dst, int64_t positions, int64_t C, c
 }
 
 DROPBLOCK_VECTOR_CLONES
-void keep_tile_run(const double* src, double* dst, int64_t positions, int64_t C, const uint32_t* keep,
-                   double scale) {
+void keep_tile_run(const double* src, double* dst, int64_t positions, int64_t C, const uint32_t* keep, double scale) {
   keep_tile_loop(src, dst, positions, C, keep, scale);
 }
 
@@ -363,8 +372,7 @@ void apply_into(const at::Tensor& input, at::Tensor& output, const at::Tensor& m
             apply_run<scalar_t, acc_t>(in_plane + z * in_layout.stride[0] + y * in_layout.stride[1],
                                        in_layout.stride[2],
                                        out_plane + z * out_layout.stride[0] + y * out_layout.stride[1],
-                                       out_layout.stride[2], size[2], bits,
-                                       bit_plane + (z * size[1] + y) * size[2], s);
+                                       out_layout.stride[2], size[2], bits, bit_plane + (z * size[1] + y) * size[2], s);
           }
         }
       }

@@ -95,8 +95,8 @@ struct Float64 {
   using scalar_t = double;
   using acc_t = double;
   static constexpr int kLanes = 8;
-  DROPBLOCK_AVX512 static inline void apply(const double* in, double* out, uint32_t keep, uint32_t valid,
-                                            double scale, bool full) {
+  DROPBLOCK_AVX512 static inline void apply(const double* in, double* out, uint32_t keep, uint32_t valid, double scale,
+                                            bool full) {
     const __m512d x = _mm512_maskz_loadu_pd(static_cast<__mmask8>(keep), in);
     const __m512d y = _mm512_maskz_mul_pd(static_cast<__mmask8>(keep), x, _mm512_set1_pd(scale));
     if (full) {
@@ -124,8 +124,8 @@ struct BFloat16 {
   using scalar_t = c10::BFloat16;
   using acc_t = float;
   static constexpr int kLanes = 16;
-  DROPBLOCK_AVX512 static inline void apply(const c10::BFloat16* in, c10::BFloat16* out, uint32_t keep,
-                                            uint32_t valid, float scale, bool full) {
+  DROPBLOCK_AVX512 static inline void apply(const c10::BFloat16* in, c10::BFloat16* out, uint32_t keep, uint32_t valid,
+                                            float scale, bool full) {
     const __m256i raw = _mm256_maskz_loadu_epi16(static_cast<__mmask16>(keep), in);
     const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
     const __m512 v = times_kept(x, keep, scale);
@@ -171,9 +171,7 @@ struct Linear {
     bit += 64;
     return w;
   }
-  inline uint64_t last(int64_t rest) const {
-    return keep_bits(mask, bit, rest);
-  }
+  inline uint64_t last(int64_t rest) const { return keep_bits(mask, bit, rest); }
 };
 
 // Periodic: the bits of a pattern of `period` bits repeated (a sample's plane of keep bits for
@@ -188,19 +186,13 @@ struct Periodic {
     phase -= phase >= period ? period : 0;
     return w;
   }
-  inline uint64_t last(int64_t rest) const {
-    return keep_bits(pattern, phase, rest);
-  }
+  inline uint64_t last(int64_t rest) const { return keep_bits(pattern, phase, rest); }
 };
 
 // All: every bit set.
 struct All {
-  inline uint64_t word() const {
-    return ~uint64_t(0);
-  }
-  inline uint64_t last(int64_t rest) const {
-    return low_bits(rest);
-  }
+  inline uint64_t word() const { return ~uint64_t(0); }
+  inline uint64_t last(int64_t rest) const { return low_bits(rest); }
 };
 
 // One run of n elements: full words of 64 keep bits, then the rest with lane masks for the

@@ -26,8 +26,7 @@ bool usable();
 // (a NaN becomes c10's NaN: 0x7FC0 for bfloat16, sign | 0x7E00 for half).
 void apply_run(const float* in, float* out, int64_t n, const uint64_t* mask, int64_t bit0, float scale);
 void apply_run(const double* in, double* out, int64_t n, const uint64_t* mask, int64_t bit0, double scale);
-void apply_run(const c10::BFloat16* in, c10::BFloat16* out, int64_t n, const uint64_t* mask, int64_t bit0,
-               float scale);
+void apply_run(const c10::BFloat16* in, c10::BFloat16* out, int64_t n, const uint64_t* mask, int64_t bit0, float scale);
 void apply_run(const c10::Half* in, c10::Half* out, int64_t n, const uint64_t* mask, int64_t bit0, float scale);
 
 // The same for `planes` consecutive runs of `plane` elements each that all take the keep bits

@@ -42,8 +42,7 @@ inline void philox_batch(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3,
 // calls of the chunks whose positions are not all drawn yet (none at DropBlock's usual rates, about
 // ten rounds at gamma = 1/2).
 DROPBLOCK_VECTOR_CLONES
-void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* bounds, CountTable table,
-                     ChunkBits* seeds) {
+void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* bounds, CountTable table, ChunkBits* seeds) {
   uint32_t c0[kChunkBatch], c1[kChunkBatch], c2[kChunkBatch], c3[kChunkBatch];
   for (int i = 0; i < n; ++i) {
     const uint64_t chunk = first + static_cast<uint64_t>(i);
@@ -159,9 +158,7 @@ int64_t count_bits(const uint64_t* words, int64_t n) {
 // Clears bits with plain writes: for the chunks whose blocks stay inside the words a range owns.
 struct PlainClear {
   uint64_t* words;
-  void operator()(int64_t w, uint64_t bits) const {
-    words[w] &= ~bits;
-  }
+  void operator()(int64_t w, uint64_t bits) const { words[w] &= ~bits; }
 };
 
 class RangePainter {
@@ -201,8 +198,8 @@ class RangePainter {
   ChunkBits seeds_[kChunkBatch];
 };
 
-std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
-                                                       c10::IntArrayRef block_size, double eps,
+std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, const at::Tensor& seed,
+                                                       const at::Tensor& p, c10::IntArrayRef block_size, double eps,
                                                        bool shared_channels) {
   const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
   const double drop_probability = *check_mask_args(input, seed, p, eps);  // the input's device is the CPU
@@ -232,9 +229,7 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, 
   static_assert((int64_t(1) << 14) * 64 >= kGrainElements, "the count goes parallel later than torch");
   const int64_t kept_bits = at::parallel_reduce(
       0, nwords, 1 << 14, int64_t(0),
-      [&](int64_t begin, int64_t end, int64_t acc) {
-        return acc + count_bits(words + begin, end - begin);
-      },
+      [&](int64_t begin, int64_t end, int64_t acc) { return acc + count_bits(words + begin, end - begin); },
       std::plus<int64_t>());
   const int64_t kept = shared_channels ? kept_bits * input.size(1) : kept_bits;
   at::Tensor scale = at::empty({}, input.options().dtype(at::kDouble));

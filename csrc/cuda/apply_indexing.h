@@ -120,7 +120,7 @@ struct FastDivider32 {
   uint32_t divisor;
   uint32_t negative;  // 2^32 - divisor: n - q * d = n + q * negative (mod 2^32)
   uint32_t magic;
-  uint32_t shift;     // s - 1
+  uint32_t shift;  // s - 1
 
   C10_HOST_DEVICE uint32_t divide(uint32_t n) const {
 #if defined(__CUDA_ARCH__)
@@ -180,16 +180,16 @@ inline IndexDivider<index_t> make_index_divider(uint64_t d) {
 // per element, where a walk over the input's own 4 dims takes 3 (4 for the kernel this replaced).
 template <typename index_t>
 struct StridedPlan {
-  int dims;                                 // 1 .. kMaxApplyDims; [0] outermost, [dims - 1] innermost
+  int dims;                                      // 1 .. kMaxApplyDims; [0] outermost, [dims - 1] innermost
   IndexDivider<index_t> by_size[kMaxApplyDims];  // sizes (>= 2 but for a single element), in visiting
                                                  // order; [0] only bounds: the outermost coordinate is
                                                  // what the divisions leave
-  index_t in_stride[kMaxApplyDims];         // elements; 0 along an expanded dim
+  index_t in_stride[kMaxApplyDims];              // elements; 0 along an expanded dim
   index_t out_stride[kMaxApplyDims];
-  index_t bit_stride[kMaxApplyDims];        // mask bits (logical row-major; 0 along C when shared)
+  index_t bit_stride[kMaxApplyDims];  // mask bits (logical row-major; 0 along C when shared)
   int64_t numel;
-  bool out_dense;      // out offset of visiting index e is e: the output needs no offset arithmetic
-  bool same_strides;   // the input's offsets are the output's (in place, or a dense input and its empty_like)
+  bool out_dense;     // out offset of visiting index e is e: the output needs no offset arithmetic
+  bool same_strides;  // the input's offsets are the output's (in place, or a dense input and its empty_like)
 };
 
 // Offsets of the N elements e[0 .. N) (in visiting order) in the input, the output and the mask.
@@ -201,17 +201,17 @@ template <int N, bool kOutDense, bool kSameStrides, typename index_t>
 C10_HOST_DEVICE inline void strided_offsets_n(const StridedPlan<index_t>& p, const index_t (&e)[N],
                                               index_t (&in_offset)[N], index_t (&out_offset)[N], index_t (&bit)[N]) {
   index_t rest[N];
-DROPBLOCK_UNROLL
+  DROPBLOCK_UNROLL
   for (int u = 0; u < N; ++u) {
     rest[u] = e[u];
     in_offset[u] = 0;
     out_offset[u] = 0;
     bit[u] = 0;
   }
-DROPBLOCK_UNROLL
+  DROPBLOCK_UNROLL
   for (int d = kMaxApplyDims - 1; d >= 1; --d) {
     if (d < p.dims) {
-DROPBLOCK_UNROLL
+      DROPBLOCK_UNROLL
       for (int u = 0; u < N; ++u) {
         const index_t q = p.by_size[d].divide(rest[u]);
         const index_t coordinate = p.by_size[d].remainder(rest[u], q);
@@ -226,7 +226,7 @@ DROPBLOCK_UNROLL
       }
     }
   }
-DROPBLOCK_UNROLL
+  DROPBLOCK_UNROLL
   for (int u = 0; u < N; ++u) {
     bit[u] += rest[u] * p.bit_stride[0];
     out_offset[u] = kOutDense ? e[u] : out_offset[u] + rest[u] * p.out_stride[0];
@@ -428,8 +428,7 @@ C10_HOST_DEVICE inline ChannelsLastThread channels_last_thread(const ChannelsLas
 }
 
 // Element offset of the thread's first channel at position `first + k` of its tile.
-C10_HOST_DEVICE inline int64_t channels_last_offset(const ChannelsLastPlan& g, const ChannelsLastThread& t,
-                                                    int64_t k) {
+C10_HOST_DEVICE inline int64_t channels_last_offset(const ChannelsLastPlan& g, const ChannelsLastThread& t, int64_t k) {
   return (t.n * g.S + t.first + k) * g.C + t.group * g.vector;
 }
 

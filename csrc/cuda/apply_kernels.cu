@@ -87,8 +87,8 @@ struct ApplyKernelParams {
 constexpr int kUnroll = 4;
 
 struct ContiguousPlan {
-  int64_t n;                    // elements
-  SharedMaskBits shared_bits;   // where a shared mask's bits lie (kShared only)
+  int64_t n;                   // elements
+  SharedMaskBits shared_bits;  // where a shared mask's bits lie (kShared only)
 };
 
 // Elements [0, n) of contiguous input and output, V per vector, kUnroll vectors per thread.
@@ -173,9 +173,7 @@ void launch_contiguous_widest(const ApplyKernelParams<T, ContiguousPlan>& p, int
   constexpr int kWidest = 16 / sizeof(T);
   const uintptr_t addresses =
       reinterpret_cast<uintptr_t>(p.out) | (kSingleValue ? 0 : reinterpret_cast<uintptr_t>(p.in));
-  auto fits = [&](int v) {
-    return addresses % (v * sizeof(T)) == 0 && (!kShared || v <= S);
-  };
+  auto fits = [&](int v) { return addresses % (v * sizeof(T)) == 0 && (!kShared || v <= S); };
   if (kWidest >= 8 && fits(8)) {
     launch_contiguous<T, (kWidest >= 8 ? 8 : 1), kShared, kSingleValue>(p, stream);
   } else if (kWidest >= 4 && fits(4)) {
@@ -220,8 +218,7 @@ constexpr int kStridedUnroll = 4;
 // kStridedUnroll items per thread, all loaded before any is stored: several loads in flight per
 // thread (each element is still read and written by one thread: in place is safe).
 template <typename T, typename index_t, int V, bool kOutDense, bool kSameStrides>
-__global__ void __launch_bounds__(kThreads)
-    apply_strided_kernel(const ApplyKernelParams<T, StridedPlan<index_t>> p) {
+__global__ void __launch_bounds__(kThreads) apply_strided_kernel(const ApplyKernelParams<T, StridedPlan<index_t>> p) {
   // V > 1: the output dense, the input laid out alike (kSameStrides) or one value along the
   // innermost dim (its stride 0: the launcher checks), V dividing that dim's size.
   static_assert(V == 1 || kOutDense, "vectors only into a dense output");

@@ -18,8 +18,8 @@
 namespace dropblock {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input, const at::Tensor& seed, const at::Tensor& p,
-                                                        c10::IntArrayRef block_size, double eps,
+std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input, const at::Tensor& seed,
+                                                        const at::Tensor& p, c10::IntArrayRef block_size, double eps,
                                                         bool shared_channels) {
   const MaskGeometry g = make_mask_geometry(input, block_size, shared_channels);
   const CudaMaskKernel kernel = requested_cuda_mask_kernel();
@@ -29,13 +29,13 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cuda(const at::Tensor& input,
   const std::optional<double> host_p = check_mask_args(input, seed, p, eps);
   const cuda::ScalarArg<double> p_arg =
       host_p ? cuda::ScalarArg<double>{nullptr, *host_p} : cuda::ScalarArg<double>{p.const_data_ptr<double>(), 0.0};
-  const cuda::ScalarArg<int64_t> key_arg = seed.is_cpu()
-                                                ? cuda::ScalarArg<int64_t>{nullptr, seed.item<int64_t>()}
-                                                : cuda::ScalarArg<int64_t>{seed.const_data_ptr<int64_t>(), 0};
+  const cuda::ScalarArg<int64_t> key_arg = seed.is_cpu() ? cuda::ScalarArg<int64_t>{nullptr, seed.item<int64_t>()}
+                                                         : cuda::ScalarArg<int64_t>{seed.const_data_ptr<int64_t>(), 0};
   const c10::cuda::CUDAGuard guard(input.device());
   if (seed.is_cpu() && c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
-    TORCH_WARN("drop_block_mask: a seed on the host is captured by value, so every replay of this CUDA graph "
-               "drops the same blocks; draw it with the input device's generator for fresh masks per replay");
+    TORCH_WARN(
+        "drop_block_mask: a seed on the host is captured by value, so every replay of this CUDA graph "
+        "drops the same blocks; draw it with the input device's generator for fresh masks per replay");
   }
 
   const int64_t bytes = packed_mask_bytes(g.planes * g.plane_numel());

@@ -26,7 +26,9 @@ inline void launch(void (*kernel)(Params...), dim3 grid, unsigned threads, cudaS
   (void)stream;
   emulate_launch(kernel, grid, dim3(threads), args...);
 #else
+  // clang-format off: a .cuh is formatted as C++, which splits the launch's >>>
   kernel<<<grid, threads, 0, stream>>>(args...);
+  // clang-format on
 #endif
 }
 

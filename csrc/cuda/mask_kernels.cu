@@ -29,8 +29,9 @@
 // a chunk with seeds adds about 38 per candidate byte of its first word (4 for K <= 4); its
 // seeds (up to 4) go to a shared-memory queue that all the CTA's threads then place, one seed a
 // thread (a division to find it, bd * bh rows of 32-bit shared-memory atomics), so a warp no
-// longer waits for its lane with the most seeds; denser chunks walk their rows in their lane. The law before this one spent a Philox call and a classification with a
-// tie and a seed branch per 16 positions: about 500 instructions per 16 positions.
+// longer waits for its lane with the most seeds; denser chunks walk their rows in their lane. The law before this one
+// spent a Philox call and a classification with a tie and a seed branch per 16 positions: about 500 instructions per 16
+// positions.
 #include "mask_kernels.h"
 
 #include <algorithm>
@@ -278,8 +279,8 @@ __global__ void __launch_bounds__(kThreads, 2) window_mask_kernel(MaskArgs a) {
     const int64_t first_chunk = win * a.window_chunks;
     const int64_t first_drawn = first_chunk > halo ? first_chunk - halo : 0;
     if (seeds) {
-      const int64_t end_chunk = ceil_div(first_word * 64 + window_words * 64 < grid.total
-                                             ? first_word * 64 + window_words * 64 : grid.total, kChunk);
+      const int64_t end_chunk = ceil_div(
+          first_word * 64 + window_words * 64 < grid.total ? first_word * 64 + window_words * 64 : grid.total, kChunk);
       for (int64_t c = first_drawn + threadIdx.x; c < end_chunk; c += blockDim.x) {
         const ChunkBits s = seeds_of_chunk(static_cast<uint64_t>(c), key, bounds, table);
         if (!any(s)) {
@@ -391,8 +392,18 @@ CudaMaskKernel choose_mask_kernel(const MaskGeometry& g, CudaMaskKernel requeste
 }
 
 cudaError_t launch_mask(const MaskParams& params, cudaStream_t stream) {
-  MaskArgs a{make_seed_grid(params.geometry), params.p, params.gamma_factor, params.key, params.mask,
-             params.mask_words, params.count_multiplier, params.numel, params.eps, params.scale, params.scratch, 0};
+  MaskArgs a{make_seed_grid(params.geometry),
+             params.p,
+             params.gamma_factor,
+             params.key,
+             params.mask,
+             params.mask_words,
+             params.count_multiplier,
+             params.numel,
+             params.eps,
+             params.scale,
+             params.scratch,
+             0};
   if (choose_mask_kernel(a.grid, params.kernel) == CudaMaskKernel::kWindow) {
     const cudaError_t zero = cudaMemsetAsync(a.scratch, 0, sizeof(int64_t), stream);  // the finished-CTA counter
     if (zero != cudaSuccess) {

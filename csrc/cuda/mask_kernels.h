@@ -33,18 +33,18 @@ CudaMaskKernel choose_mask_kernel(const MaskGeometry& geometry, CudaMaskKernel r
 // Everything the mask kernels need, one documented field each (after flash-attention's params
 // structs): the launcher's only argument besides the stream.
 struct MaskParams {
-  MaskGeometry geometry;    // planes of D x H x W, clamped block sizes
-  ScalarArg<double> p;      // drop probability (a device p is not range-checked: NaN / <= 0 seed nowhere)
-  double gamma_factor;      // seed rate per unit of p: gamma = min(p * gamma_factor, 1) (mask_params.h)
-  ScalarArg<int64_t> key;   // the Philox key (the ops' `seed` argument)
-  uint64_t* mask;           // out: the packed KEEP mask, `mask_words` 64-bit words, bit-identical to the CPU's
-  int64_t mask_words;       // > 0
-  int64_t count_multiplier; // kept = popcount * count_multiplier (C for a mask shared by the channels)
-  int64_t numel;            // elements of the input: scale = numel / (eps + kept), 1 when numel == 0
+  MaskGeometry geometry;     // planes of D x H x W, clamped block sizes
+  ScalarArg<double> p;       // drop probability (a device p is not range-checked: NaN / <= 0 seed nowhere)
+  double gamma_factor;       // seed rate per unit of p: gamma = min(p * gamma_factor, 1) (mask_params.h)
+  ScalarArg<int64_t> key;    // the Philox key (the ops' `seed` argument)
+  uint64_t* mask;            // out: the packed KEEP mask, `mask_words` 64-bit words, bit-identical to the CPU's
+  int64_t mask_words;        // > 0
+  int64_t count_multiplier;  // kept = popcount * count_multiplier (C for a mask shared by the channels)
+  int64_t numel;             // elements of the input: scale = numel / (eps + kept), 1 when numel == 0
   double eps;
-  double* scale;            // out: one float64 on the device
-  int64_t* scratch;         // mask_count_scratch_elements(mask_words) int64 on the device
-  CudaMaskKernel kernel;    // the path asked for (kAuto: the geometry decides)
+  double* scale;          // out: one float64 on the device
+  int64_t* scratch;       // mask_count_scratch_elements(mask_words) int64 on the device
+  CudaMaskKernel kernel;  // the path asked for (kAuto: the geometry decides)
 };
 
 // Fills the mask and writes the scale by the law of ../mask_logic.h. Returns the error of the

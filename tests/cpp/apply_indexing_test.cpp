@@ -15,6 +15,8 @@
 #include "cuda/apply_indexing.h"
 #include "dense_strides.h"
 
+using dropblock::is_channels_innermost;
+using dropblock::is_row_major;
 using dropblock::cuda::channels_last_grid_fits;
 using dropblock::cuda::channels_last_keep_row;
 using dropblock::cuda::channels_last_offset;
@@ -22,21 +24,19 @@ using dropblock::cuda::channels_last_thread;
 using dropblock::cuda::FastDivider32;
 using dropblock::cuda::is_single_value;
 using dropblock::cuda::keep_bit32;
-using dropblock::cuda::make_fast_divider32;
-using dropblock::is_channels_innermost;
-using dropblock::is_row_major;
 using dropblock::cuda::kTileMinChannels;
 using dropblock::cuda::kTilePositions;
 using dropblock::cuda::kTileThreads;
 using dropblock::cuda::make_channels_last_plan;
+using dropblock::cuda::make_fast_divider32;
 using dropblock::cuda::make_shared_mask_bits;
-using dropblock::cuda::SharedMaskBits;
-using dropblock::cuda::use_channels_last_tiles;
 using dropblock::cuda::make_strided_plan;
 using dropblock::cuda::shared_keep_bits;
 using dropblock::cuda::shared_mask_bit;
+using dropblock::cuda::SharedMaskBits;
 using dropblock::cuda::strided_fits_32bit;
 using dropblock::cuda::strided_offsets;
+using dropblock::cuda::use_channels_last_tiles;
 using Sizes = std::vector<int64_t>;
 using Triple = std::tuple<int64_t, int64_t, int64_t>;  // input offset, output offset, mask bit
 
@@ -330,7 +330,7 @@ void check_channels_last_tiles(int64_t N, int64_t C, int64_t S) {
 }
 
 int main() {
-  const std::vector<Sizes> shapes = {{2, 3, 7},    {2, 3, 4, 5},    {3, 1, 6, 7},   {1, 4, 3, 1},
+  const std::vector<Sizes> shapes = {{2, 3, 7},       {2, 3, 4, 5},    {3, 1, 6, 7}, {1, 4, 3, 1},
                                      {2, 3, 2, 3, 4}, {1, 2, 5, 1, 3}, {3, 5, 1, 1}, {2, 7, 130},
                                      {3, 4, 7, 7},    {2, 3, 3, 3},    {2, 5, 1, 9}};
   for (const Sizes& sizes : shapes) {
@@ -374,9 +374,18 @@ int main() {
       fail(shape + ": is_channels_innermost");
     }
   }
-  for (const Sizes& ncs : std::vector<Sizes>{{2, 3, 7}, {1, 70, 99}, {2, 1500, 65}, {3, 1, 64}, {1, 1025, 1},
-                                             {2, 64, 196}, {1, 256, 64}, {1, 257, 130}, {1, 2048, 70}, {2, 16, 3},
-                                             {1, 24, 200}, {1, 4104, 2}}) {
+  for (const Sizes& ncs : std::vector<Sizes>{{2, 3, 7},
+                                             {1, 70, 99},
+                                             {2, 1500, 65},
+                                             {3, 1, 64},
+                                             {1, 1025, 1},
+                                             {2, 64, 196},
+                                             {1, 256, 64},
+                                             {1, 257, 130},
+                                             {1, 2048, 70},
+                                             {2, 16, 3},
+                                             {1, 24, 200},
+                                             {1, 4104, 2}}) {
     check_channels_last_tiles(ncs[0], ncs[1], ncs[2]);
   }
 
@@ -398,7 +407,10 @@ int main() {
       {s3, dense_strides(s3, {0, 2, 1}), dense_strides(s3, {0, 2, 1}), true, "1-d channels innermost"},
       {s5, dense_strides(s5, {0, 2, 3, 4, 1}), dense_strides(s5, {0, 2, 3, 4, 1}), true, "channels_last_3d"},
       {{1, 32, 5, 6}, {12345, 1, 192, 32}, {7, 1, 192, 32}, true, "odd batch stride of a single sample"},
-      {{2, 8, 5, 6}, dense_strides({2, 8, 5, 6}, {0, 2, 3, 1}), dense_strides({2, 8, 5, 6}, {0, 2, 3, 1}), false,
+      {{2, 8, 5, 6},
+       dense_strides({2, 8, 5, 6}, {0, 2, 3, 1}),
+       dense_strides({2, 8, 5, 6}, {0, 2, 3, 1}),
+       false,
        "too few channels"},
       {s4, rm4, rm4, false, "contiguous"},
       {s4, cl4, rm4, false, "channels_last into contiguous"},

@@ -100,15 +100,17 @@ int emulated_mask(const int64_t* geometry, double p, int p_on_device, double gam
   const MaskGeometry g = geometry_from(geometry);
   const ScalarArg<double> p_arg = p_on_device ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
   const ScalarArg<int64_t> key_arg = seed_on_device ? ScalarArg<int64_t>{&seed, 0} : ScalarArg<int64_t>{nullptr, seed};
-  dropblock::cuda::MaskParams params{g,    p_arg, gamma_factor, key_arg, mask,    mask_words,
-                                     count_multiplier, numel, eps,     scale, scratch,
-                                     static_cast<dropblock::CudaMaskKernel>(kernel)};
+  dropblock::cuda::MaskParams params{
+      g,    p_arg,      gamma_factor,     key_arg,
+      mask, mask_words, count_multiplier, numel,
+      eps,  scale,      scratch,          static_cast<dropblock::CudaMaskKernel>(kernel)};
   return static_cast<int>(dropblock::cuda::launch_mask(params, nullptr));
 }
 
 // The path kAuto takes (dropblock::CudaMaskKernel) for this geometry.
 int emulated_auto_mask_kernel(const int64_t* geometry) {
-  return static_cast<int>(dropblock::cuda::choose_mask_kernel(geometry_from(geometry), dropblock::CudaMaskKernel::kAuto));
+  return static_cast<int>(
+      dropblock::cuda::choose_mask_kernel(geometry_from(geometry), dropblock::CudaMaskKernel::kAuto));
 }
 
 // kind: 0 float, 1 double, 2 half, 3 bfloat16 (dropblock::cuda::ScalarKind); params: an

@@ -46,8 +46,9 @@ void run_mask(const Sizes& sizes, int64_t block, bool shared) {
     for (bool in_memory : {false, true}) {
       const ScalarArg<double> p_arg = in_memory ? ScalarArg<double>{&p, 0.0} : ScalarArg<double>{nullptr, p};
       const ScalarArg<int64_t> key_arg = in_memory ? ScalarArg<int64_t>{&key, 0} : ScalarArg<int64_t>{nullptr, key};
-      const dropblock::cuda::MaskParams params{g,         p_arg,  0.05, key_arg, mask.data(), words, shared ? sizes[1] : 1,
-                                               product(sizes), 1e-6, &scale, scratch.data(), kernel};
+      const dropblock::cuda::MaskParams params{
+          g,    p_arg,  0.05,           key_arg, mask.data(), words, shared ? sizes[1] : 1, product(sizes),
+          1e-6, &scale, scratch.data(), kernel};
       dropblock::cuda::launch_mask(params, nullptr);
     }
   }
@@ -128,8 +129,8 @@ void run_layouts(ScalarKind kind, const Sizes& sizes) {
 }  // namespace
 
 int main() {
-  const std::vector<Sizes> shapes = {{2, 3, 50}, {2, 3, 17, 19}, {2, 20, 9, 11}, {1, 300, 3, 5}, {2, 16, 3, 4, 5},
-                                     {4, 5, 7, 7}, {2, 3, 2, 3}, {2, 18, 3, 5}, {1, 17, 4, 3}, {2, 3, 8, 16}};
+  const std::vector<Sizes> shapes = {{2, 3, 50},   {2, 3, 17, 19}, {2, 20, 9, 11}, {1, 300, 3, 5}, {2, 16, 3, 4, 5},
+                                     {4, 5, 7, 7}, {2, 3, 2, 3},   {2, 18, 3, 5},  {1, 17, 4, 3},  {2, 3, 8, 16}};
   for (const Sizes& sizes : shapes) {
     for (bool shared : {false, true}) {
       run_mask(sizes, 3, shared);
