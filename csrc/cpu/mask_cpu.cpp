@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstring>
 #include <tuple>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -150,21 +151,70 @@ int64_t count_bits(const uint64_t* words, int64_t n) {
   return count;
 }
 
-// Draws and paints the seeds of one contiguous range [first, last) of logical indices (first a
-// multiple of kRangeElements, last too unless it ends the mask, so chunks and mask words never
-// straddle two ranges) on a mask of all ones. Blocks reach past their range by up to
-// block_reach() indices: the words within that reach of the range's start may also be painted by
-// the range before, and are cleared atomically.
 // Clears bits with plain writes: for the chunks whose blocks stay inside the words a range owns.
 struct PlainClear {
   uint64_t* words;
   void operator()(int64_t w, uint64_t bits) const { words[w] &= ~bits; }
 };
 
+// Where a block fits, for planes of at most kMaxPatternPlane positions: bit k says whether
+// position k % P of a plane (P positions) is one, for k < P + kChunk, so that a chunk starting at
+// plane offset o finds the positions where its seeds count in bits [o, o + 256) at once. Small
+// maps gain most: a 7x7 plane with a 7x7 block has one such position, and a chunk spans 37 rows.
+class ValidPattern {
+ public:
+  static constexpr int64_t kMaxPatternPlane = int64_t(1) << 16;
+
+  explicit ValidPattern(const SeedGrid& s) : plane_(s.plane_numel) {
+    if (plane_ > kMaxPatternPlane || s.total == 0) {
+      return;
+    }
+    words_.assign(static_cast<size_t>((plane_ + kChunk) / 64 + 2), 0);
+    for (int64_t z = 0; z < s.extent[0]; ++z) {
+      for (int64_t y = 0; y < s.extent[1]; ++y) {
+        const int64_t start = (z * s.size[1] + y) * s.size[2];
+        for (int64_t x = 0; x < s.extent[2]; ++x) {
+          set(start + x);
+        }
+      }
+    }
+    for (int64_t k = plane_; k < plane_ + kChunk; ++k) {  // the next plane's start, repeated
+      if (get(k - plane_)) {
+        set(k);
+      }
+    }
+  }
+
+  bool enabled() const { return !words_.empty(); }
+
+  // Bits [offset, offset + 256): offset < P.
+  ChunkBits at(int64_t offset) const {
+    return {bits64(offset), bits64(offset + 64), bits64(offset + 128), bits64(offset + 192)};
+  }
+
+ private:
+  void set(int64_t k) { words_[k >> 6] |= uint64_t(1) << (k & 63); }
+  bool get(int64_t k) const { return (words_[k >> 6] >> (k & 63)) & 1u; }
+  uint64_t bits64(int64_t b) const {
+    const int64_t w = b >> 6;
+    const int shift = static_cast<int>(b & 63);
+    return shift == 0 ? words_[w] : (words_[w] >> shift) | (words_[w + 1] << (64 - shift));
+  }
+
+  int64_t plane_;
+  std::vector<uint64_t> words_;
+};
+
+// Draws and paints the seeds of one contiguous range [first, last) of logical indices (first a
+// multiple of kRangeElements, last too unless it ends the mask, so chunks and mask words never
+// straddle two ranges) on a mask of all ones. Blocks reach past their range by up to
+// block_reach() indices: the words within that reach of the range's start may also be painted by
+// the range before, and are cleared atomically.
 class RangePainter {
  public:
-  RangePainter(const SeedGrid& grid, PhiloxKey key, const uint64_t* bounds, CountTable table, uint64_t* words)
-      : grid_(grid), key_(key), bounds_(bounds), table_(table), words_(words) {}
+  RangePainter(const SeedGrid& grid, PhiloxKey key, const uint64_t* bounds, CountTable table, const ValidPattern& valid,
+               uint64_t* words)
+      : grid_(grid), key_(key), bounds_(bounds), table_(table), valid_(valid), words_(words) {}
 
   void paint(int64_t first, int64_t last) {
     const int64_t reach = block_reach(grid_);
@@ -181,19 +231,50 @@ class RangePainter {
         // The chunk's blocks cover at most its indices and `reach` more: owned words only, or not.
         const int64_t g0 = (chunk + i) * kChunk;
         if ((g0 >> 6) > clear.shared_lo && ((g0 + kChunk - 1 + reach) >> 6) < clear.shared_hi) {
-          clear_chunk_blocks(grid_, static_cast<uint64_t>(chunk + i), seeds_[i], plain);
+          paint_chunk(chunk + i, seeds_[i], plain);
         } else {
-          clear_chunk_blocks(grid_, static_cast<uint64_t>(chunk + i), seeds_[i], clear);
+          paint_chunk(chunk + i, seeds_[i], clear);
         }
       }
     }
   }
 
  private:
+  // The blocks of one chunk's seeds: those where a block fits picked by the plane's pattern and
+  // cleared one by one when few, else clear_chunk_blocks (which finds them itself).
+  template <typename Clear>
+  void paint_chunk(int64_t chunk, ChunkBits seeds, const Clear& clear) {
+    const int64_t g0 = chunk * kChunk;
+    if (!valid_.enabled()) {
+      clear_chunk_blocks(grid_, static_cast<uint64_t>(chunk), seeds, clear);
+      return;
+    }
+    const int64_t offset =
+        grid_.small ? g0 - static_cast<int64_t>(divide(grid_.by_plane, static_cast<uint64_t>(g0))) * grid_.plane_numel
+                    : g0 % grid_.plane_numel;
+    const ChunkBits fits = valid_.at(offset);
+    const int64_t n = std::min<int64_t>(kChunk, grid_.total - g0);  // positions past the end never count
+    uint64_t words[4] = {seeds.w0 & fits.w0, seeds.w1 & fits.w1, seeds.w2 & fits.w2, seeds.w3 & fits.w3};
+    for (int q = 0; q < 4; ++q) {
+      words[q] &= low_bits(std::max<int64_t>(0, std::min<int64_t>(64, n - 64 * q)));
+    }
+    const int count = popcount64(words[0]) + popcount64(words[1]) + popcount64(words[2]) + popcount64(words[3]);
+    if (count > 8) {
+      clear_chunk_blocks(grid_, static_cast<uint64_t>(chunk), ChunkBits{words[0], words[1], words[2], words[3]}, clear);
+      return;
+    }
+    for (int q = 0; q < 4; ++q) {
+      for (uint64_t v = words[q]; v != 0; v &= v - 1) {
+        clear_one_block(grid_, g0 + 64 * q + lowest_bit64(v), clear);
+      }
+    }
+  }
+
   SeedGrid grid_;
   PhiloxKey key_;
   const uint64_t* bounds_;
   CountTable table_;
+  const ValidPattern& valid_;
   uint64_t* words_;
   ChunkBits seeds_[kChunkBatch];
 };
@@ -218,8 +299,9 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, 
   }
   if (!never_seeds(table) && grid.total > 0) {
     const int64_t ranges = grid.total / kRangeElements + (grid.total % kRangeElements != 0 ? 1 : 0);
+    const ValidPattern valid(grid);
     parallel_over(ranges, grid.total, [&](int64_t begin, int64_t end) {
-      RangePainter painter(grid, key, bounds, table, words);
+      RangePainter painter(grid, key, bounds, table, valid, words);
       for (int64_t r = begin; r < end; ++r) {
         painter.paint(r * kRangeElements, std::min((r + 1) * kRangeElements, grid.total));
       }
