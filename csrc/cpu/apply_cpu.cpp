@@ -289,15 +289,8 @@ PlaneLayout plane_layout(const at::Tensor& t) {
   for (int d = 0; d < kMaxSpatialDims; ++d) {
     layout.stride[d] = d < pad ? 0 : t.stride(2 + d - pad);
   }
-  int64_t expected = 1;
-  layout.row_major = true;
-  for (int d = kMaxSpatialDims - 1; d >= 0; --d) {
-    const int64_t size = d < pad ? 1 : t.size(2 + d - pad);
-    if (size != 1 && layout.stride[d] != expected) {
-      layout.row_major = false;
-    }
-    expected *= size;
-  }
+  // The padded dimensions have size 1: whether the plane is row-major is its spatial dims' say.
+  layout.row_major = is_row_major(static_cast<int>(t.dim() - 2), t.sizes().data() + 2, t.strides().data() + 2);
   return layout;
 }
 
