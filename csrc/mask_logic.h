@@ -246,12 +246,29 @@ struct PositionDraw {
   // Takes the 4 candidate bytes of `word` in order.
   C10_HOST_DEVICE void take(uint32_t word) {
 #if defined(__CUDA_ARCH__) || defined(DROPBLOCK_CUDA_EMULATION)  // the emulation runs the device's form
-    // Selects, not a reference to the chosen word: the four words stay in registers. About 38
-    // instructions a byte, so a word is skipped once the draw is done (after its first word for
-    // K <= 4: nearly every chunk at DropBlock's rates).
+    // About 38 instructions a byte, so a word is skipped once the draw is done (after its first word
+    // for K <= 4: nearly every chunk at DropBlock's rates).
     if (have >= need) {
       return;
     }
+    take_all(word);
+#else
+    for (int j = 0; j < 4 && have < need; ++j) {
+      const uint32_t b = (word >> (8 * j)) & 0xFFu;
+      const uint64_t bit = uint64_t(1) << (b & 63);
+      const uint32_t q = b >> 6;
+      uint64_t& w = q == 0 ? chosen.w0 : q == 1 ? chosen.w1 : q == 2 ? chosen.w2 : chosen.w3;
+      if ((w & bit) == 0) {
+        w |= bit;
+        ++have;
+      }
+    }
+#endif
+  }
+  // take() without a branch: selects, not a reference to the chosen word, so that the four words
+  // stay in registers (on the device) or in vector lanes (the CPU's batched draw); a byte taken
+  // once the draw is done changes nothing.
+  C10_HOST_DEVICE void take_all(uint32_t word) {
     DROPBLOCK_UNROLL
     for (int j = 0; j < 4; ++j) {
       const uint32_t b = (word >> (8 * j)) & 0xFFu;
@@ -265,18 +282,6 @@ struct PositionDraw {
       chosen.w3 |= q == 3 ? add : 0;
       have += add != 0;
     }
-#else
-    for (int j = 0; j < 4 && have < need; ++j) {
-      const uint32_t b = (word >> (8 * j)) & 0xFFu;
-      const uint64_t bit = uint64_t(1) << (b & 63);
-      const uint32_t q = b >> 6;
-      uint64_t& w = q == 0 ? chosen.w0 : q == 1 ? chosen.w1 : q == 2 ? chosen.w2 : chosen.w3;
-      if ((w & bit) == 0) {
-        w |= bit;
-        ++have;
-      }
-    }
-#endif
   }
 };
 
@@ -455,11 +460,23 @@ C10_HOST_DEVICE inline void position_in_plane(const SeedGrid& s, int64_t g, int6
 }
 
 C10_HOST_DEVICE inline int popcount64(uint64_t v) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__)
   return __popcll(v);
-#else
+#elif defined(__POPCNT__) || !defined(__x86_64__)
   return __builtin_popcountll(v);
+#else
+  // Baseline x86-64 has no popcount instruction and the builtin becomes a libgcc call (5% of a
+  // mask's time once): the same count in a dozen inline operations.
+  v = v - ((v >> 1) & 0x5555555555555555ull);
+  v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
+  v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+  return static_cast<int>((v * 0x0101010101010101ull) >> 56);
 #endif
+}
+
+// The number of positions in a chunk's set.
+C10_HOST_DEVICE inline int bit_count(const ChunkBits& s) {
+  return popcount64(s.w0) + popcount64(s.w1) + popcount64(s.w2) + popcount64(s.w3);
 }
 
 C10_HOST_DEVICE inline int lowest_bit64(uint64_t v) {
@@ -541,14 +558,30 @@ C10_HOST_DEVICE inline void clear_one_block(const SeedGrid& s, int64_t g, const 
   }
 }
 
-// Clears the block of the seed at logical index g if a whole block fits there.
-template <typename Clear>
-C10_HOST_DEVICE inline void clear_block_if_it_fits(const SeedGrid& s, int64_t g, const Clear& clear) {
+// Clears the block of one seed row by row: clear_one_block as the functor the chunk walks take (the
+// CPU passes one that clears a precomputed stamp of the block's words instead).
+struct BlockByRows {
+  const SeedGrid* grid;
+  template <typename Clear>
+  C10_HOST_DEVICE void operator()(int64_t g, const Clear& clear) const {
+    clear_one_block(*grid, g, clear);
+  }
+};
+
+// Clears, through clear_block, the block of the seed at logical index g if a whole block fits there.
+template <typename Clear, typename ClearBlock>
+C10_HOST_DEVICE inline void clear_block_if_it_fits(const SeedGrid& s, int64_t g, const Clear& clear,
+                                                   const ClearBlock& clear_block) {
   int64_t z, y, x;
   position_in_plane(s, g, z, y, x);
   if (z < s.extent[0] && y < s.extent[1] && x < s.extent[2]) {
-    clear_one_block(s, g, clear);
+    clear_block(g, clear);
   }
+}
+
+template <typename Clear>
+C10_HOST_DEVICE inline void clear_block_if_it_fits(const SeedGrid& s, int64_t g, const Clear& clear) {
+  clear_block_if_it_fits(s, g, clear, BlockByRows{&s});
 }
 
 // A chunk with at most this many seeds has them placed one by one (a division to find each one's
@@ -558,16 +591,17 @@ constexpr int kSparseChunkSeeds = 4;
 // Block expansion of a chunk: clears through clear(word, bits) the blocks of its seeds (bit i <->
 // logical index kChunk * chunk + i) that sit where a whole block fits, walking the chunk row by row
 // (a row's seeds at once, in pieces of up to 65 - bw positions): no per-position work.
-template <typename Clear>
+// A sparse chunk's blocks go through clear_block (BlockByRows, or the CPU's stamp).
+template <typename Clear, typename ClearBlock>
 C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk, const ChunkBits& seeds,
-                                               const Clear& clear) {
+                                               const Clear& clear, const ClearBlock& clear_block) {
   const int64_t g0 = static_cast<int64_t>(chunk) * kChunk;
   if (g0 >= s.total) {
     return;
   }
   const int64_t H = s.size[1], W = s.size[2];
   const int64_t n = s.total - g0 < kChunk ? s.total - g0 : kChunk;
-  if (popcount64(seeds.w0) + popcount64(seeds.w1) + popcount64(seeds.w2) + popcount64(seeds.w3) <= kSparseChunkSeeds) {
+  if (bit_count(seeds) <= kSparseChunkSeeds) {
     const uint64_t words[4] = {seeds.w0, seeds.w1, seeds.w2, seeds.w3};
     DROPBLOCK_UNROLL
     for (int q = 0; q < 4; ++q) {
@@ -576,7 +610,7 @@ C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk
         if (i >= n) {
           return;
         }
-        clear_block_if_it_fits(s, g0 + i, clear);
+        clear_block_if_it_fits(s, g0 + i, clear, clear_block);
       }
     }
     return;
@@ -605,6 +639,12 @@ C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk
       }
     }
   }
+}
+
+template <typename Clear>
+C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk, const ChunkBits& seeds,
+                                               const Clear& clear) {
+  clear_chunk_blocks(s, chunk, seeds, clear, BlockByRows{&s});
 }
 
 // How far past its seed a block reaches, in logical indices: the words a worker shares with

@@ -49,6 +49,10 @@ CASES = [
     ((1, 3, 1000), (1,), 0.5, False),  # K near 128: many Philox calls per chunk for its positions
     ((2, 2, 700), (1,), 0.93, False),  # gamma > 1/2: the mirrored table, the non-seeds drawn
     ((1, 1, 999), (1,), 0.55, False),  # K on both sides of 128, a partial last chunk
+    # A block reach of 16644 indices: CPU ranges grow to 5 x 2^15 indices and draw the chunks
+    # within reach before them again; blocks cross the range boundary.
+    ((2, 2, 20, 64, 64), (5, 5, 5), 0.3, False),
+    ((3, 1, 5, 300, 301), (2, 3, 4), 0.2, False),  # planes past 2^16 positions, odd words per row
 ]
 
 

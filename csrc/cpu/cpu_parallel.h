@@ -16,14 +16,19 @@ constexpr int64_t kGrainElements = at::internal::GRAIN_SIZE;
 
 // at::parallel_for over `units` units of work that hold `elements` elements in all: serial up to
 // kGrainElements elements, else in ranges of about kGrainElements elements or more.
+// The grain (units per task) for `units` units of work that hold `elements` elements in all:
+// all of them up to kGrainElements elements (serial), else about kGrainElements elements or more.
+inline int64_t parallel_grain(int64_t units, int64_t elements) {
+  const int64_t per_unit = std::max<int64_t>(1, elements / std::max<int64_t>(1, units));
+  return elements <= kGrainElements ? std::max<int64_t>(1, units) : std::max<int64_t>(1, kGrainElements / per_unit);
+}
+
 template <typename F>
 void parallel_over(int64_t units, int64_t elements, const F& f) {
   if (units <= 0) {
     return;
   }
-  const int64_t per_unit = std::max<int64_t>(1, elements / units);
-  const int64_t grain = elements <= kGrainElements ? units : std::max<int64_t>(1, kGrainElements / per_unit);
-  at::parallel_for(0, units, grain, f);
+  at::parallel_for(0, units, parallel_grain(units, elements), f);
 }
 
 // Clones of a hot loop for wider vector registers where the CPU has them (x86-64-v4: AVX-512

@@ -38,56 +38,73 @@ inline void philox_batch(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3,
   }
 }
 
-// The seeds of chunks first .. first + n - 1 (n <= kChunkBatch) into seeds[0 .. n): the batched
-// twin of seeds_of_chunk. Every chunk's first call at once; then, round after round, the further
-// calls of the chunks whose positions are not all drawn yet (none at DropBlock's usual rates, about
-// ten rounds at gamma = 1/2).
-DROPBLOCK_VECTOR_CLONES
-void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* bounds, CountTable table, ChunkBits* seeds) {
-  uint32_t c0[kChunkBatch], c1[kChunkBatch], c2[kChunkBatch], c3[kChunkBatch];
+// The seed counts K of n chunks whose first words are u[0 .. n): seed_count for a batch. Short
+// tables (DropBlock's rates: about 10 bounds at gamma = 0.0026, 60 at 0.1) are compared whole,
+// which vectorises across the chunks; long ones are searched without branches in bounds padded
+// with 2^32 to kChunk entries. Either way no branch depends on the random words (the scalar
+// search mispredicted about once a chunk).
+inline void seed_counts(const uint32_t* u, int n, const uint64_t* padded_bounds, CountTable t, int* count) {
   for (int i = 0; i < n; ++i) {
-    const uint64_t chunk = first + static_cast<uint64_t>(i);
-    c0[i] = static_cast<uint32_t>(chunk);
-    c1[i] = static_cast<uint32_t>(chunk >> 32);
-    c2[i] = 0;  // call 0
-    c3[i] = 0;
+    count[i] = 0;
   }
-  philox_batch(c0, c1, c2, c3, n, key);
-  int counts[kChunkBatch];
-  PositionDraw draws[kChunkBatch];
-  int pending[kChunkBatch];
-  int waiting = 0;
-  for (int i = 0; i < n; ++i) {
-    draws[i] = start_position_draw(Philox4{{c0[i], c1[i], c2[i], c3[i]}}, bounds, table, counts[i]);
-    if (!draws[i].done()) {
-      pending[waiting++] = i;
+  if (t.size <= 64) {
+    for (int k = 0; k < t.size; ++k) {
+      const uint32_t bound = static_cast<uint32_t>(padded_bounds[k]);  // below 2^32 while k < size
+      for (int i = 0; i < n; ++i) {
+        count[i] += u[i] >= bound ? 1 : 0;
+      }
     }
-  }
-  if (waiting == 0) {  // DropBlock's rates: every chunk's positions came from its first call
+  } else {
     for (int i = 0; i < n; ++i) {
-      seeds[i] = finish_position_draw(draws[i], counts[i]);
+      int below = 0;  // bounds[0 .. below) <= u: 8 halving steps reach 255, the last compare 256
+      for (int step = kChunk / 2; step > 0; step >>= 1) {
+        below += padded_bounds[below + step - 1] <= u[i] ? step : 0;
+      }
+      count[i] = below + (padded_bounds[below] <= u[i] ? 1 : 0);
     }
-    return;
   }
-  // Chunks that need many more candidates (dense seeds, e.g. block size 1 at p = 1/2: about 180
-  // bytes each) go on with a byte per position, which costs a couple of cycles a candidate where
-  // the bit set's read-modify-write chain costs tens; filling and folding the bytes costs about
-  // as much as 30 candidates, so the others stay with the bit set.
+  if (t.mirrored) {
+    for (int i = 0; i < n; ++i) {
+      count[i] = kChunk - count[i];
+    }
+  }
+}
+
+// The host form of PositionDraw::take for a draw kept in arrays: the bytes of `word` in order into
+// `chosen` until `have` reaches `need`. A repeat costs no branch.
+inline void take_bytes(uint32_t word, uint64_t* chosen, int& have, int need) {
+  for (int j = 0; j < 4 && have < need; ++j) {
+    const uint32_t b = (word >> (8 * j)) & 0xFFu;
+    const uint64_t bit = uint64_t(1) << (b & 63);
+    uint64_t& w = chosen[b >> 6];
+    have += (w & bit) == 0 ? 1 : 0;
+    w |= bit;
+  }
+}
+
+// The further calls (chunk, 1), (chunk, 2), ... of the chunks pending[0 .. waiting) that their first
+// call left short of candidates, batched round by round; c0..c3 are scratch. Chunks that need many
+// more (dense seeds, e.g. block size 1 at p = 1/2: about 180 candidates each) go on with a byte per
+// position, which costs a couple of cycles a candidate where the bit set's read-modify-write chain
+// costs tens; filling and folding the bytes costs about as much as 30 candidates, so the others stay
+// with the bit set.
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline void draw_further_positions(uint64_t first, PhiloxKey key, int* pending, int waiting, uint64_t (*chosen)[4],
+                                   int* have, const int* need, uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3) {
   constexpr int kDenseNeed = 48;
   static thread_local uint8_t seen[kChunkBatch][kChunk];
-  for (int j = 0; j < waiting; ++j) {
-    if (draws[pending[j]].need <= kDenseNeed) {
-      continue;
-    }
-    const ChunkBits& s = draws[pending[j]].chosen;
-    const uint64_t words[4] = {s.w0, s.w1, s.w2, s.w3};
-    for (int b = 0; b < kChunk; ++b) {
-      seen[j][b] = static_cast<uint8_t>((words[b >> 6] >> (b & 63)) & 1u);
-    }
-  }
   int slot[kChunkBatch];  // seen[] row of each pending chunk
   for (int j = 0; j < waiting; ++j) {
     slot[j] = j;
+    if (need[pending[j]] <= kDenseNeed) {
+      continue;
+    }
+    const uint64_t* w = chosen[pending[j]];
+    for (int b = 0; b < kChunk; ++b) {
+      seen[j][b] = static_cast<uint8_t>((w[b >> 6] >> (b & 63)) & 1u);
+    }
   }
   for (uint32_t call = 1; waiting > 0; ++call) {
     for (int j = 0; j < waiting; ++j) {
@@ -100,67 +117,134 @@ void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* bound
     philox_batch(c0, c1, c2, c3, waiting, key);
     int still = 0;
     for (int j = 0; j < waiting; ++j) {
-      PositionDraw& d = draws[pending[j]];
-      if (d.need <= kDenseNeed) {
-        d.take(c0[j]);
-        d.take(c1[j]);
-        d.take(c2[j]);
-        d.take(c3[j]);
-        if (!d.done()) {
-          pending[still] = pending[j];
-          slot[still] = slot[j];
-          ++still;
+      const int i = pending[j];
+      const int m = need[i];
+      int h = have[i];
+      if (m <= kDenseNeed) {
+        take_bytes(c0[j], chosen[i], h, m);
+        take_bytes(c1[j], chosen[i], h, m);
+        take_bytes(c2[j], chosen[i], h, m);
+        take_bytes(c3[j], chosen[i], h, m);
+      } else {
+        uint8_t* flags = seen[slot[j]];
+        const uint32_t words[4] = {c0[j], c1[j], c2[j], c3[j]};
+        for (int b = 0; b < 16 && h < m; ++b) {
+          const uint32_t position = (words[b >> 2] >> (8 * (b & 3))) & 0xFFu;
+          h += 1 - flags[position];
+          flags[position] = 1;
         }
-        continue;
+        if (h >= m) {
+          uint64_t w[4] = {0, 0, 0, 0};
+          for (int b = 0; b < kChunk; ++b) {
+            w[b >> 6] |= static_cast<uint64_t>(flags[b]) << (b & 63);
+          }
+          for (int q = 0; q < 4; ++q) {
+            chosen[i][q] = w[q];
+          }
+        }
       }
-      uint8_t* flags = seen[slot[j]];
-      const uint32_t words[4] = {c0[j], c1[j], c2[j], c3[j]};
-      int have = d.have;
-      for (int b = 0; b < 16 && have < d.need; ++b) {
-        const uint32_t position = (words[b >> 2] >> (8 * (b & 3))) & 0xFFu;
-        have += 1 - flags[position];
-        flags[position] = 1;
-      }
-      d.have = have;
-      if (!d.done()) {
-        pending[still] = pending[j];
+      have[i] = h;
+      if (h < m) {
+        pending[still] = i;
         slot[still] = slot[j];
         ++still;
-      } else {
-        uint64_t w[4] = {0, 0, 0, 0};
-        for (int b = 0; b < kChunk; ++b) {
-          w[b >> 6] |= static_cast<uint64_t>(flags[b]) << (b & 63);
-        }
-        d.chosen = {w[0], w[1], w[2], w[3]};
       }
     }
     waiting = still;
   }
-  for (int i = 0; i < n; ++i) {
-    seeds[i] = finish_position_draw(draws[i], counts[i]);
-  }
 }
 
-// The clones give the popcount instruction (baseline x86-64 calls a libgcc routine per word).
+// The seeds of chunks first .. first + n - 1 (n <= kChunkBatch) into seeds[0 .. n): the batched
+// twin of seeds_of_chunk. Every chunk's first call at once; then, round after round, the further
+// calls of the chunks whose positions are not all drawn yet (none at DropBlock's usual rates, about
+// ten rounds at gamma = 1/2). The draws live in arrays, never in structs copied whole: a struct
+// written field by field and read back as one vector stalled on store forwarding (a third of the
+// draw's time once).
 DROPBLOCK_VECTOR_CLONES
-int64_t count_bits(const uint64_t* words, int64_t n) {
-  int64_t count = 0;
-  for (int64_t w = 0; w < n; ++w) {
-    count += __builtin_popcountll(words[w]);
+void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padded_bounds, CountTable table,
+                     ChunkBits* seeds) {
+  alignas(64) uint32_t c0[kChunkBatch], c1[kChunkBatch], c2[kChunkBatch], c3[kChunkBatch];
+  for (int i = 0; i < n; ++i) {
+    const uint64_t chunk = first + static_cast<uint64_t>(i);
+    c0[i] = static_cast<uint32_t>(chunk);
+    c1[i] = static_cast<uint32_t>(chunk >> 32);
+    c2[i] = 0;  // call 0
+    c3[i] = 0;
   }
-  return count;
-}
-
-// Clears bits with plain writes: for the chunks whose blocks stay inside the words a range owns.
-// Like the other clears it touches no word for empty bits: a row pattern's second word may lie
-// past the mask's last word when none of its bits do (AddressSanitizer caught the write).
-struct PlainClear {
-  uint64_t* words;
-  void operator()(int64_t w, uint64_t bits) const {
-    if (bits != 0) {
-      words[w] &= ~bits;
+  philox_batch(c0, c1, c2, c3, n, key);
+  int counts[kChunkBatch];
+  seed_counts(c0, n, padded_bounds, table, counts);
+  // The chunks by need (a counting sort: bucket m < kFirstCandidates + 1 needs m positions, the last
+  // bucket more than the first call holds), so that a bucket's loops have one trip count. Branching
+  // on each chunk's count instead mispredicted about once a chunk at DropBlock's rates, where half
+  // the chunks need no position and most others one.
+  constexpr int kFirstCandidates = 12;  // bytes of words 1..3 of the first call
+  constexpr int kBuckets = kFirstCandidates + 2;
+  int need[kChunkBatch], order[kChunkBatch];
+  int bucket_start[kBuckets + 1] = {};
+  for (int i = 0; i < n; ++i) {
+    need[i] = counts[i] <= kChunk / 2 ? counts[i] : kChunk - counts[i];
+    ++bucket_start[std::min(need[i], kFirstCandidates + 1) + 1];
+  }
+  for (int m = 0; m < kBuckets; ++m) {
+    bucket_start[m + 1] += bucket_start[m];
+  }
+  {
+    int next[kBuckets];
+    std::copy(bucket_start, bucket_start + kBuckets, next);
+    for (int i = 0; i < n; ++i) {
+      order[next[std::min(need[i], kFirstCandidates + 1)]++] = i;
     }
   }
+  uint64_t chosen[kChunkBatch][4];
+  int have[kChunkBatch];
+  for (int i = 0; i < n; ++i) {
+    chosen[i][0] = chosen[i][1] = chosen[i][2] = chosen[i][3] = 0;
+    have[i] = 0;
+  }
+  int pending[kChunkBatch];
+  int waiting = 0;
+  for (int m = 1; m < kBuckets; ++m) {
+    const int taken = std::min(m, kFirstCandidates);  // candidates set before looking for repeats
+    for (int k = bucket_start[m]; k < bucket_start[m + 1]; ++k) {
+      const int i = order[k];
+      const uint32_t words[3] = {c1[i], c2[i], c3[i]};
+      uint64_t* w = chosen[i];
+      for (int j = 0; j < taken; ++j) {
+        const uint32_t b = (words[j >> 2] >> (8 * (j & 3))) & 0xFFu;
+        w[b >> 6] |= uint64_t(1) << (b & 63);
+      }
+      int h = popcount64(w[0]) + popcount64(w[1]) + popcount64(w[2]) + popcount64(w[3]);
+      if (h < need[i]) {  // a repeat among the candidates set (rare), or more needed than the call holds
+        for (int j = taken; j < kFirstCandidates && h < need[i]; ++j) {
+          const uint32_t b = (words[j >> 2] >> (8 * (j & 3))) & 0xFFu;
+          const uint64_t bit = uint64_t(1) << (b & 63);
+          h += (w[b >> 6] & bit) == 0 ? 1 : 0;
+          w[b >> 6] |= bit;
+        }
+        have[i] = h;
+        if (h < need[i]) {
+          pending[waiting++] = i;
+        }
+      }
+    }
+  }
+  if (waiting > 0) {
+    draw_further_positions(first, key, pending, waiting, chosen, have, need, c0, c1, c2, c3);
+  }
+  for (int i = 0; i < n; ++i) {
+    const uint64_t flip = counts[i] <= kChunk / 2 ? 0 : ~uint64_t(0);
+    seeds[i].w0 = chosen[i][0] ^ flip;
+    seeds[i].w1 = chosen[i][1] ^ flip;
+    seeds[i].w2 = chosen[i][2] ^ flip;
+    seeds[i].w3 = chosen[i][3] ^ flip;
+  }
+}
+
+// Sets the bits it is given: clear_range's word walk, used to build bit sets.
+struct OrInto {
+  uint64_t* words;
+  void operator()(int64_t w, uint64_t bits) const { words[w] |= bits; }
 };
 
 // Where a block fits, for planes of at most kMaxPatternPlane positions: bit k says whether
@@ -176,17 +260,15 @@ class ValidPattern {
       return;
     }
     words_.assign(static_cast<size_t>((plane_ + kChunk) / 64 + 2), 0);
+    const OrInto set{words_.data()};
     for (int64_t z = 0; z < s.extent[0]; ++z) {
       for (int64_t y = 0; y < s.extent[1]; ++y) {
-        const int64_t start = (z * s.size[1] + y) * s.size[2];
-        for (int64_t x = 0; x < s.extent[2]; ++x) {
-          set(start + x);
-        }
+        clear_range((z * s.size[1] + y) * s.size[2], s.extent[2], set);  // "clear" = set, here
       }
     }
     for (int64_t k = plane_; k < plane_ + kChunk; ++k) {  // the next plane's start, repeated
       if (get(k - plane_)) {
-        set(k);
+        words_[k >> 6] |= uint64_t(1) << (k & 63);
       }
     }
   }
@@ -199,7 +281,6 @@ class ValidPattern {
   }
 
  private:
-  void set(int64_t k) { words_[k >> 6] |= uint64_t(1) << (k & 63); }
   bool get(int64_t k) const { return (words_[k >> 6] >> (k & 63)) & 1u; }
   uint64_t bits64(int64_t b) const {
     const int64_t w = b >> 6;
@@ -211,69 +292,163 @@ class ValidPattern {
   std::vector<uint64_t> words_;
 };
 
-// Draws and paints the seeds of one contiguous range [first, last) of logical indices (first a
-// multiple of kRangeElements, last too unless it ends the mask, so chunks and mask words never
-// straddle two ranges) on a mask of all ones. Blocks reach past their range by up to
-// block_reach() indices: the words within that reach of the range's start may also be painted by
-// the range before, and are cleared atomically.
-class RangePainter {
- public:
-  RangePainter(const SeedGrid& grid, PhiloxKey key, const uint64_t* bounds, CountTable table, const ValidPattern& valid,
-               uint64_t* words)
-      : grid_(grid), key_(key), bounds_(bounds), table_(table), valid_(valid), words_(words) {}
+// The shifts whose union turns a bit map of seeds into the union of their blocks: M |= M << s for
+// each s in order. A block is its seed translated by dx < bw, dy * W (dy < bh) and dz * H * W
+// (dz < bd); each dimension's translates come in doubling steps ([0, 7) is [0, 1) + 1 = [0, 2),
+// + 2 = [0, 4), + 3 = [0, 7)). Exact because blocks never leave their rows, rows their planes.
+struct Dilation {
+  int64_t shift[3 * 64];
+  int steps = 0;
 
-  void paint(int64_t first, int64_t last) {
-    const int64_t reach = block_reach(grid_);
-    const OwnedClear clear{words_, reach > 0 ? (first + reach - 1) >> 6 : (first >> 6) - 1, last >> 6};
-    const PlainClear plain{words_};
-    const int64_t end_chunk = (last + kChunk - 1) / kChunk;
-    for (int64_t chunk = first / kChunk; chunk < end_chunk; chunk += kChunkBatch) {
-      const int n = static_cast<int>(std::min<int64_t>(kChunkBatch, end_chunk - chunk));
-      seeds_of_chunks(static_cast<uint64_t>(chunk), n, key_, bounds_, table_, seeds_);
-      for (int i = 0; i < n; ++i) {
-        if (!any(seeds_[i])) {
-          continue;
-        }
-        // The chunk's blocks cover at most its indices and `reach` more: owned words only, or not.
-        const int64_t g0 = (chunk + i) * kChunk;
-        if ((g0 >> 6) > clear.shared_lo && ((g0 + kChunk - 1 + reach) >> 6) < clear.shared_hi) {
-          paint_chunk(chunk + i, seeds_[i], plain);
-        } else {
-          paint_chunk(chunk + i, seeds_[i], clear);
-        }
+  explicit Dilation(const SeedGrid& s) {
+    const int64_t unit[3] = {s.size[1] * s.size[2], s.size[2], 1};
+    for (int d = 0; d < kMaxSpatialDims; ++d) {
+      for (int64_t covered = 1; covered < s.block[d];) {
+        const int64_t step = std::min(covered, s.block[d] - covered);
+        shift[steps++] = step * unit[d];
+        covered += step;
       }
     }
   }
+};
 
- private:
-  // The blocks of one chunk's seeds: those where a block fits picked by the plane's pattern and
-  // cleared one by one when few, else clear_chunk_blocks (which finds them itself).
-  template <typename Clear>
-  void paint_chunk(int64_t chunk, ChunkBits seeds, const Clear& clear) {
-    const int64_t g0 = chunk * kChunk;
-    if (!valid_.enabled()) {
-      clear_chunk_blocks(grid_, static_cast<uint64_t>(chunk), seeds, clear);
-      return;
+// dst[w] = src[w] | (src shifted up by `shift` bits)[w] for w in [from, to); src holds zeros for
+// at least shift / 64 + 1 words below `from`.
+DROPBLOCK_VECTOR_CLONES
+void or_shifted(const uint64_t* __restrict src, uint64_t* __restrict dst, int64_t from, int64_t to, int64_t shift) {
+  const int64_t a = shift >> 6;
+  const int k = static_cast<int>(shift & 63);
+  if (k == 0) {
+    for (int64_t w = from; w < to; ++w) {
+      dst[w] = src[w] | src[w - a];
     }
-    const int64_t offset =
-        grid_.small ? g0 - static_cast<int64_t>(divide(grid_.by_plane, static_cast<uint64_t>(g0))) * grid_.plane_numel
-                    : g0 % grid_.plane_numel;
-    const ChunkBits fits = valid_.at(offset);
-    const int64_t n = std::min<int64_t>(kChunk, grid_.total - g0);  // positions past the end never count
-    uint64_t words[4] = {seeds.w0 & fits.w0, seeds.w1 & fits.w1, seeds.w2 & fits.w2, seeds.w3 & fits.w3};
-    for (int q = 0; q < 4; ++q) {
-      words[q] &= low_bits(std::max<int64_t>(0, std::min<int64_t>(64, n - 64 * q)));
-    }
-    const int count = popcount64(words[0]) + popcount64(words[1]) + popcount64(words[2]) + popcount64(words[3]);
-    if (count > 8) {
-      clear_chunk_blocks(grid_, static_cast<uint64_t>(chunk), ChunkBits{words[0], words[1], words[2], words[3]}, clear);
-      return;
-    }
-    for (int q = 0; q < 4; ++q) {
-      for (uint64_t v = words[q]; v != 0; v &= v - 1) {
-        clear_one_block(grid_, g0 + 64 * q + lowest_bit64(v), clear);
+    return;
+  }
+  for (int64_t w = from; w < to; ++w) {
+    dst[w] = src[w] | (src[w - a] << k) | (src[w - a - 1] >> (64 - k));
+  }
+}
+
+// words[i] = ~blocks[i] for i < n; returns the number of bits set (the kept elements).
+DROPBLOCK_VECTOR_CLONES
+int64_t write_keep_words(const uint64_t* __restrict blocks, uint64_t* __restrict words, int64_t n) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    words[i] = ~blocks[i];
+    count += __builtin_popcountll(words[i]);
+  }
+  return count;
+}
+
+// The mask of one contiguous range of logical indices [first, last) (first a multiple of the
+// range size, last too unless it ends the mask, so chunks and mask words never straddle two
+// ranges): its words written once, with no atomics. The seeds whose blocks reach into the range
+// sit in [first - block_reach, last), so the range draws the chunks within reach before it again
+// (the range before draws them too: the mask is a pure function of the chunk). It sets their
+// seeds where a block fits in a bit map, dilates the map into the blocks, and writes the keep
+// bits, the complement.
+class RangeMasker {
+ public:
+  RangeMasker(const SeedGrid& grid, PhiloxKey key, const uint64_t* padded_bounds, CountTable table,
+              const ValidPattern& valid, const Dilation& dilation, uint64_t* words)
+      : grid_(grid),
+        key_(key),
+        bounds_(padded_bounds),
+        table_(table),
+        valid_(valid),
+        dilation_(dilation),
+        reach_(block_reach(grid)),
+        pad_(block_reach(grid) / 64 + 2),
+        words_(words) {}
+
+  // Writes the range's words and returns how many of its bits are set.
+  int64_t mask(int64_t first, int64_t last) {
+    const int64_t first_chunk = std::max<int64_t>(0, first - reach_) / kChunk;
+    const int64_t end_chunk = (last + kChunk - 1) / kChunk;
+    const int64_t base = first_chunk * (kChunk / 64);  // mask word of map word pad_
+    const int64_t size = pad_ + (end_chunk - first_chunk) * (kChunk / 64);
+    // Zeros below the map; every chunk's words are written below.
+    map_.resize(std::max(map_.size(), static_cast<size_t>(size)));
+    std::fill(map_.begin(), map_.begin() + pad_, 0);
+    uint64_t seeded = 0;
+    for (int64_t chunk = first_chunk; chunk < end_chunk; chunk += kChunkBatch) {
+      const int n = static_cast<int>(std::min<int64_t>(kChunkBatch, end_chunk - chunk));
+      seeds_of_chunks(static_cast<uint64_t>(chunk), n, key_, bounds_, table_, seeds_);
+      for (int i = 0; i < n; ++i) {  // no branch on whether a chunk has seeds: half of them do
+        const ChunkBits v = valid_seeds(chunk + i, seeds_[i]);
+        uint64_t* m = map_.data() + pad_ + (chunk + i - first_chunk) * (kChunk / 64);
+        m[0] = v.w0;
+        m[1] = v.w1;
+        m[2] = v.w2;
+        m[3] = v.w3;
+        seeded |= v.w0 | v.w1 | v.w2 | v.w3;
       }
     }
+    const uint64_t* blocks = map_.data();
+    if (seeded != 0 && dilation_.steps > 0) {
+      other_.resize(std::max(other_.size(), static_cast<size_t>(size)));  // or_shifted writes [pad_, size)
+      std::fill(other_.begin(), other_.begin() + pad_, 0);
+      uint64_t* src = map_.data();
+      uint64_t* dst = other_.data();
+      for (int k = 0; k < dilation_.steps; ++k) {
+        or_shifted(src, dst, pad_, size, dilation_.shift[k]);
+        std::swap(src, dst);
+      }
+      blocks = src;
+    }
+    const int64_t first_word = first >> 6, end_word = (last + 63) >> 6;
+    int64_t kept = write_keep_words(blocks + pad_ + (first_word - base), words_ + first_word, end_word - first_word);
+    if (last % 64 != 0) {  // the mask's end: no keep bits past the last element
+      const uint64_t tail = words_[end_word - 1];
+      words_[end_word - 1] = tail & low_bits(last % 64);
+      kept -= popcount64(tail & ~low_bits(last % 64));
+    }
+    return kept;
+  }
+
+ private:
+  // The seeds of a chunk where a whole block fits (none past the last element).
+  ChunkBits valid_seeds(int64_t chunk, const ChunkBits& seeds) const {
+    const int64_t g0 = chunk * kChunk;
+    const int64_t n = std::min<int64_t>(kChunk, grid_.total - g0);
+    ChunkBits fits{0, 0, 0, 0};
+    if (valid_.enabled()) {
+      const int64_t offset =
+          grid_.small ? g0 - static_cast<int64_t>(divide(grid_.by_plane, static_cast<uint64_t>(g0))) * grid_.plane_numel
+                      : g0 % grid_.plane_numel;
+      fits = valid_.at(offset);
+    } else if (any(seeds)) {
+      fits = fitting_positions(g0, n);
+    }
+    uint64_t w[4] = {seeds.w0 & fits.w0, seeds.w1 & fits.w1, seeds.w2 & fits.w2, seeds.w3 & fits.w3};
+    for (int q = 0; q < 4; ++q) {
+      w[q] &= low_bits(std::max<int64_t>(0, std::min<int64_t>(64, n - 64 * q)));
+    }
+    return {w[0], w[1], w[2], w[3]};
+  }
+
+  // Where a block fits among the chunk's n positions from logical index g0, row by row (planes
+  // too large for a ValidPattern have rows of tens of positions or more: a few rows a chunk).
+  ChunkBits fitting_positions(int64_t g0, int64_t n) const {
+    uint64_t w[4] = {0, 0, 0, 0};
+    const OrInto set{w};
+    int64_t z, y, x;
+    position_in_plane(grid_, g0, z, y, x);
+    for (int64_t i = 0; i < n;) {
+      const int64_t in_row = std::min(grid_.size[2] - x, n - i);  // positions [i, i + in_row) share a row
+      if (z < grid_.extent[0] && y < grid_.extent[1] && x < grid_.extent[2]) {
+        clear_range(i, std::min(grid_.extent[2] - x, in_row), set);  // "clear" = set, here
+      }
+      i += in_row;
+      x = 0;
+      if (++y == grid_.size[1]) {
+        y = 0;
+        if (++z == grid_.size[0]) {
+          z = 0;
+        }
+      }
+    }
+    return {w[0], w[1], w[2], w[3]};
   }
 
   SeedGrid grid_;
@@ -281,9 +456,20 @@ class RangePainter {
   const uint64_t* bounds_;
   CountTable table_;
   const ValidPattern& valid_;
+  const Dilation& dilation_;
+  int64_t reach_;
+  int64_t pad_;  // zero words before the map, so that every shift reads zeros below it
   uint64_t* words_;
+  std::vector<uint64_t> map_, other_;
   ChunkBits seeds_[kChunkBatch];
 };
+
+// Logical indices per range: a multiple of kRangeElements, at least 8 block reaches, so that the
+// chunks drawn twice (within a block's reach before the range) stay an eighth of the draw or less.
+int64_t range_elements(const SeedGrid& grid) {
+  const int64_t reaches = 8 * block_reach(grid);
+  return std::max<int64_t>(1, (reaches + kRangeElements - 1) / kRangeElements) * kRangeElements;
+}
 
 std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, const at::Tensor& seed,
                                                        const at::Tensor& p, c10::IntArrayRef block_size, double eps,
@@ -293,32 +479,34 @@ std::tuple<at::Tensor, at::Tensor> drop_block_mask_cpu(const at::Tensor& input, 
   const PhiloxKey key = make_key(static_cast<uint64_t>(seed.item<int64_t>()));
   uint64_t bounds[kChunk];
   const CountTable table = make_count_table(seed_rate(drop_probability, gamma_factor(g)), bounds);
+  std::fill(bounds + table.size, bounds + kChunk, uint64_t(1) << 32);  // for seed_counts' search
 
   at::Tensor mask = at::empty({packed_mask_bytes(g.planes * g.plane_numel())}, input.options().dtype(at::kByte));
   uint64_t* words = reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>());
   const int64_t nwords = mask.numel() / 8;
   const SeedGrid grid = make_seed_grid(g);
-  // All ones first (but the padding past the last element), then every range clears its blocks.
-  std::fill(words, words + nwords, ~uint64_t(0));
-  if (nwords > 0 && grid.total % 64 != 0) {
-    words[nwords - 1] = low_bits(grid.total % 64);
-  }
-  if (!never_seeds(table) && grid.total > 0) {
-    const int64_t ranges = grid.total / kRangeElements + (grid.total % kRangeElements != 0 ? 1 : 0);
+  int64_t kept_bits = grid.total;
+  if (never_seeds(table) || grid.total == 0) {
+    std::fill(words, words + nwords, ~uint64_t(0));
+    if (grid.total % 64 != 0) {
+      words[nwords - 1] = low_bits(grid.total % 64);
+    }
+  } else {
+    const int64_t per_range = range_elements(grid);
+    const int64_t ranges = (grid.total + per_range - 1) / per_range;
     const ValidPattern valid(grid);
-    parallel_over(ranges, grid.total, [&](int64_t begin, int64_t end) {
-      RangePainter painter(grid, key, bounds, table, valid, words);
-      for (int64_t r = begin; r < end; ++r) {
-        painter.paint(r * kRangeElements, std::min((r + 1) * kRangeElements, grid.total));
-      }
-    });
+    const Dilation dilation(grid);
+    kept_bits = at::parallel_reduce(
+        0, ranges, parallel_grain(ranges, grid.total), int64_t(0),
+        [&](int64_t begin, int64_t end, int64_t acc) {
+          RangeMasker masker(grid, key, bounds, table, valid, dilation, words);
+          for (int64_t r = begin; r < end; ++r) {
+            acc += masker.mask(r * per_range, std::min((r + 1) * per_range, grid.total));
+          }
+          return acc;
+        },
+        std::plus<int64_t>());
   }
-
-  static_assert((int64_t(1) << 14) * 64 >= kGrainElements, "the count goes parallel later than torch");
-  const int64_t kept_bits = at::parallel_reduce(
-      0, nwords, 1 << 14, int64_t(0),
-      [&](int64_t begin, int64_t end, int64_t acc) { return acc + count_bits(words + begin, end - begin); },
-      std::plus<int64_t>());
   const int64_t kept = shared_channels ? kept_bits * input.size(1) : kept_bits;
   at::Tensor scale = at::empty({}, input.options().dtype(at::kDouble));
   scale.fill_(keep_scale(input.numel(), kept, eps));

@@ -286,7 +286,7 @@ __global__ void __launch_bounds__(kThreads, 2) window_mask_kernel(MaskArgs a) {
         if (!any(s)) {
           continue;
         }
-        const int n = popcount64(s.w0) + popcount64(s.w1) + popcount64(s.w2) + popcount64(s.w3);
+        const int n = bit_count(s);
         const unsigned slot = n <= kSparseChunkSeeds ? atomicAdd(&queued, static_cast<unsigned>(n)) : kSeedQueue;
         const bool fits = slot + n <= kSeedQueue;
         // Offsets of the seeds, or, where the queue is full, the sentinel in the slots taken.
