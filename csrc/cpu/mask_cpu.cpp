@@ -82,6 +82,40 @@ inline void take_bytes(uint32_t word, uint64_t* chosen, int& have, int need) {
   }
 }
 
+// The 256 bits of a chunk's set as 256 bytes of 0 or 1, and back, eight at a time: a byte's bits
+// spread by a table, eight bytes gathered by one multiply (byte k's low bit lands on bit 56 + k).
+struct ByteSpread {
+  uint64_t of[256];
+  constexpr ByteSpread() : of() {
+    for (int x = 0; x < 256; ++x) {
+      for (int k = 0; k < 8; ++k) {
+        of[x] |= static_cast<uint64_t>((x >> k) & 1) << (8 * k);
+      }
+    }
+  }
+};
+constexpr ByteSpread kByteSpread{};
+
+inline void bits_to_bytes(const uint64_t* bits, uint8_t* bytes) {
+  for (int k = 0; k < kChunk / 8; ++k) {
+    const uint64_t spread = kByteSpread.of[(bits[k >> 3] >> (8 * (k & 7))) & 0xFFu];
+    std::memcpy(bytes + 8 * k, &spread, 8);
+  }
+}
+
+inline void bytes_to_bits(const uint8_t* bytes, uint64_t* bits) {
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "byte k of a loaded word is flag k");
+  for (int q = 0; q < 4; ++q) {
+    uint64_t w = 0;
+    for (int k = 0; k < 8; ++k) {
+      uint64_t flags;
+      std::memcpy(&flags, bytes + 64 * q + 8 * k, 8);
+      w |= ((flags * 0x0102040810204080ull) >> 56) << (8 * k);
+    }
+    bits[q] = w;
+  }
+}
+
 // The further calls (chunk, 1), (chunk, 2), ... of the chunks pending[0 .. waiting) that their first
 // call left short of candidates, batched round by round; c0..c3 are scratch. Chunks that need many
 // more (dense seeds, e.g. block size 1 at p = 1/2: about 180 candidates each) go on with a byte per
@@ -98,12 +132,8 @@ inline void draw_further_positions(uint64_t first, PhiloxKey key, int* pending, 
   int slot[kChunkBatch];  // seen[] row of each pending chunk
   for (int j = 0; j < waiting; ++j) {
     slot[j] = j;
-    if (need[pending[j]] <= kDenseNeed) {
-      continue;
-    }
-    const uint64_t* w = chosen[pending[j]];
-    for (int b = 0; b < kChunk; ++b) {
-      seen[j][b] = static_cast<uint8_t>((w[b >> 6] >> (b & 63)) & 1u);
+    if (need[pending[j]] > kDenseNeed) {
+      bits_to_bytes(chosen[pending[j]], seen[j]);
     }
   }
   for (uint32_t call = 1; waiting > 0; ++call) {
@@ -134,13 +164,7 @@ inline void draw_further_positions(uint64_t first, PhiloxKey key, int* pending, 
           flags[position] = 1;
         }
         if (h >= m) {
-          uint64_t w[4] = {0, 0, 0, 0};
-          for (int b = 0; b < kChunk; ++b) {
-            w[b >> 6] |= static_cast<uint64_t>(flags[b]) << (b & 63);
-          }
-          for (int q = 0; q < 4; ++q) {
-            chosen[i][q] = w[q];
-          }
+          bytes_to_bits(flags, chosen[i]);
         }
       }
       have[i] = h;
