@@ -1,8 +1,6 @@
 """The public API's contract: semantics, dtypes, layouts, autograd, saved state, op checks, errors."""
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,9 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import dropblock_cuda
 from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
-from helpers import env_finding_package, key_of, mask_of, ops
+from helpers import key_of, mask_of, ops
 
 FUNCTIONS = {1: drop_block1d, 2: drop_block2d, 3: drop_block3d}
 MODULES = {1: DropBlock1d, 2: DropBlock2d, 3: DropBlock3d}
@@ -421,50 +418,6 @@ def test_module_in_a_model_trains():
     loss = model(x).square().mean()
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_cuda_version_is_none_or_the_cuda_of_torch():
-    version = dropblock_cuda.cuda_version()
-    if torch.version.cuda is None:
-        assert version is None  # setup.py falls back to the CPU ops
-    else:  # None when no nvcc was found; else the toolkit torch was built with, up to the minor version
-        assert version is None or (
-            isinstance(version, int) and version // 1000 == int(torch.version.cuda.split(".")[0])
-        )
-
-
-def test_cuda_mask_kernel_setting_is_checked_and_returns_the_previous_one():
-    # The private switch between the two CUDA mask paths is registered by every build (the CUDA
-    # tests check that both paths give the CPU mask).
-    assert ops._set_cuda_mask_kernel("scatter") == "auto"
-    try:
-        assert ops._set_cuda_mask_kernel("window") == "scatter"
-        with pytest.raises(
-            ValueError, match="_set_cuda_mask_kernel: kernel: expected 'auto', 'window' or 'scatter', got 'fast'"
-        ):
-            ops._set_cuda_mask_kernel("fast")
-        assert ops._set_cuda_mask_kernel("window") == "window"  # a refused setting changes nothing
-    finally:
-        ops._set_cuda_mask_kernel("auto")
-
-
-@pytest.mark.parametrize("value,expected", [("scatter", "scatter"), ("", "auto"), ("fast", "ValueError")])
-def test_cuda_mask_kernel_environment_variable_is_read_once_and_checked(value, expected, tmp_path):
-    code = (
-        "import torch, dropblock_cuda\n"
-        "try:\n"
-        "    print(torch.ops.dropblock_cuda._set_cuda_mask_kernel('auto'))\n"
-        "except ValueError as exc:\n"
-        "    print('ValueError', exc)\n"
-    )
-    env = env_finding_package(DROPBLOCK_CUDA_MASK_KERNEL=value)
-    # Run outside the source tree, so that a source checkout without a build is not imported.
-    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    out = run.stdout
-    assert out.splitlines()[0].startswith(expected)
-    if expected == "ValueError":
-        assert "DROPBLOCK_CUDA_MASK_KERNEL: expected 'auto', 'window' or 'scatter', got 'fast'" in out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
