@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
-from helpers import key_of, mask_of, ops
+from helpers import key_of, mask_of, ops, shape_strategies
 
 FUNCTIONS = {1: drop_block1d, 2: drop_block2d, 3: drop_block3d}
 MODULES = {1: DropBlock1d, 2: DropBlock2d, 3: DropBlock3d}
@@ -442,9 +442,7 @@ def test_channels_innermost_memory_gives_the_contiguous_result(dtype, shape, sha
 
 @settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(1, 3),
-    c=st.integers(1, 70),
-    spatial=st.lists(st.integers(1, 20), min_size=1, max_size=3),
+    **shape_strategies(max_channels=70, max_side=20),
     shared=st.booleans(),
     key=st.integers(0, 2**62),
 )
