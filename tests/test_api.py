@@ -484,7 +484,7 @@ def test_16_bit_outputs_are_the_rounded_float_products(dtype, shared, channels_l
 )
 def test_packed_mask_size_is_one_rule_in_cpp_and_in_the_fake_kernel(shape, shared):
     # One statement of the packed size each side ((bits + 63) / 64 * 8 bytes): the C++ kernels'
-    # packed_mask_bytes (csrc/mask_params.cpp) and the fake kernels' _packed_mask_bytes agree.
+    # packed_mask_bytes (csrc/op_args.cpp) and the fake kernels' _packed_mask_bytes agree.
     from dropblock_cuda._registrations import _mask_bits, _packed_mask_bytes
 
     x = torch.empty(shape)
