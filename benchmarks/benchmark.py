@@ -20,7 +20,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,7 +30,6 @@ if __package__ in (None, ""):  # python benchmarks/benchmark.py: import this fol
     __package__ = "benchmarks"
 
 from . import cli, measure, reporting  # noqa: E402
-from .environment import environment  # noqa: E402
 from .gate import check_dropblock_output  # noqa: E402
 from .measure import Timing  # noqa: E402
 from .peers import Impl, build_impls  # noqa: E402
@@ -408,11 +407,8 @@ def run_benchmark(cfg: Config) -> dict:
     finally:
         progress.close()
 
-    env = environment(device, threads)
-    env["wall_s"] = round(time.perf_counter() - wall0, 2)
     result = {
-        "environment": env,
-        "config": reporting.json_clean(asdict(cfg)),
+        **reporting.result_head(cfg, device, threads, wall0),
         "batch": batch,
         "repeats": repeats,
         "impls": [{"key": i.key, "label": i.label, "masks": i.masks, "note": i.note} for i in impls],
@@ -421,6 +417,7 @@ def run_benchmark(cfg: Config) -> dict:
         "summary": summarize(rows),
         "rows": rows,
     }
+    env = result["environment"]
     os.makedirs(cfg.out, exist_ok=True)
     files = {
         "csv": os.path.join(cfg.out, "results.csv"),
@@ -529,20 +526,13 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
         full=dict(repeats=None, max_time=0.6),
         quick=dict(repeats=cli.QUICK_REPEATS, max_time=0.3),
     )
-    cfg = Config(
-        device=args.device,
-        p=args.p,
-        warmup=args.warmup,
+    cfg = cli.config_of(
+        Config,
+        args,
+        "device p warmup threads out compile_static seed batch repeats",
         max_time_s=args.max_time,
-        threads=args.threads,
-        out=args.out,
         headline=not args.no_headline,
         compile=not args.no_compile,
-        compile_static=args.compile_static,
-        progress=not args.no_progress,
-        seed=args.seed,
-        batch=args.batch,
-        repeats=args.repeats,
         only=args.only or None,
     )
     if args.quick:

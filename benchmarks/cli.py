@@ -9,7 +9,7 @@ given explicitly keeps its value (``resolve_defaults``).
 """
 
 import argparse
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from .reporting import DEFAULT_OUT
 
@@ -67,6 +67,14 @@ def add_output(ap: argparse.ArgumentParser, progress: bool = True) -> None:
     ap.add_argument("--out", default=DEFAULT_OUT, help="output folder (default benchmarks/results)")
     if progress:
         ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def config_of(config: Callable, args: argparse.Namespace, flags: str, **fields) -> Any:
+    """A command's configuration, ``config`` (its Config class) called with each of ``flags``
+    (space-separated names) as ``args`` holds it, ``progress`` as --no-progress says, and
+    ``fields``: the values that are not a flag's under its own name."""
+    values = {name: getattr(args, name) for name in flags.split()}
+    return config(**values, progress=not args.no_progress, **fields)
 
 
 def main_of(run: Callable, config_from_args: Callable, argv: Optional[Sequence[str]] = None) -> int:

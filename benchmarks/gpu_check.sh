@@ -316,8 +316,8 @@ fi
 
 # 5. The other tests that need CUDA, whatever their file (tests/conftest.py marks every test that
 #    skips without a CUDA device): a graph-captured training step, torch.compile on CUDA (fullgraph
-#    and reduce-overhead) on this image's torch, the misuse checks on CUDA tensors. Their CPU
-#    twins run in CI.
+#    and reduce-overhead) on this image's torch, the misuse checks on CUDA tensors, the build's
+#    CUDA version. Their CPU twins run in CI.
 run tests_ecosystem "${PYTEST[@]}" tests -m cuda --ignore=tests/test_cuda.py
 
 # 6. The peers: the comparative benchmark (python -m benchmarks) on this GPU, quick form; then,

@@ -35,7 +35,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -47,7 +47,6 @@ if __package__ in (None, ""):  # python benchmarks/regularisation.py: import thi
     __package__ = "benchmarks"
 
 from . import cli, reporting  # noqa: E402
-from .environment import environment  # noqa: E402
 from .reporting import fmt  # noqa: E402
 
 ARMS = ("none", "dropout", "dropout_channel", "dropblock")
@@ -546,12 +545,8 @@ def run_experiment(cfg: Config) -> dict:
             "train_size": last["train_size"],
             "test_size": last["test_size"],
         }
-    env = environment(torch.device("cpu"), cfg.threads)
-    env["jobs"] = cfg.jobs
-    env["wall_s"] = round(time.perf_counter() - wall0, 2)
     result = {
-        "environment": env,
-        "config": reporting.json_clean(asdict(cfg)),
+        **reporting.result_head(cfg, torch.device("cpu"), cfg.threads, wall0, jobs=cfg.jobs),
         "datasets": info,
         "skipped": skipped,
         "summary": summarize(runs) if runs else [],
@@ -597,19 +592,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
     for name in args.datasets:
         if name not in DATASETS:
             raise SystemExit(f"--datasets: {name!r} is not one of {', '.join(DATASETS)}")
-    cfg = Config(
-        datasets=args.datasets,
-        arms=args.arms,
-        seeds=args.seeds,
-        first_seed=args.first_seed,
-        p=args.p,
-        epochs=args.epochs,
-        threads=args.threads,
-        jobs=args.jobs,
-        out=args.out,
-        progress=not args.no_progress,
-    )
-    return cfg
+    return cli.config_of(Config, args, "datasets arms seeds first_seed p epochs threads jobs out")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

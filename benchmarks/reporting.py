@@ -1,5 +1,5 @@
-"""Output shared by every benchmark of this folder: number formatting, the progress bar, the CSV,
-JSON, markdown and plot writers.
+"""Output shared by every benchmark of this folder: number formatting, the progress bar, the head
+of every result (environment and configuration), the CSV, JSON, markdown and plot writers.
 
 ``write_results`` writes one result's CSV, markdown, plot and JSON side by side (the training
 benchmarks); the main benchmark writes its own four files with the same pieces.
@@ -9,7 +9,11 @@ import csv
 import json
 import os
 import sys
+import time
+from dataclasses import asdict
 from typing import Callable, Dict, List, Sequence
+
+from .environment import environment
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -62,6 +66,16 @@ def json_clean(obj):
     if isinstance(obj, (list, tuple)):
         return [json_clean(v) for v in obj]
     return obj
+
+
+def result_head(cfg, device, threads: int, wall0: float, **machine) -> dict:
+    """The entries every result file begins with: ``environment`` (of ``device`` and ``threads``,
+    then ``machine``'s entries, then ``wall_s``, the seconds since ``wall0``, a
+    ``time.perf_counter()``) and ``config`` (the command's dataclass ``cfg``)."""
+    env = environment(device, threads)
+    env.update(machine)
+    env["wall_s"] = round(time.perf_counter() - wall0, 2)
+    return {"environment": env, "config": json_clean(asdict(cfg))}
 
 
 def write_json(result: dict, path: str) -> None:

@@ -45,7 +45,7 @@ import statistics
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -57,7 +57,6 @@ if __package__ in (None, ""):  # python benchmarks/train_step.py: import this fo
     __package__ = "benchmarks"
 
 from . import cli, measure, reporting  # noqa: E402
-from .environment import environment  # noqa: E402
 from .gate import check_dropblock_output  # noqa: E402
 from .peers import raise_recompile_limit  # noqa: E402
 from .reporting import fmt  # noqa: E402
@@ -794,11 +793,8 @@ def run_train_step(cfg: Config) -> dict:
         progress.close()
         torch.set_num_threads(previous[0])
         torch.backends.cudnn.benchmark = previous[1]
-    env = environment(device, threads)
-    env["wall_s"] = round(time.perf_counter() - wall0, 2)
     result = {
-        "environment": env,
-        "config": reporting.json_clean(asdict(cfg)),
+        **reporting.result_head(cfg, device, threads, wall0),
         "models": list(cfg.models),
         "setup": {
             "batch": setup.batch,
@@ -891,27 +887,11 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
     compile_models = (
         () if args.compile_models is None else (None if args.compile_models == ["all"] else args.compile_models)
     )
-    cfg = Config(
-        device=args.device,
-        models=args.models,
-        compile_models=compile_models,
-        variants=args.variants,
-        modes=args.modes,
-        batch=args.batch,
-        image_size=args.image_size,
-        p=args.p,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        compile_scope=args.compile_scope,
-        compile_backend=args.compile_backend,
-        autocast=args.autocast,
-        channels_last=args.channels_last,
-        threads=args.threads,
-        seed=args.seed,
-        out=args.out,
-        progress=not args.no_progress,
+    flags = (
+        "device models variants modes batch image_size p rounds warmup compile_scope compile_backend autocast"
+        " channels_last threads seed out"
     )
-    return cfg
+    return cli.config_of(Config, args, flags, compile_models=compile_models)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -4,7 +4,7 @@ The schema lives in csrc/dropblock.cpp, the autograd formula in csrc/autograd/.
 
 torch.library.register_fake also registers these functions for the Meta dispatch key, which the
 dispatcher picks whenever ANY tensor argument is on the meta device, real CPU tensors included.
-So they check what the real kernels check (csrc/mask_params.cpp), in the same order, with the
+So they check what the real kernels check (csrc/op_args.cpp), in the same order, with the
 same exception types and messages (tests/test_misuse.py compares them): dtypes, devices, shapes,
 block_size and eps. A mix of meta and real tensors is then an error, never an uninitialised
 tensor handed back as a result. What only data can tell (p's value, memory shared between the

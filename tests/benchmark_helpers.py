@@ -24,6 +24,12 @@ def random_input(shape=SHAPE, dtype=torch.float32, seed=0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
+def quiet_config(config, tmp_path, defaults: dict, **fields):
+    """A benchmark's ``config`` (its Config class) for a tiny run in a test: ``defaults``, then
+    ``fields``; no progress bar, nothing printed, the files written into ``tmp_path``."""
+    return config(**{"progress": False, "quiet": True, "out": str(tmp_path), **defaults, **fields})
+
+
 def assert_png(path) -> None:
     png = Path(path).read_bytes()
     assert png.startswith(PNG_SIGNATURE) and len(png) > 1000

@@ -27,6 +27,15 @@ def p_tensor(p, device="cpu"):
     return torch.tensor(p, dtype=torch.float64, device=device)
 
 
+def shape_strategies(max_channels, max_side):
+    """The @given arguments n, c and spatial of a random input shape (n, c, *spatial): 1 to 3
+    samples, 1 to `max_channels` channels, 1 to 3 spatial sizes of 1 to `max_side`."""
+    from hypothesis import strategies as st
+
+    spatial = st.lists(st.integers(1, max_side), min_size=1, max_size=3)
+    return dict(n=st.integers(1, 3), c=st.integers(1, max_channels), spatial=spatial)
+
+
 def host_compile_command(source, output, *, std="c++20", flags=(), cuda_headers=False):
     """The host C++ compiler's command line for a program of tests/cpp/ (csrc/ and tests/cpp/ on
     the include path, torch's headers as system headers so that -Werror answers for this project's

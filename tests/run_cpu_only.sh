@@ -43,5 +43,5 @@ print('dropblock_cuda', dropblock_cuda.__version__, 'from its sdist, CPU-only, o
 
 # The venv's pytest (not python -m pytest, which would put the source tree first on sys.path)
 # imports the installed package.
-"$venv/bin/pytest" tests/test_ops.py tests/test_mask_law.py tests/test_compile.py tests/test_scheduler.py \
-  tests/test_misuse.py tests/test_func.py tests/test_cuda.py "$@"
+"$venv/bin/pytest" tests/test_api.py tests/test_build_info.py tests/test_mask_path_switch.py tests/test_mask_law.py \
+  tests/test_compile.py tests/test_scheduler.py tests/test_misuse.py tests/test_func.py tests/test_cuda.py "$@"

@@ -51,5 +51,5 @@ print('dropblock_cuda under ASan+UBSan:', os.path.dirname(dropblock_cuda.__file_
 "
 # --capture=sys: the sanitizers write their reports to file descriptor 2, which pytest's default
 # capture would swallow when the first report ends the process.
-"$python" -m pytest -p no:cacheprovider --capture=sys tests/test_ops.py tests/test_mask_law.py tests/test_misuse.py \
-  tests/test_scheduler.py "$@"
+"$python" -m pytest -p no:cacheprovider --capture=sys tests/test_api.py tests/test_build_info.py \
+  tests/test_mask_path_switch.py tests/test_mask_law.py tests/test_misuse.py tests/test_scheduler.py "$@"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from benchmark_helpers import PNG_SIGNATURE, assert_png
+from benchmark_helpers import PNG_SIGNATURE, assert_png, quiet_config
 
 import dropblock_cuda
 from benchmarks import benchmark as bm
@@ -63,22 +63,9 @@ def test_registry_lists_ours_in_both_modes_and_notes_what_it_leaves_out():
 
 
 def _tiny_config(tmp_path, **kw):
-    base = dict(
-        shapes=[(6, 12, 12), (1, 4, 9, 9)],
-        dtypes=["float32"],
-        block_sizes=[3],
-        batch=2,
-        repeats=1,
-        warmup=0,
-        max_time_s=0.05,
-        headline=False,
-        compile=False,
-        progress=False,
-        quiet=True,
-        out=str(tmp_path),
-    )
-    base.update(kw)
-    return bm.Config(**base)
+    sizes = dict(shapes=[(6, 12, 12), (1, 4, 9, 9)], dtypes=["float32"], block_sizes=[3], batch=2)
+    timing = dict(repeats=1, warmup=0, max_time_s=0.05, headline=False, compile=False)
+    return quiet_config(bm.Config, tmp_path, {**sizes, **timing}, **kw)
 
 
 def test_writers_produce_valid_files(tmp_path):

@@ -5,6 +5,7 @@ writers and the flags every command shares. No timing assertions: the counts, or
 import csv
 import json
 import math
+import time
 import types
 
 import pytest
@@ -228,6 +229,22 @@ def test_resolve_defaults():
     assert vars(cli.resolve_defaults(args, full=dict(a=1, b=2, c=3), quick=dict(a=10))) == dict(
         quick=True, a=10, b=2, c=7
     )
+
+
+def test_config_of_takes_the_named_flags_and_progress():
+    import argparse
+
+    args = argparse.Namespace(a=1, b=[2], c=3, no_progress=True)
+    assert cli.config_of(dict, args, "a b", d=4) == dict(a=1, b=[2], progress=False, d=4)
+
+
+def test_result_head_is_the_environment_then_the_config():
+    wall0 = time.perf_counter()
+    head = reporting.result_head(ts.Config(models=["tv_resnet18"]), torch.device("cpu"), 2, wall0, jobs=3)
+    assert list(head) == ["environment", "config"] and head["config"]["models"] == ["tv_resnet18"]
+    env = head["environment"]
+    assert list(env)[-2:] == ["jobs", "wall_s"] and env["jobs"] == 3 and 0 <= env["wall_s"] < 60
+    assert env["threads"] == 2 and env["device"] == "cpu"
 
 
 def test_names_and_ints():

@@ -105,7 +105,7 @@ def no_undefined_behaviour(request):
 
 
 def _geometry(shape, block, shared):
-    """make_mask_geometry and gamma_factor of csrc/mask_params.cpp, in the same float64 order."""
+    """make_mask_geometry and gamma_factor of csrc/op_args.cpp, in the same float64 order."""
     spatial = list(shape[2:])
     pad = 3 - len(spatial)
     size = [1] * pad + spatial

@@ -18,6 +18,18 @@ def block(p=0.3):
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), DropBlock2d(p, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
 
 
+def classifier(p):
+    """A small CNN of two classes; its DropBlock layer is model[1]."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        DropBlock2d(p, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
+
+
 # --- saved_tensors_hooks ----------------------------------------------------------------------
 
 
@@ -117,14 +129,7 @@ def test_checkpoint_without_rng_preservation_draws_another_mask():
 
 def _train_under_autocast(dtype):
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        DropBlock2d(0.2, 3),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 2),
-    )
+    model = classifier(0.2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     dtypes = []
     model[1].register_forward_hook(lambda module, args, output: dtypes.append((args[0].dtype, output.dtype)))
@@ -163,14 +168,7 @@ def test_autocast_cpu_float16_trains():
 def _cuda_model(p=0.2):
     """A small CNN on the GPU, and the list its DropBlock layer appends its outputs to."""
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        DropBlock2d(p, 3),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 2),
-    ).cuda()
+    model = classifier(p).cuda()
     outputs = []
     model[1].register_forward_hook(lambda module, args, output: outputs.append(output))
     return model, outputs
@@ -250,14 +248,7 @@ def test_compile_cuda_reduce_overhead_trains_with_a_scheduled_p(fresh_dynamo):
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        DropBlock2d(0.0, 3),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 2),
-    ).cuda()
+    model = classifier(0.0).cuda()
     scheduler = LinearScheduler(model, stop_p=0.3, total_steps=6)
     graphs_before = counters["stats"]["unique_graphs"]
     compiled = torch.compile(model, mode="reduce-overhead")

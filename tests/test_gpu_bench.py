@@ -206,29 +206,17 @@ def gpu_bench_on_cpu(monkeypatch):
     return gpu_bench
 
 
+def _dry_run(gpu_bench, tmp_path, *flags):
+    """gpu_bench's main on the CPU kernels, batch 2, one repeat of one call, into tmp_path."""
+    return gpu_bench.main(
+        ["--device", "cpu", "--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--calls", "1", *flags]
+    )
+
+
 def test_gpu_bench_main_writes_its_files(gpu_bench_on_cpu, tmp_path, capsys):
     # The script's driver (cases, JSON and markdown after every case, the printed table).
     gpu_bench = gpu_bench_on_cpu
-    assert (
-        gpu_bench.main(
-            [
-                "--device",
-                "cpu",
-                "--out",
-                str(tmp_path),
-                "--batch",
-                "2",
-                "--repeats",
-                "1",
-                "--calls",
-                "1",
-                "--compile",
-                "off",
-                "--no-torchvision",
-            ]
-        )
-        == 0
-    )
+    assert _dry_run(gpu_bench, tmp_path, "--compile", "off", "--no-torchvision") == 0
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
     # float32 first (the bfloat16 masks are compared with its copies), then per shape both blocks.
     assert [(r["dtype"], r["shape"], r["block"]) for r in data["results"]] == [
@@ -261,26 +249,7 @@ def test_gpu_bench_compiled_only_over_two_shapes(gpu_bench_on_cpu, monkeypatch, 
     # shapes), nothing else.
     gpu_bench = gpu_bench_on_cpu
     monkeypatch.setattr(gpu_bench, "DTYPES", {"float32": torch.float32})
-    assert (
-        gpu_bench.main(
-            [
-                "--device",
-                "cpu",
-                "--out",
-                str(tmp_path),
-                "--batch",
-                "2",
-                "--repeats",
-                "1",
-                "--calls",
-                "1",
-                "--compiled-only",
-                "--blocks",
-                "7",
-            ]
-        )
-        == 0
-    )
+    assert _dry_run(gpu_bench, tmp_path, "--compiled-only", "--blocks", "7") == 0
     results = json.loads((tmp_path / "gpu_bench.json").read_text())["results"]
     assert len(results) == 2
     for r in results:

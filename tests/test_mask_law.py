@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dropblock_cuda
-from helpers import mask_of, p_tensor, reference_mask
+from helpers import mask_of, p_tensor, reference_mask, shape_strategies
 from reference import (
     CHUNK,
     count_distribution,
@@ -66,9 +66,7 @@ def test_mask_matches_reference_law(shape, block_size, p, shared):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    n=st.integers(1, 3),
-    c=st.integers(1, 3),
-    spatial=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    **shape_strategies(max_channels=3, max_side=12),
     data=st.data(),
     p=st.floats(0.0, 1.0),
     shared=st.booleans(),

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from dropblock_cuda import drop_block1d, drop_block2d, drop_block3d
-from helpers import EPS, env_finding_package, ops, requires_cuda
+from helpers import EPS, env_finding_package, ops, requires_cuda, shape_strategies
 from reference import unpack_mask
 
 FUNCTIONS = {1: drop_block1d, 2: drop_block2d, 3: drop_block3d}
@@ -429,9 +429,7 @@ _EXAMPLES = int(os.environ.get("DROPBLOCK_MISUSE_EXAMPLES", "25"))
 
 @settings(max_examples=_EXAMPLES, deadline=None)
 @given(
-    n=st.integers(1, 3),
-    c=st.integers(1, 20),
-    spatial=st.lists(st.integers(1, 13), min_size=1, max_size=3),
+    **shape_strategies(max_channels=20, max_side=13),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
     layout=st.sampled_from(sorted(LAYOUTS)),
     shared=st.booleans(),

@@ -11,26 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from benchmark_helpers import PNG_SIGNATURE
+from benchmark_helpers import PNG_SIGNATURE, quiet_config
 
 import dropblock_cuda
 from benchmarks import regularisation as reg
 
 
 def _tiny(tmp_path, **kw):
-    base = dict(
-        datasets=["digits"],
-        seeds=2,
-        epochs=2,
-        eval_points=2,
-        limit=64,
-        jobs=1,
-        progress=False,
-        quiet=True,
-        out=str(tmp_path),
+    return quiet_config(
+        reg.Config, tmp_path, dict(datasets=["digits"], seeds=2, epochs=2, eval_points=2, limit=64, jobs=1), **kw
     )
-    base.update(kw)
-    return reg.Config(**base)
 
 
 def _numbers(result):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from benchmark_helpers import assert_png
+from benchmark_helpers import assert_png, quiet_config
 
 import dropblock_cuda
 from benchmarks import train_step as ts
@@ -22,6 +22,13 @@ pytest.importorskip("torchvision")
 
 def _layers(model):
     return [m for m in model.modules() if isinstance(m, dropblock_cuda.DropBlock2d)]
+
+
+def _tiny(tmp_path, **fields):
+    """An eager run of batch 2, 10 classes, one round, no warm-up, one thread (unless `fields` say
+    otherwise)."""
+    tiny = dict(modes=["eager"], batch=2, classes=10, rounds=1, warmup=0, threads=1)
+    return quiet_config(ts.Config, tmp_path, tiny, **fields)
 
 
 def test_timm_variants_are_converted_with_timms_settings():
@@ -125,20 +132,7 @@ def test_train_step_driver_writes_its_files(tmp_path):
     # Both model families, every variant, eagerly; 160 px keeps the stage-4 maps at 5x5, where
     # torchvision's odd-block check passes.
     threads = torch.get_num_threads()
-    cfg = ts.Config(
-        models=["timm_resnet18", "tv_resnet18"],
-        variants=list(ts.VARIANTS),
-        modes=["eager"],
-        image_size=160,
-        batch=2,
-        classes=10,
-        rounds=2,
-        warmup=0,
-        threads=1,
-        progress=False,
-        quiet=True,
-        out=str(tmp_path),
-    )
+    cfg = _tiny(tmp_path, models=["timm_resnet18", "tv_resnet18"], variants=list(ts.VARIANTS), image_size=160, rounds=2)
     result = ts.run_train_step(cfg)
     assert torch.get_num_threads() == threads and result["environment"]["threads"] == 1  # restored after
     files = result["files"]
@@ -204,24 +198,9 @@ def test_train_step_compiled_blocks(tmp_path, monkeypatch, fresh_dynamo):
     # The compiled path with the aot_eager backend: Dynamo's capture of every block and AOT
     # autograd's forward/backward split, as under Inductor, without compiling kernels.
     _tiny_specs(monkeypatch)
-    result = ts.run_train_step(
-        ts.Config(
-            models=["timm_resnet10t", "tv_resnet10"],
-            variants=["ours", "ours_shared"],
-            modes=["eager", "compile"],
-            compile_models=None,
-            image_size=160,
-            batch=2,
-            classes=10,
-            rounds=2,
-            warmup=1,
-            compile_backend="aot_eager",
-            threads=1,
-            progress=False,
-            quiet=True,
-            out=str(tmp_path),
-        )
-    )
+    models = dict(models=["timm_resnet10t", "tv_resnet10"], variants=["ours", "ours_shared"], image_size=160, rounds=2)
+    compiled = dict(modes=["eager", "compile"], compile_models=None, warmup=1, compile_backend="aot_eager")
+    result = ts.run_train_step(_tiny(tmp_path, **models, **compiled))
     rows = result["rows"]
     assert len(rows) == 2 * 3 * 2 and all(r["status"] == "ok" for r in rows), rows
     for r in rows:
@@ -247,20 +226,7 @@ def test_train_step_reports_a_failed_peer_and_times_the_rest(tmp_path):
     # At 64 px torchvision's DropBlock2d clamps block 5 to the 4x4 stage-3 maps and refuses the
     # even size: reported as FAILED, not timed; the others run.
     result = ts.run_train_step(
-        ts.Config(
-            models=["timm_resnet18"],
-            variants=["ours", "torchvision"],
-            modes=["eager"],
-            image_size=64,
-            batch=2,
-            classes=10,
-            rounds=1,
-            warmup=0,
-            threads=1,
-            progress=False,
-            quiet=True,
-            out=str(tmp_path),
-        )
+        _tiny(tmp_path, models=["timm_resnet18"], variants=["ours", "torchvision"], image_size=64)
     )
     by = {r["variant"]: r for r in result["rows"]}
     assert set(by) == {"none", "ours", "torchvision"}  # none is always measured: the overheads are over it
@@ -373,21 +339,8 @@ def test_step_runs_under_autocast_and_channels_last(tmp_path):
     # The CUDA step's settings (autocast, channels_last) on the CPU: bfloat16 autocast exists
     # there too, so the step and the gate run as on a GPU, on a tiny batch.
     result = ts.run_train_step(
-        ts.Config(
-            models=["tv_resnet18"],
-            variants=["ours"],
-            modes=["eager"],
-            image_size=64,
-            batch=2,
-            classes=10,
-            rounds=1,
-            warmup=0,
-            threads=1,
-            autocast="bfloat16",
-            channels_last=True,
-            progress=False,
-            quiet=True,
-            out=str(tmp_path),
+        _tiny(
+            tmp_path, models=["tv_resnet18"], variants=["ours"], image_size=64, autocast="bfloat16", channels_last=True
         )
     )
     assert result["setup"] == {"batch": 2, "image_size": 64, "dtype": "bfloat16", "memory_format": "channels_last"}

@@ -16,8 +16,8 @@
 #include <torch/library.h>
 
 #include "../mask_logic.h"
-#include "../mask_params.h"
 #include "../memory_layout.h"
+#include "../op_args.h"
 #include "apply_cpu_avx512.h"
 #include "cpu_parallel.h"
 

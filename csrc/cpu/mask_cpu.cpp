@@ -10,7 +10,7 @@
 #include <torch/library.h>
 
 #include "../mask_logic.h"
-#include "../mask_params.h"
+#include "../op_args.h"
 #include "cpu_parallel.h"
 
 namespace dropblock {

@@ -11,7 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../mask_params.h"
+#include "../op_args.h"
 #include "apply_kernels.h"
 #include "mask_kernels.h"
 

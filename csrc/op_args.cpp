@@ -1,4 +1,4 @@
-#include "mask_params.h"
+#include "op_args.h"
 
 #include <cmath>
 

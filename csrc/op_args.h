@@ -1,8 +1,8 @@
 #pragma once
-// Host-side set-up shared by every backend: argument checks, the mask geometry, the seed
-// probability (eq. 1 of the paper, generalised) and the packed mask's size. The fake kernels of
-// dropblock_cuda/_registrations.py make the same checks with the same messages (tests/test_misuse.py
-// compares them), so that a traced or meta call fails where a real one would.
+// The ops' arguments on the host, for every backend: their checks, and what follows from them (the
+// mask geometry, the seed probability, eq. 1 of the paper generalised, and the packed mask's size).
+// The fake kernels of dropblock_cuda/_registrations.py make the same checks with the same messages
+// (tests/test_misuse.py compares them), so that a traced or meta call fails where a real one would.
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 

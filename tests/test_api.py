@@ -1,8 +1,6 @@
 """The public API's contract: semantics, dtypes, layouts, autograd, saved state, op checks, errors."""
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,9 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import dropblock_cuda
 from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
-from helpers import env_finding_package, key_of, mask_of, ops
+from helpers import key_of, mask_of, ops, shape_strategies
 
 FUNCTIONS = {1: drop_block1d, 2: drop_block2d, 3: drop_block3d}
 MODULES = {1: DropBlock1d, 2: DropBlock2d, 3: DropBlock3d}
@@ -423,50 +420,6 @@ def test_module_in_a_model_trains():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_cuda_version_is_none_or_the_cuda_of_torch():
-    version = dropblock_cuda.cuda_version()
-    if torch.version.cuda is None:
-        assert version is None  # setup.py falls back to the CPU ops
-    else:  # None when no nvcc was found; else the toolkit torch was built with, up to the minor version
-        assert version is None or (
-            isinstance(version, int) and version // 1000 == int(torch.version.cuda.split(".")[0])
-        )
-
-
-def test_cuda_mask_kernel_setting_is_checked_and_returns_the_previous_one():
-    # The private switch between the two CUDA mask paths is registered by every build (the CUDA
-    # tests check that both paths give the CPU mask).
-    assert ops._set_cuda_mask_kernel("scatter") == "auto"
-    try:
-        assert ops._set_cuda_mask_kernel("window") == "scatter"
-        with pytest.raises(
-            ValueError, match="_set_cuda_mask_kernel: kernel: expected 'auto', 'window' or 'scatter', got 'fast'"
-        ):
-            ops._set_cuda_mask_kernel("fast")
-        assert ops._set_cuda_mask_kernel("window") == "window"  # a refused setting changes nothing
-    finally:
-        ops._set_cuda_mask_kernel("auto")
-
-
-@pytest.mark.parametrize("value,expected", [("scatter", "scatter"), ("", "auto"), ("fast", "ValueError")])
-def test_cuda_mask_kernel_environment_variable_is_read_once_and_checked(value, expected, tmp_path):
-    code = (
-        "import torch, dropblock_cuda\n"
-        "try:\n"
-        "    print(torch.ops.dropblock_cuda._set_cuda_mask_kernel('auto'))\n"
-        "except ValueError as exc:\n"
-        "    print('ValueError', exc)\n"
-    )
-    env = env_finding_package(DROPBLOCK_CUDA_MASK_KERNEL=value)
-    # Run outside the source tree, so that a source checkout without a build is not imported.
-    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    out = run.stdout
-    assert out.splitlines()[0].startswith(expected)
-    if expected == "ValueError":
-        assert "DROPBLOCK_CUDA_MASK_KERNEL: expected 'auto', 'window' or 'scatter', got 'fast'" in out
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(
     "shape", [(3, 70, 9, 11), (2, 5, 4, 6, 7), (2, 1, 20, 20), (1, 130, 3, 3), (2, 9, 150)], ids=str
@@ -489,9 +442,7 @@ def test_channels_innermost_memory_gives_the_contiguous_result(dtype, shape, sha
 
 @settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(1, 3),
-    c=st.integers(1, 70),
-    spatial=st.lists(st.integers(1, 20), min_size=1, max_size=3),
+    **shape_strategies(max_channels=70, max_side=20),
     shared=st.booleans(),
     key=st.integers(0, 2**62),
 )
@@ -533,7 +484,7 @@ def test_16_bit_outputs_are_the_rounded_float_products(dtype, shared, channels_l
 )
 def test_packed_mask_size_is_one_rule_in_cpp_and_in_the_fake_kernel(shape, shared):
     # One statement of the packed size each side ((bits + 63) / 64 * 8 bytes): the C++ kernels'
-    # packed_mask_bytes (csrc/mask_params.cpp) and the fake kernels' _packed_mask_bytes agree.
+    # packed_mask_bytes (csrc/op_args.cpp) and the fake kernels' _packed_mask_bytes agree.
     from dropblock_cuda._registrations import _mask_bits, _packed_mask_bytes
 
     x = torch.empty(shape)
