@@ -160,7 +160,7 @@ struct CountTable {
 };
 
 // gamma = min(p * gamma_factor, 1) (0 for NaN or p <= 0), where gamma_factor =
-// prod(S / (b * (S - b + 1))) comes from the geometry (see mask_params.h).
+// prod(S / (b * (S - b + 1))) comes from the geometry (see op_args.h).
 C10_HOST_DEVICE inline double seed_rate(double p, double gamma_factor) {
   const double gamma = mul_rn(p, gamma_factor);
   return gamma > 0.0 ? (gamma < 1.0 ? gamma : 1.0) : 0.0;

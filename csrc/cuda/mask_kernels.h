@@ -35,7 +35,7 @@ CudaMaskKernel choose_mask_kernel(const MaskGeometry& geometry, CudaMaskKernel r
 struct MaskParams {
   MaskGeometry geometry;     // planes of D x H x W, clamped block sizes
   ScalarArg<double> p;       // drop probability (a device p is not range-checked: NaN / <= 0 seed nowhere)
-  double gamma_factor;       // seed rate per unit of p: gamma = min(p * gamma_factor, 1) (mask_params.h)
+  double gamma_factor;       // seed rate per unit of p: gamma = min(p * gamma_factor, 1) (op_args.h)
   ScalarArg<int64_t> key;    // the Philox key (the ops' `seed` argument)
   uint64_t* mask;            // out: the packed KEEP mask, `mask_words` 64-bit words, bit-identical to the CPU's
   int64_t mask_words;        // > 0
