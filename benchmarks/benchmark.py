@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # python benchmarks/benchmark.py: import this fol
 from . import cli, measure, reporting  # noqa: E402
 from .gate import check_dropblock_output  # noqa: E402
 from .measure import Timing  # noqa: E402
-from .peers import Impl, build_impls  # noqa: E402
+from .peers import Impl, build_impls, mask_op_impl  # noqa: E402
 from .report import (
     CSV_FIELDS,
     HEADLINE_TARGETS,
@@ -310,8 +310,9 @@ def run_headline(
         "ours_shared": ("fwd",),
         "torchvision": ("fwdbwd",),
         "article": ("fwdbwd",),
+        "ours_mask": ("fwd",),
     }
-    chosen = [i for i in impls if i.key in modes]
+    chosen = [i for i in impls if i.key in modes] + [mask_op_impl()]
     # The ratios are the point of this measurement: more warm-up and repeats than the sweep.
     timing = Timing(repeats=max(repeats, 9), warmup=max(warmup, 3), max_time_s=max(max_time_s, 1.5))
     rows = measure_config(chosen, case, device, timing, section="headline", modes=modes, progress=progress)
@@ -330,6 +331,7 @@ def run_headline(
             "shared_fwd_over_floor": t("ours_shared", "fwd", stat) / t("floor", "fwd", stat),
             "torchvision_fwdbwd_over_ours": t("torchvision", "fwdbwd", stat) / t("ours", "fwdbwd", stat),
             "article_fwdbwd_over_ours": t("article", "fwdbwd", stat) / t("ours", "fwdbwd", stat),
+            "mask_op_over_floor": t("ours_mask", "fwd", stat) / t("floor", "fwd", stat),
         }
 
     ratios = ratios_of("ms")
@@ -342,6 +344,7 @@ def run_headline(
         "ours fwd+bwd": t("ours", "fwdbwd"),
         "torchvision fwd+bwd": t("torchvision", "fwdbwd"),
         "article corrected fwd+bwd": t("article", "fwdbwd"),
+        "ours mask op alone": t("ours_mask", "fwd"),
     }
     failed = {r["impl"]: f"{r['status']}: {r['reason']}" for r in rows if r["status"] not in ("ok",)}
     headline = {

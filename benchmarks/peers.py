@@ -7,6 +7,7 @@ says which of dropblock_cuda's modes it is compared with (``shared``): one mask 
 channel), or one per sample shared by its channels.
 """
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -46,6 +47,26 @@ def _floor_impl(device: torch.device) -> Impl:
         return lambda x: x * s
 
     return Impl("floor", "floor: x * s", None, make, "memory-bound lower bound, not DropBlock")
+
+
+def mask_op_impl() -> Impl:
+    """dropblock_cuda's mask op alone: the packed keep mask and the scale of a training forward, with
+    no data read or written. A fresh key every call: with a fixed one the CPU's branch predictors
+    learn the draws and flatter it. Timed in the headline only."""
+    import dropblock_cuda  # noqa: F401  (registers the op)
+
+    def make(p, block_size, dtype, dev):
+        op = torch.ops.dropblock_cuda.drop_block_mask
+        probability = torch.tensor(p, dtype=torch.float64, device=dev)
+        keys = itertools.count(1)
+
+        def fn(x):
+            key = torch.tensor((next(keys) * 0x9E3779B97F4A7C15) % 2**63)
+            return op(x, key, probability, [block_size, block_size], 1e-6, False)
+
+        return fn
+
+    return Impl("ours_mask", "dropblock_cuda mask op alone", None, make, "no data touched: the mask's own cost")
 
 
 def raise_recompile_limit(limit: int) -> None:

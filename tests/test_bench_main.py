@@ -129,6 +129,11 @@ def test_cli_quick_end_to_end(tmp_path, monkeypatch, capsys):
     assert "Headline" in out and "per_channel_fwd_over_floor" in out
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["headline"]["ratios"]["per_channel_fwd_over_floor"] is not None
+    # The mask op alone is timed in the headline, with a fresh key per call, and nowhere else.
+    mask_rows = [r for r in data["rows"] if r["impl"] == "ours_mask"]
+    assert [(r["section"], r["status"]) for r in mask_rows] == [("headline", "ok")]
+    assert data["headline"]["ratios"]["mask_op_over_floor"] > 0
+    assert data["headline"]["targets"]["mask_op_over_floor"] == ["<=", 0.15]
     assert {r["section"] for r in data["rows"]} == {"headline", "sweep"}
     assert {r["block_size"] for r in data["rows"] if r["section"] == "sweep"} == {7}
     assert (tmp_path / "results.csv").exists() and (tmp_path / "results.md").exists()
@@ -186,3 +191,10 @@ def test_quick_is_the_smoke_run_of_the_shared_flags():
     assert bm.config_from_args(["--quick", "--repeats", "5"]).repeats == 5  # an explicit flag wins
     assert bm.config_from_args(["--only", "timm, torchvision"]).only == ["timm", "torchvision"]
     assert bm.config_from_args([]).out == bm.DEFAULT_OUT
+
+
+def test_mask_op_alone_draws_a_fresh_key_every_call():
+    fn = peers.mask_op_impl().make(0.5, 3, torch.float32, torch.device("cpu"))
+    x = torch.empty(2, 4, 16, 16)
+    first, second = fn(x)[0], fn(x)[0]
+    assert first.dtype == torch.uint8 and not torch.equal(first, second)

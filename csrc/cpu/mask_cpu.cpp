@@ -198,27 +198,33 @@ void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padde
   philox_batch(c0, c1, c2, c3, n, key);
   int counts[kChunkBatch];
   seed_counts(c0, n, padded_bounds, table, counts);
-  // The chunks by need (a counting sort: bucket m < kFirstCandidates + 1 needs m positions, the last
-  // bucket more than the first call holds), so that a bucket's loops have one trip count. Branching
-  // on each chunk's count instead mispredicted about once a chunk at DropBlock's rates, where half
-  // the chunks need no position and most others one.
+  // The chunks by need, bucket m (1 <= m <= kFirstCandidates) needing m positions, the last bucket
+  // more than the first call holds, so that a bucket's loops have one trip count: branching on each
+  // chunk's count instead mispredicted about once a chunk at DropBlock's rates, where half the
+  // chunks need no position and most others one. The chunks that need some are listed first, then
+  // each non-empty bucket gathered from that list without a branch (a counting sort's counters
+  // chained through memory from chunk to chunk, and cost more).
   constexpr int kFirstCandidates = 12;  // bytes of words 1..3 of the first call
-  constexpr int kBuckets = kFirstCandidates + 2;
-  int need[kChunkBatch], order[kChunkBatch];
-  int bucket_start[kBuckets + 1] = {};
+  constexpr int kLastBucket = kFirstCandidates + 1;
+  int need[kChunkBatch], bucket[kChunkBatch], seeded[kChunkBatch], order[kChunkBatch];
+  int listed = 0, top = 0;
   for (int i = 0; i < n; ++i) {
     need[i] = counts[i] <= kChunk / 2 ? counts[i] : kChunk - counts[i];
-    ++bucket_start[std::min(need[i], kFirstCandidates + 1) + 1];
+    bucket[i] = std::min(need[i], kLastBucket);
+    top = std::max(top, bucket[i]);
   }
-  for (int m = 0; m < kBuckets; ++m) {
-    bucket_start[m + 1] += bucket_start[m];
+  for (int i = 0; i < n; ++i) {
+    seeded[listed] = i;
+    listed += need[i] > 0 ? 1 : 0;
   }
-  {
-    int next[kBuckets];
-    std::copy(bucket_start, bucket_start + kBuckets, next);
-    for (int i = 0; i < n; ++i) {
-      order[next[std::min(need[i], kFirstCandidates + 1)]++] = i;
+  int bucket_end[kLastBucket + 1] = {};
+  int sorted = 0;
+  for (int m = 1; m <= top; ++m) {
+    for (int t = 0; t < listed; ++t) {
+      order[sorted] = seeded[t];
+      sorted += bucket[seeded[t]] == m ? 1 : 0;
     }
+    bucket_end[m] = sorted;
   }
   uint64_t chosen[kChunkBatch][4];
   int have[kChunkBatch];
@@ -228,9 +234,9 @@ void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padde
   }
   int pending[kChunkBatch];
   int waiting = 0;
-  for (int m = 1; m < kBuckets; ++m) {
+  for (int m = 1; m <= top; ++m) {
     const int taken = std::min(m, kFirstCandidates);  // candidates set before looking for repeats
-    for (int k = bucket_start[m]; k < bucket_start[m + 1]; ++k) {
+    for (int k = bucket_end[m - 1]; k < bucket_end[m]; ++k) {
       const int i = order[k];
       const uint32_t words[3] = {c1[i], c2[i], c3[i]};
       uint64_t* w = chosen[i];
