@@ -315,7 +315,7 @@ class ValidPattern {
   uint64_t bits64(int64_t b) const {
     const int64_t w = b >> 6;
     const int shift = static_cast<int>(b & 63);
-    return shift == 0 ? words_[w] : (words_[w] >> shift) | (words_[w + 1] << (64 - shift));
+    return (words_[w] >> shift) | ((words_[w + 1] << 1) << (63 - shift));  // no branch for shift 0
   }
 
   int64_t plane_;
@@ -401,11 +401,16 @@ class RangeMasker {
     map_.resize(std::max(map_.size(), static_cast<size_t>(size)));
     std::fill(map_.begin(), map_.begin() + pad_, 0);
     uint64_t seeded = 0;
+    // Plane offset of the next chunk's first index, stepped by kChunk modulo the plane.
+    int64_t offset = plane_offset(first_chunk * kChunk);
+    const int64_t step = kChunk % grid_.plane_numel;
     for (int64_t chunk = first_chunk; chunk < end_chunk; chunk += kChunkBatch) {
       const int n = static_cast<int>(std::min<int64_t>(kChunkBatch, end_chunk - chunk));
       seeds_of_chunks(static_cast<uint64_t>(chunk), n, key_, bounds_, table_, seeds_);
       for (int i = 0; i < n; ++i) {  // no branch on whether a chunk has seeds: half of them do
-        const ChunkBits v = valid_seeds(chunk + i, seeds_[i]);
+        const ChunkBits v = valid_seeds(chunk + i, offset, seeds_[i]);
+        offset += step;
+        offset -= offset >= grid_.plane_numel ? grid_.plane_numel : 0;
         uint64_t* m = map_.data() + pad_ + (chunk + i - first_chunk) * (kChunk / 64);
         m[0] = v.w0;
         m[1] = v.w1;
@@ -437,22 +442,27 @@ class RangeMasker {
   }
 
  private:
-  // The seeds of a chunk where a whole block fits (none past the last element).
-  ChunkBits valid_seeds(int64_t chunk, const ChunkBits& seeds) const {
+  int64_t plane_offset(int64_t g) const {
+    return grid_.small ? g - static_cast<int64_t>(divide(grid_.by_plane, static_cast<uint64_t>(g))) * grid_.plane_numel
+                       : g % grid_.plane_numel;
+  }
+
+  // The seeds of a chunk where a whole block fits (none past the last element); `offset` is the
+  // plane offset of its first index.
+  ChunkBits valid_seeds(int64_t chunk, int64_t offset, const ChunkBits& seeds) const {
     const int64_t g0 = chunk * kChunk;
     const int64_t n = std::min<int64_t>(kChunk, grid_.total - g0);
     ChunkBits fits{0, 0, 0, 0};
     if (valid_.enabled()) {
-      const int64_t offset =
-          grid_.small ? g0 - static_cast<int64_t>(divide(grid_.by_plane, static_cast<uint64_t>(g0))) * grid_.plane_numel
-                      : g0 % grid_.plane_numel;
       fits = valid_.at(offset);
     } else if (any(seeds)) {
       fits = fitting_positions(g0, n);
     }
     uint64_t w[4] = {seeds.w0 & fits.w0, seeds.w1 & fits.w1, seeds.w2 & fits.w2, seeds.w3 & fits.w3};
-    for (int q = 0; q < 4; ++q) {
-      w[q] &= low_bits(std::max<int64_t>(0, std::min<int64_t>(64, n - 64 * q)));
+    if (n < kChunk) {  // the mask's last chunk
+      for (int q = 0; q < 4; ++q) {
+        w[q] &= low_bits(std::max<int64_t>(0, std::min<int64_t>(64, n - 64 * q)));
+      }
     }
     return {w[0], w[1], w[2], w[3]};
   }
