@@ -53,6 +53,7 @@ CASES = [
     # within reach before them again; blocks cross the range boundary.
     ((2, 2, 20, 64, 64), (5, 5, 5), 0.3, False),
     ((3, 1, 5, 300, 301), (2, 3, 4), 0.2, False),  # planes past 2^16 positions, odd words per row
+    ((1, 2, 3, 500), (2, 100), 0.3, False),  # blocks wider than a word: dilation shifts of whole words
 ]
 
 
