@@ -68,7 +68,7 @@ def extension():
     )
     # at::parallel_for is OpenMP in the header: without -fopenmp it silently runs on one thread.
     # -ffp-contract=off: the count table of the mask law is a fixed sequence of IEEE double
-    # operations that must round as on the GPU (see csrc/mask_logic.h): no fused multiply-adds.
+    # operations that must round as on the GPU (see make_count_table in csrc/seed_draw.h): no fused multiply-adds.
     cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
     with_cuda, reason = should_build_cuda()
     if not with_cuda:

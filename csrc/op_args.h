@@ -8,7 +8,7 @@
 
 #include <optional>
 
-#include "mask_logic.h"
+#include "seed_grid.h"
 
 namespace dropblock {
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
-from helpers import key_of, mask_of, ops, shape_strategies
+from helpers import key_of, mask_of, ops, p_tensor, shape_strategies
 
 FUNCTIONS = {1: drop_block1d, 2: drop_block2d, 3: drop_block3d}
 MODULES = {1: DropBlock1d, 2: DropBlock2d, 3: DropBlock3d}
@@ -223,7 +223,7 @@ def test_saved_state_is_the_bit_packed_mask_and_the_scale(shared):
 def test_opcheck(shared):
     x = positive((2, 3, 9, 10)).requires_grad_()
     seed = torch.tensor(17)
-    p = torch.tensor(0.3, dtype=torch.float64)
+    p = p_tensor(0.3)
     torch.library.opcheck(ops.drop_block_mask, (x, seed, p, [3, 4], 1e-6, shared))
     mask, scale = ops.drop_block_mask(x, seed, p, [3, 4], 1e-6, shared)
     torch.library.opcheck(ops.drop_block_apply, (x, mask, scale, shared))
@@ -372,7 +372,7 @@ def test_a_default_device_elsewhere_does_not_move_the_scalars():
 
 def test_inplace_op_refuses_tracked_inputs_and_bumps_the_version():
     x = positive((2, 3, 8, 8))
-    mask, scale = ops.drop_block_mask(x, torch.tensor(1), torch.tensor(0.5, dtype=torch.float64), [3, 3], 1e-6, False)
+    mask, scale = ops.drop_block_mask(x, torch.tensor(1), p_tensor(0.5), [3, 3], 1e-6, False)
     leaf = x.clone().requires_grad_()
     with pytest.raises(RuntimeError, match="requires grad"):
         ops.drop_block_apply_(leaf, mask, scale, False)
@@ -429,7 +429,7 @@ def test_channels_innermost_memory_gives_the_contiguous_result(dtype, shape, sha
     # channels_last / channels_last_3d (and its 1-d analogue): the CPU kernel's tiled path.
     x = (torch.randn(shape, generator=gen(1)) * 100).to(dtype)
     block = [3] * (len(shape) - 2)
-    mask, scale = ops.drop_block_mask(x, torch.tensor(9), torch.tensor(0.4, dtype=torch.float64), block, 1e-6, shared)
+    mask, scale = ops.drop_block_mask(x, torch.tensor(9), p_tensor(0.4), block, 1e-6, shared)
     expected = ops.drop_block_apply(x, mask, scale, shared)
     channels_last = x.movedim(1, -1).contiguous().movedim(-1, 1)
     assert (channels_last.stride(1) == 1 or shape[1] == 1) and torch.equal(channels_last, x)
@@ -449,9 +449,7 @@ def test_channels_innermost_memory_gives_the_contiguous_result(dtype, shape, sha
 def test_channels_innermost_random_shapes(n, c, spatial, shared, key):
     shape = (n, c, *spatial)
     x = torch.randn(shape, generator=gen(key % 1000))
-    mask, scale = ops.drop_block_mask(
-        x, torch.tensor(key), torch.tensor(0.3, dtype=torch.float64), [3] * len(spatial), 1e-6, shared
-    )
+    mask, scale = ops.drop_block_mask(x, torch.tensor(key), p_tensor(0.3), [3] * len(spatial), 1e-6, shared)
     channels_last = x.movedim(1, -1).contiguous().movedim(-1, 1)
     assert torch.equal(
         ops.drop_block_apply(channels_last, mask, scale, shared), ops.drop_block_apply(x, mask, scale, shared)
@@ -469,7 +467,7 @@ def test_16_bit_outputs_are_the_rounded_float_products(dtype, shared, channels_l
     )
     x = torch.cat([special, torch.randn(2 * 24 * 7 * 11 - len(special), generator=gen(2)) * 100]).to(dtype)
     x = x.view(2, 24, 7, 11)
-    mask, scale = ops.drop_block_mask(x, torch.tensor(3), torch.tensor(0.4, dtype=torch.float64), [3, 3], 1e-6, shared)
+    mask, scale = ops.drop_block_mask(x, torch.tensor(3), p_tensor(0.4), [3, 3], 1e-6, shared)
     kept = ops.drop_block_apply(torch.ones(x.shape), mask, scale, shared) != 0
     expected = torch.where(kept, (x.float() * scale.float()).to(dtype), torch.zeros((), dtype=dtype))
     if channels_last:
@@ -488,9 +486,7 @@ def test_packed_mask_size_is_one_rule_in_cpp_and_in_the_fake_kernel(shape, share
     from dropblock_cuda._registrations import _mask_bits, _packed_mask_bytes
 
     x = torch.empty(shape)
-    mask, _ = ops.drop_block_mask(
-        x, torch.tensor(1), torch.tensor(0.1, dtype=torch.float64), [3] * (x.dim() - 2), 1e-6, shared
-    )
+    mask, _ = ops.drop_block_mask(x, torch.tensor(1), p_tensor(0.1), [3] * (x.dim() - 2), 1e-6, shared)
     bits = _mask_bits(x, shared)
     assert bits == (shape[0] if shared else shape[0] * shape[1]) * math.prod(shape[2:])
     assert mask.numel() == _packed_mask_bytes(bits) == (bits + 63) // 64 * 8

@@ -275,9 +275,7 @@ def test_apply_vector_tails(dtype, numel_tail):
 def test_apply_dropped_elements_are_zero_whatever_the_input():
     x = torch.full((2, 3, 16, 16), float("inf"), device="cuda")
     x[0, 0, 0, 0] = float("nan")
-    mask, scale = ops.drop_block_mask(
-        x, torch.tensor(5, device="cuda"), torch.tensor(0.9, dtype=torch.float64, device=x.device), [3, 3], EPS, False
-    )
+    mask, scale = ops.drop_block_mask(x, torch.tensor(5, device="cuda"), p_tensor(0.9, x.device), [3, 3], EPS, False)
     out = ops.drop_block_apply(x, mask, scale, False)
     bits = torch.tensor(list(mask.cpu().numpy().tobytes()), dtype=torch.uint8)
     keep = ((bits[:, None] >> torch.arange(8)) & 1).flatten()[: x.numel()].view(x.shape).bool().cuda()
@@ -290,9 +288,7 @@ def test_apply_dropped_elements_are_zero_whatever_the_input():
 def test_apply_mask_at_odd_byte_offset():
     shape = (2, 3, 10, 10)
     x = torch.randn(shape, device="cuda")
-    mask, scale = ops.drop_block_mask(
-        x, torch.tensor(9, device="cuda"), torch.tensor(0.3, dtype=torch.float64, device=x.device), [3, 3], EPS, False
-    )
+    mask, scale = ops.drop_block_mask(x, torch.tensor(9, device="cuda"), p_tensor(0.3, x.device), [3, 3], EPS, False)
     shifted = torch.empty(mask.numel() + 1, dtype=torch.uint8, device="cuda")[1:]
     shifted.copy_(mask)
     assert_equal(ops.drop_block_apply(x, shifted, scale, False), ops.drop_block_apply(x, mask, scale, False))
@@ -385,9 +381,7 @@ def test_cuda_graph_capture_and_replay():
     p.fill_(0.5)
     graph.replay()
     torch.cuda.synchronize()
-    expected_mask, _ = ops.drop_block_mask(
-        x.cpu(), seed.cpu(), torch.tensor(0.5, dtype=torch.float64), [5, 5], EPS, False
-    )
+    expected_mask, _ = ops.drop_block_mask(x.cpu(), seed.cpu(), p_tensor(0.5), [5, 5], EPS, False)
     assert_equal(mask.cpu(), expected_mask)
 
     torch.cuda.manual_seed(2024)
@@ -451,9 +445,7 @@ def test_non_default_stream():
         mask, scale = ops.drop_block_mask(x, seed, p, [7, 7], EPS, True)
         y = ops.drop_block_apply(x, mask, scale, True)
     stream.synchronize()
-    expected_mask, expected_scale = ops.drop_block_mask(
-        x.cpu(), torch.tensor(77), torch.tensor(0.2, dtype=torch.float64, device=x.cpu().device), [7, 7], EPS, True
-    )
+    expected_mask, expected_scale = ops.drop_block_mask(x.cpu(), torch.tensor(77), p_tensor(0.2), [7, 7], EPS, True)
     assert_equal(mask.cpu(), expected_mask)
     assert_equal(y.cpu(), ops.drop_block_apply(x.cpu(), expected_mask, expected_scale, True))
 
@@ -554,7 +546,7 @@ def test_huge_tensor_over_2_pow_31_elements():
     mask_cpu, scale_cpu = ops.drop_block_mask(
         torch.empty((), dtype=torch.bfloat16).expand(shape),
         torch.tensor(seed),
-        torch.tensor(0.1, dtype=torch.float64),
+        p_tensor(0.1),
         [7, 7],
         EPS,
         False,
@@ -563,7 +555,7 @@ def test_huge_tensor_over_2_pow_31_elements():
     mask, scale = ops.drop_block_mask(
         x,
         torch.tensor(seed, device="cuda"),
-        torch.tensor(0.1, dtype=torch.float64, device=x.device),
+        p_tensor(0.1, x.device),
         [7, 7],
         EPS,
         False,
@@ -588,7 +580,7 @@ def test_huge_tensor_over_2_pow_31_elements():
     mask_t, scale_t = ops.drop_block_mask(
         xt,
         torch.tensor(seed, device="cuda"),
-        torch.tensor(0.1, dtype=torch.float64, device=xt.device),
+        p_tensor(0.1, xt.device),
         [7, 7],
         EPS,
         False,

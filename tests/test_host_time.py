@@ -17,7 +17,7 @@ import dropblock_cuda  # noqa: F401  (registers the ops)
 from dropblock_cuda import DropBlock1d, DropBlock2d, DropBlock3d, drop_block1d, drop_block2d, drop_block3d
 from dropblock_cuda import functional
 from dropblock_cuda import modules
-from helpers import assert_equal
+from helpers import assert_equal, p_tensor
 
 from benchmarks import host_time
 
@@ -42,9 +42,7 @@ def fast_calls(monkeypatch):
 def separate_ops(x, p, block_size, eps=1e-6, shared_channels=False, scale_by_keep=True):
     """What the general path computes, step by step: the key from torch.randint, then the two ops."""
     seed = torch.randint(functional._KEY_LOW, functional._KEY_HIGH, (), dtype=torch.int64, device=x.device)
-    mask, scale = ops.drop_block_mask(
-        x, seed, torch.tensor(p, dtype=torch.float64), list(block_size), eps, shared_channels
-    )
+    mask, scale = ops.drop_block_mask(x, seed, p_tensor(p), list(block_size), eps, shared_channels)
     if not scale_by_keep:
         scale = torch.ones((), dtype=torch.float64, device=x.device)
     return ops.drop_block_apply(x, mask, scale, shared_channels)

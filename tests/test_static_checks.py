@@ -4,6 +4,8 @@
   keep a stack frame or use local memory (each of these is a hidden round trip through device
   memory in a kernel meant to run at the speed of a copy). Skips without nvcc or torch's headers
   (the CPU-only CI stage).
+* The headers of the mask law (those csrc/mask_logic.h includes), each compiled alone by the host
+  compiler: each includes what it uses, so that a kernel may include only the ones it needs.
 * The code that tests/test_cuda.py runs in fresh interpreters (its SUBPROCESS_CODE): it must
   compile, and every name it uses must be bound in it or be a builtin. Those tests skip without a
   GPU, so a NameError there would otherwise wait for the first GPU run to show.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cuda_toolkit_file
+from helpers import cuda_toolkit_file, host_compile_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,6 +140,28 @@ def test_ptxas_report_check_reads_every_kind_of_device_memory_use():
         "_Z1fv: 4 bytes spill loads",
         "_Z1fv: 16 bytes lmem",
     ]
+
+
+# ------------------------------------------------------------------------------------------
+# The mask law's headers stand alone
+# ------------------------------------------------------------------------------------------
+
+LAW_HEADERS = re.findall(r'^#include "([a-z_]+\.h)"', (ROOT / "csrc" / "mask_logic.h").read_text(), re.MULTILINE)
+
+
+def test_mask_logic_includes_the_law_headers():
+    assert len(LAW_HEADERS) >= 5 and all((ROOT / "csrc" / name).is_file() for name in LAW_HEADERS), LAW_HEADERS
+
+
+@pytest.mark.parametrize("header", LAW_HEADERS + ["mask_logic.h"])
+def test_mask_law_header_compiles_on_its_own(header, tmp_path):
+    source = tmp_path / "include_one.cpp"
+    source.write_text(f'#include "{header}"\n#include "{header}"\n')  # twice: #pragma once holds
+    command = host_compile_command(source, tmp_path / "include_one.o", std="c++17", flags=("-fsyntax-only", "-Werror"))
+    if command is None:
+        pytest.skip("needs a host C++ compiler")
+    build = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------------

@@ -15,9 +15,9 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include "../mask_logic.h"
 #include "../memory_layout.h"
 #include "../op_args.h"
+#include "../packed_mask.h"
 #include "apply_cpu_avx512.h"
 #include "cpu_parallel.h"
 

@@ -11,7 +11,7 @@
 
 #include <c10/util/Exception.h>
 
-#include "../mask_logic.h"
+#include "../packed_mask.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define DROPBLOCK_HAVE_AVX512_KERNELS 1

@@ -8,8 +8,10 @@
 
 #include <c10/macros/Macros.h>
 
-#include "../mask_logic.h"
+#include "../host_device.h"
 #include "../memory_layout.h"
+#include "../packed_mask.h"
+#include "../small_divider.h"
 
 namespace dropblock {
 namespace cuda {

@@ -20,7 +20,7 @@
 
 #include <c10/macros/Macros.h>
 
-#include "../mask_logic.h"
+#include "../packed_mask.h"
 #include "kernel_launch.cuh"
 
 namespace dropblock {

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "../op_args.h"
+#include "../packed_mask.h"
 #include "apply_kernels.h"
 #include "mask_kernels.h"
 

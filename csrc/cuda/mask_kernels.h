@@ -8,7 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "../cuda_mask_kernel.h"
-#include "../mask_logic.h"
+#include "../seed_grid.h"
 
 namespace dropblock {
 namespace cuda {
