@@ -206,7 +206,8 @@ void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padde
   // chained through memory from chunk to chunk, and cost more).
   constexpr int kFirstCandidates = 12;  // bytes of words 1..3 of the first call
   constexpr int kLastBucket = kFirstCandidates + 1;
-  int need[kChunkBatch], bucket[kChunkBatch], seeded[kChunkBatch], order[kChunkBatch];
+  int need[kChunkBatch], bucket[kChunkBatch], seeded[kChunkBatch];
+  int order[kChunkBatch + 1];  // + 1: the gathers below write a slot past the last chunk sorted
   int listed = 0, top = 0;
   for (int i = 0; i < n; ++i) {
     need[i] = counts[i] <= kChunk / 2 ? counts[i] : kChunk - counts[i];
