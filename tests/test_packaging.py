@@ -19,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tracked_files():
-    if shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")):
+    # .git is a folder in a clone and a file in a git worktree: either is a checkout.
+    if shutil.which("git") is None or not os.path.exists(os.path.join(ROOT, ".git")):
         pytest.skip("needs the git checkout")
     listing = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
