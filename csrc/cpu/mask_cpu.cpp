@@ -178,15 +178,17 @@ inline void draw_further_positions(uint64_t first, PhiloxKey key, int* pending, 
   }
 }
 
-// The seeds of chunks first .. first + n - 1 (n <= kChunkBatch) into seeds[0 .. n): the batched
-// twin of seeds_of_chunk. Every chunk's first call at once; then, round after round, the further
-// calls of the chunks whose positions are not all drawn yet (none at DropBlock's usual rates, about
-// ten rounds at gamma = 1/2). The draws live in arrays, never in structs copied whole: a struct
-// written field by field and read back as one vector stalled on store forwarding (a third of the
-// draw's time once).
+// The seeds of chunks first .. first + n - 1 (n <= kChunkBatch), the batched twin of
+// seeds_of_chunk, for the chunks that hold any: returns how many do, their offsets from `first` in
+// which[0 ..) (ascending) and their seeds in seeds[0 ..). Every chunk's first call at once; then,
+// round after round, the further calls of the chunks whose positions are not all drawn yet (none at
+// DropBlock's usual rates, about ten rounds at gamma = 1/2). Chunks without seeds (about half of
+// them at DropBlock's rates) cost their first call and count only. The draws live in arrays, never
+// in structs copied whole: a struct written field by field and read back as one vector stalled on
+// store forwarding (a third of the draw's time once).
 DROPBLOCK_VECTOR_CLONES
-void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padded_bounds, CountTable table,
-                     ChunkBits* seeds) {
+int seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padded_bounds, CountTable table, int* which,
+                    ChunkBits* seeds) {
   alignas(64) uint32_t c0[kChunkBatch], c1[kChunkBatch], c2[kChunkBatch], c3[kChunkBatch];
   for (int i = 0; i < n; ++i) {
     const uint64_t chunk = first + static_cast<uint64_t>(i);
@@ -214,9 +216,14 @@ void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padde
     bucket[i] = std::min(need[i], kLastBucket);
     top = std::max(top, bucket[i]);
   }
+  int with_seeds = 0;  // chunks with K > 0: those that need positions, and K = 256 (need 0)
   for (int i = 0; i < n; ++i) {
-    seeded[listed] = i;
-    listed += need[i] > 0 ? 1 : 0;
+    which[with_seeds] = i;
+    with_seeds += counts[i] > 0 ? 1 : 0;
+  }
+  for (int t = 0; t < with_seeds; ++t) {
+    seeded[listed] = which[t];
+    listed += need[which[t]] > 0 ? 1 : 0;
   }
   int bucket_end[kLastBucket + 1] = {};
   int sorted = 0;
@@ -227,9 +234,10 @@ void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padde
     }
     bucket_end[m] = sorted;
   }
-  uint64_t chosen[kChunkBatch][4];
+  uint64_t chosen[kChunkBatch][4];  // of the chunks with seeds only
   int have[kChunkBatch];
-  for (int i = 0; i < n; ++i) {
+  for (int t = 0; t < with_seeds; ++t) {
+    const int i = which[t];
     chosen[i][0] = chosen[i][1] = chosen[i][2] = chosen[i][3] = 0;
     have[i] = 0;
   }
@@ -263,13 +271,15 @@ void seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padde
   if (waiting > 0) {
     draw_further_positions(first, key, pending, waiting, chosen, have, need, c0, c1, c2, c3);
   }
-  for (int i = 0; i < n; ++i) {
+  for (int t = 0; t < with_seeds; ++t) {
+    const int i = which[t];
     const uint64_t flip = counts[i] <= kChunk / 2 ? 0 : ~uint64_t(0);
-    seeds[i].w0 = chosen[i][0] ^ flip;
-    seeds[i].w1 = chosen[i][1] ^ flip;
-    seeds[i].w2 = chosen[i][2] ^ flip;
-    seeds[i].w3 = chosen[i][3] ^ flip;
+    seeds[t].w0 = chosen[i][0] ^ flip;
+    seeds[t].w1 = chosen[i][1] ^ flip;
+    seeds[t].w2 = chosen[i][2] ^ flip;
+    seeds[t].w3 = chosen[i][3] ^ flip;
   }
+  return with_seeds;
 }
 
 // Sets the bits it is given: clear_range's word walk, used to build bit sets.
@@ -328,20 +338,68 @@ class ValidPattern {
 // (dz < bd); each dimension's translates come in doubling steps ([0, 7) is [0, 1) + 1 = [0, 2),
 // + 2 = [0, 4), + 3 = [0, 7)). Exact because blocks never leave their rows, rows their planes.
 struct Dilation {
+  // Blocks up to kFusedRowSteps doubling steps wide (8 positions) are widened along their rows in
+  // one pass (dilate_rows), the other steps one pass each (or_shifted).
+  static constexpr int kFusedRowSteps = 3;
+  int64_t row_shift[kFusedRowSteps];
+  int row_steps = 0;
   int64_t shift[3 * 64];
   int steps = 0;
 
   explicit Dilation(const SeedGrid& s) {
     const int64_t unit[3] = {s.size[1] * s.size[2], s.size[2], 1};
+    const bool fuse_rows = s.block[2] <= (int64_t(1) << kFusedRowSteps);
     for (int d = 0; d < kMaxSpatialDims; ++d) {
       for (int64_t covered = 1; covered < s.block[d];) {
         const int64_t step = std::min(covered, s.block[d] - covered);
-        shift[steps++] = step * unit[d];
+        if (d == 2 && fuse_rows) {
+          row_shift[row_steps++] = step;
+        } else {
+          shift[steps++] = step * unit[d];
+        }
         covered += step;
       }
     }
   }
 };
+
+// One doubling step of a word hi (and lo, the word below it) widened along rows by k < 64 bits.
+inline void widen(uint64_t& hi, uint64_t& lo, int64_t k) {
+  hi |= (hi << k) | (lo >> (64 - k));
+  lo |= lo << k;
+}
+
+// dst[w] = src[w] with the steps row_shift[0 .. steps) of Dilation (1 <= steps <= 3, each below
+// 64) applied, for w in [from, to); src holds a zero word below `from`. Each word needs only the one
+// below it: a block row reaches back at most 7 < 64 positions, and zeros shifted into the lower word
+// instead of its own lower neighbour's bits never reach the upper one.
+DROPBLOCK_VECTOR_CLONES
+void dilate_rows(const uint64_t* __restrict src, uint64_t* __restrict dst, int64_t from, int64_t to,
+                 const int64_t* row_shift, int steps) {
+  const int64_t k0 = row_shift[0], k1 = steps > 1 ? row_shift[1] : 1, k2 = steps > 2 ? row_shift[2] : 1;
+  if (steps == 1) {
+    for (int64_t w = from; w < to; ++w) {
+      uint64_t hi = src[w], lo = src[w - 1];
+      widen(hi, lo, k0);
+      dst[w] = hi;
+    }
+  } else if (steps == 2) {
+    for (int64_t w = from; w < to; ++w) {
+      uint64_t hi = src[w], lo = src[w - 1];
+      widen(hi, lo, k0);
+      widen(hi, lo, k1);
+      dst[w] = hi;
+    }
+  } else {
+    for (int64_t w = from; w < to; ++w) {
+      uint64_t hi = src[w], lo = src[w - 1];
+      widen(hi, lo, k0);
+      widen(hi, lo, k1);
+      widen(hi, lo, k2);
+      dst[w] = hi;
+    }
+  }
+}
 
 // dst[w] = src[w] | (src shifted up by `shift` bits)[w] for w in [from, to); src holds zeros for
 // at least shift / 64 + 1 words below `from`.
@@ -398,21 +456,17 @@ class RangeMasker {
     const int64_t end_chunk = (last + kChunk - 1) / kChunk;
     const int64_t base = first_chunk * (kChunk / 64);  // mask word of map word pad_
     const int64_t size = pad_ + (end_chunk - first_chunk) * (kChunk / 64);
-    // Zeros below the map; every chunk's words are written below.
+    // Zeros, then the seeds of the chunks that have some.
     map_.resize(std::max(map_.size(), static_cast<size_t>(size)));
-    std::fill(map_.begin(), map_.begin() + pad_, 0);
+    std::fill(map_.begin(), map_.begin() + size, 0);
     uint64_t seeded = 0;
-    // Plane offset of the next chunk's first index, stepped by kChunk modulo the plane.
-    int64_t offset = plane_offset(first_chunk * kChunk);
-    const int64_t step = kChunk % grid_.plane_numel;
     for (int64_t chunk = first_chunk; chunk < end_chunk; chunk += kChunkBatch) {
       const int n = static_cast<int>(std::min<int64_t>(kChunkBatch, end_chunk - chunk));
-      seeds_of_chunks(static_cast<uint64_t>(chunk), n, key_, bounds_, table_, seeds_);
-      for (int i = 0; i < n; ++i) {  // no branch on whether a chunk has seeds: half of them do
-        const ChunkBits v = valid_seeds(chunk + i, offset, seeds_[i]);
-        offset += step;
-        offset -= offset >= grid_.plane_numel ? grid_.plane_numel : 0;
-        uint64_t* m = map_.data() + pad_ + (chunk + i - first_chunk) * (kChunk / 64);
+      const int with_seeds = seeds_of_chunks(static_cast<uint64_t>(chunk), n, key_, bounds_, table_, which_, seeds_);
+      for (int t = 0; t < with_seeds; ++t) {
+        const int64_t c = chunk + which_[t];
+        const ChunkBits v = valid_seeds(c, plane_offset(c * kChunk), seeds_[t]);
+        uint64_t* m = map_.data() + pad_ + (c - first_chunk) * (kChunk / 64);
         m[0] = v.w0;
         m[1] = v.w1;
         m[2] = v.w2;
@@ -421,11 +475,15 @@ class RangeMasker {
       }
     }
     const uint64_t* blocks = map_.data();
-    if (seeded != 0 && dilation_.steps > 0) {
-      other_.resize(std::max(other_.size(), static_cast<size_t>(size)));  // or_shifted writes [pad_, size)
+    if (seeded != 0 && dilation_.steps + dilation_.row_steps > 0) {
+      other_.resize(std::max(other_.size(), static_cast<size_t>(size)));  // the passes write [pad_, size)
       std::fill(other_.begin(), other_.begin() + pad_, 0);
       uint64_t* src = map_.data();
       uint64_t* dst = other_.data();
+      if (dilation_.row_steps > 0) {
+        dilate_rows(src, dst, pad_, size, dilation_.row_shift, dilation_.row_steps);
+        std::swap(src, dst);
+      }
       for (int k = 0; k < dilation_.steps; ++k) {
         or_shifted(src, dst, pad_, size, dilation_.shift[k]);
         std::swap(src, dst);
@@ -502,6 +560,7 @@ class RangeMasker {
   int64_t pad_;  // zero words before the map, so that every shift reads zeros below it
   uint64_t* words_;
   std::vector<uint64_t> map_, other_;
+  int which_[kChunkBatch];
   ChunkBits seeds_[kChunkBatch];
 };
 
