@@ -200,39 +200,35 @@ int seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padded
   philox_batch(c0, c1, c2, c3, n, key);
   int counts[kChunkBatch];
   seed_counts(c0, n, padded_bounds, table, counts);
-  // The chunks by need, bucket m (1 <= m <= kFirstCandidates) needing m positions, the last bucket
-  // more than the first call holds, so that a bucket's loops have one trip count: branching on each
-  // chunk's count instead mispredicted about once a chunk at DropBlock's rates, where half the
-  // chunks need no position and most others one. The chunks that need some are listed first, then
-  // each non-empty bucket gathered from that list without a branch (a counting sort's counters
-  // chained through memory from chunk to chunk, and cost more).
+  // The chunks that need positions, in two lists: those that need one (most of them at DropBlock's
+  // rates: K = 1, or 255) take their first candidate without a test, the others their first
+  // min(need, 12) candidates, then look for repeats. The lists are gathered without a branch:
+  // branching on each chunk's count mispredicted about once a chunk, where half the chunks need no
+  // position and most others one; a counting sort's counters chained through memory and cost more.
   constexpr int kFirstCandidates = 12;  // bytes of words 1..3 of the first call
-  constexpr int kLastBucket = kFirstCandidates + 1;
-  int need[kChunkBatch], bucket[kChunkBatch], seeded[kChunkBatch];
-  int order[kChunkBatch + 1];  // + 1: the gathers below write a slot past the last chunk sorted
-  int listed = 0, top = 0;
+  int need[kChunkBatch], seeded[kChunkBatch];
+  int ones[kChunkBatch + 1], more[kChunkBatch + 1];  // + 1: the gathers write a slot past the last
   for (int i = 0; i < n; ++i) {
     need[i] = counts[i] <= kChunk / 2 ? counts[i] : kChunk - counts[i];
-    bucket[i] = std::min(need[i], kLastBucket);
-    top = std::max(top, bucket[i]);
   }
   int with_seeds = 0;  // chunks with K > 0: those that need positions, and K = 256 (need 0)
   for (int i = 0; i < n; ++i) {
     which[with_seeds] = i;
     with_seeds += counts[i] > 0 ? 1 : 0;
   }
+  int listed = 0;
   for (int t = 0; t < with_seeds; ++t) {
     seeded[listed] = which[t];
     listed += need[which[t]] > 0 ? 1 : 0;
   }
-  int bucket_end[kLastBucket + 1] = {};
-  int sorted = 0;
-  for (int m = 1; m <= top; ++m) {
-    for (int t = 0; t < listed; ++t) {
-      order[sorted] = seeded[t];
-      sorted += bucket[seeded[t]] == m ? 1 : 0;
-    }
-    bucket_end[m] = sorted;
+  int one = 0, many = 0;
+  for (int t = 0; t < listed; ++t) {
+    ones[one] = seeded[t];
+    one += need[seeded[t]] == 1 ? 1 : 0;
+  }
+  for (int t = 0; t < listed; ++t) {
+    more[many] = seeded[t];
+    many += need[seeded[t]] > 1 ? 1 : 0;
   }
   uint64_t chosen[kChunkBatch][4];  // of the chunks with seeds only
   int have[kChunkBatch];
@@ -241,30 +237,33 @@ int seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padded
     chosen[i][0] = chosen[i][1] = chosen[i][2] = chosen[i][3] = 0;
     have[i] = 0;
   }
+  for (int k = 0; k < one; ++k) {
+    const int i = ones[k];
+    const uint32_t b = c1[i] & 0xFFu;
+    chosen[i][b >> 6] = uint64_t(1) << (b & 63);
+  }
   int pending[kChunkBatch];
   int waiting = 0;
-  for (int m = 1; m <= top; ++m) {
-    const int taken = std::min(m, kFirstCandidates);  // candidates set before looking for repeats
-    for (int k = bucket_end[m - 1]; k < bucket_end[m]; ++k) {
-      const int i = order[k];
-      const uint32_t words[3] = {c1[i], c2[i], c3[i]};
-      uint64_t* w = chosen[i];
-      for (int j = 0; j < taken; ++j) {
+  for (int k = 0; k < many; ++k) {
+    const int i = more[k];
+    const int taken = std::min(need[i], kFirstCandidates);  // candidates set before looking for repeats
+    const uint32_t words[3] = {c1[i], c2[i], c3[i]};
+    uint64_t* w = chosen[i];
+    for (int j = 0; j < taken; ++j) {
+      const uint32_t b = (words[j >> 2] >> (8 * (j & 3))) & 0xFFu;
+      w[b >> 6] |= uint64_t(1) << (b & 63);
+    }
+    int h = popcount64(w[0]) + popcount64(w[1]) + popcount64(w[2]) + popcount64(w[3]);
+    if (h < need[i]) {  // a repeat among the candidates set (rare), or more needed than the call holds
+      for (int j = taken; j < kFirstCandidates && h < need[i]; ++j) {
         const uint32_t b = (words[j >> 2] >> (8 * (j & 3))) & 0xFFu;
-        w[b >> 6] |= uint64_t(1) << (b & 63);
+        const uint64_t bit = uint64_t(1) << (b & 63);
+        h += (w[b >> 6] & bit) == 0 ? 1 : 0;
+        w[b >> 6] |= bit;
       }
-      int h = popcount64(w[0]) + popcount64(w[1]) + popcount64(w[2]) + popcount64(w[3]);
-      if (h < need[i]) {  // a repeat among the candidates set (rare), or more needed than the call holds
-        for (int j = taken; j < kFirstCandidates && h < need[i]; ++j) {
-          const uint32_t b = (words[j >> 2] >> (8 * (j & 3))) & 0xFFu;
-          const uint64_t bit = uint64_t(1) << (b & 63);
-          h += (w[b >> 6] & bit) == 0 ? 1 : 0;
-          w[b >> 6] |= bit;
-        }
-        have[i] = h;
-        if (h < need[i]) {
-          pending[waiting++] = i;
-        }
+      have[i] = h;
+      if (h < need[i]) {
+        pending[waiting++] = i;
       }
     }
   }
