@@ -80,12 +80,24 @@ def test_mask_matches_reference_law_random_shapes(n, c, spatial, data, p, shared
     np.testing.assert_array_equal(got, reference_mask(shape, key, p, block, shared))
 
 
-def test_mask_does_not_depend_on_thread_count():
-    x = torch.empty(8, 16, 56, 56)
+@pytest.mark.parametrize(
+    "shape,block",
+    [
+        ((8, 16, 56, 56), (7, 7)),
+        # CPU ranges of 5 x 2^15 indices (8 block reaches), each drawing the chunks within reach before it
+        ((2, 2, 20, 64, 64), (5, 5, 5)),
+    ],
+)
+def test_mask_does_not_depend_on_thread_count(shape, block):
+    x = torch.empty(shape)
     masks = []
-    for threads in (1, 2, 3):
-        torch.set_num_threads(threads)
-        masks.append(mask_of(x, 42, 0.2, (7, 7))[0])
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            masks.append(mask_of(x, 42, 0.2, block)[0])
+    finally:
+        torch.set_num_threads(before)
     assert all((m == masks[0]).all() for m in masks[1:])
 
 
