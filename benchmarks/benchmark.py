@@ -207,6 +207,19 @@ def _warn(row: dict, text: str) -> None:
     row["warning"] = f"{row['warning']}; {text}" if row["warning"] else text
 
 
+def _retime_config_interleaved(
+    impls: Sequence[Impl], rows: List[dict], case: Case, device: torch.device, rounds: int
+) -> None:
+    """A sweep configuration's times again, every (implementation, mode) in turn in every round, as
+    the headline's (the compiled one keeps its own: a new compiled function would compile again).
+    Timed one after the other, a slow spell of a shared CPU lands on one implementation and flips
+    the like-with-like ratios of a row; interleaved, it hits all of them alike."""
+    by = {r["impl"]: r for r in rows}
+    modes = {i.key: ("fwd", "fwdbwd") for i in impls if not i.compiled}
+    _retime_interleaved([i for i in impls if not i.compiled], by, modes, case, device, rounds=rounds)
+    _add_ratios(rows)
+
+
 def _add_ratios(rows: List[dict]) -> None:
     """ratio_* = impl time / comparable dropblock_cuda time (> 1: ours is faster); vs_floor = impl
     time / floor time. Per-channel impls compare with 'ours', shared ones with 'ours_shared'."""
@@ -260,7 +273,7 @@ def _retime_interleaved(
     device: torch.device,
     rounds: int,
 ) -> None:
-    """Times every (implementation, mode) of the headline in rounds, all of them in turn in every
+    """Times every (implementation, mode) of `modes` in rounds, all of them in turn in every
     round, and overwrites the rows' medians and minima: on a shared CPU the slow spells then hit
     every implementation alike, which keeps the ratios honest."""
     inputs = _make_inputs(case.shape, case.dtype, device, case.seed)
@@ -404,9 +417,11 @@ def run_benchmark(cfg: Config) -> dict:
             rows.extend(hrows)
         timing = Timing(repeats=repeats, warmup=cfg.warmup, max_time_s=max_time_s)
         for dt, b, s in configs:
-            rows.extend(
-                measure_config(impls, Case(s, DTYPES[dt], b, cfg.p, cfg.seed), device, timing, progress=progress)
-            )
+            case = Case(s, DTYPES[dt], b, cfg.p, cfg.seed)
+            config_rows = measure_config(impls, case, device, timing, progress=progress)
+            if device.type == "cpu":
+                _retime_config_interleaved(impls, config_rows, case, device, rounds=repeats)
+            rows.extend(config_rows)
     finally:
         progress.close()
 

@@ -135,6 +135,10 @@ def test_cli_quick_end_to_end(tmp_path, monkeypatch, capsys):
     assert data["headline"]["ratios"]["mask_op_over_floor"] > 0
     assert data["headline"]["targets"]["mask_op_over_floor"] == ["<=", 0.15]
     assert {r["section"] for r in data["rows"]} == {"headline", "sweep"}
+    # The sweep is retimed in interleaved rounds on the CPU: one round (--repeats 1) of three calls
+    # per implementation and mode, the first dropped.
+    sweep_ok = [r for r in data["rows"] if r["section"] == "sweep" and r["status"] == "ok"]
+    assert sweep_ok and all(int(r["fwd_repeats"]) == 2 and int(r["fwdbwd_repeats"]) == 2 for r in sweep_ok)
     assert {r["block_size"] for r in data["rows"] if r["section"] == "sweep"} == {7}
     assert (tmp_path / "results.csv").exists() and (tmp_path / "results.md").exists()
     assert set(data["headline"]) == {
