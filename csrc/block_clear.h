@@ -86,30 +86,14 @@ C10_HOST_DEVICE inline void clear_one_block(const SeedGrid& s, int64_t g, const 
   }
 }
 
-// Clears the block of one seed row by row: clear_one_block as the functor the chunk walks take (the
-// CPU passes one that clears a precomputed stamp of the block's words instead).
-struct BlockByRows {
-  const SeedGrid* grid;
-  template <typename Clear>
-  C10_HOST_DEVICE void operator()(int64_t g, const Clear& clear) const {
-    clear_one_block(*grid, g, clear);
-  }
-};
-
-// Clears, through clear_block, the block of the seed at logical index g if a whole block fits there.
-template <typename Clear, typename ClearBlock>
-C10_HOST_DEVICE inline void clear_block_if_it_fits(const SeedGrid& s, int64_t g, const Clear& clear,
-                                                   const ClearBlock& clear_block) {
+// Clears the block of the seed at logical index g if a whole block fits there.
+template <typename Clear>
+C10_HOST_DEVICE inline void clear_block_if_it_fits(const SeedGrid& s, int64_t g, const Clear& clear) {
   int64_t z, y, x;
   position_in_plane(s, g, z, y, x);
   if (z < s.extent[0] && y < s.extent[1] && x < s.extent[2]) {
-    clear_block(g, clear);
+    clear_one_block(s, g, clear);
   }
-}
-
-template <typename Clear>
-C10_HOST_DEVICE inline void clear_block_if_it_fits(const SeedGrid& s, int64_t g, const Clear& clear) {
-  clear_block_if_it_fits(s, g, clear, BlockByRows{&s});
 }
 
 // A chunk with at most this many seeds has them placed one by one (a division to find each one's
@@ -119,15 +103,13 @@ constexpr int kSparseChunkSeeds = 4;
 // Block expansion of a chunk: clears through clear(word, bits) the blocks of its seeds (bit i <->
 // logical index kChunk * chunk + i) that sit where a whole block fits, walking the chunk row by row
 // (a row's seeds at once, in pieces of up to 65 - bw positions): no per-position work.
-// A sparse chunk's blocks go through clear_block (BlockByRows, or the CPU's stamp).
-template <typename Clear, typename ClearBlock>
+template <typename Clear>
 C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk, const ChunkBits& seeds,
-                                               const Clear& clear, const ClearBlock& clear_block) {
+                                               const Clear& clear) {
   const int64_t g0 = static_cast<int64_t>(chunk) * kChunk;
   if (g0 >= s.total) {
     return;
   }
-  const int64_t H = s.size[1], W = s.size[2];
   const int64_t n = s.total - g0 < kChunk ? s.total - g0 : kChunk;
   if (bit_count(seeds) <= kSparseChunkSeeds) {
     const uint64_t words[4] = {seeds.w0, seeds.w1, seeds.w2, seeds.w3};
@@ -138,41 +120,21 @@ C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk
         if (i >= n) {
           return;
         }
-        clear_block_if_it_fits(s, g0 + i, clear, clear_block);
+        clear_block_if_it_fits(s, g0 + i, clear);
       }
     }
     return;
   }
   const int64_t piece = s.block[2] <= 48 ? 65 - s.block[2] : 64;
-  int64_t z, y, x;
-  position_in_plane(s, g0, z, y, x);
-  for (int64_t i = 0; i < n;) {
-    const int64_t in_row = W - x < n - i ? W - x : n - i;  // chunk positions [i, i + in_row) share a row
-    if (y < s.extent[1] && z < s.extent[0] && x < s.extent[2]) {
-      const int64_t fit = s.extent[2] - x < in_row ? s.extent[2] - x : in_row;
-      for (int64_t j = 0; j < fit; j += piece) {
-        const int64_t len = fit - j < piece ? fit - j : piece;
-        const uint64_t bits = chunk_bits(seeds, i + j, len);
-        if (bits != 0) {
-          clear_row_blocks(s, g0 + i + j, bits, clear);
-        }
+  for_each_fitting_run(s, g0, n, [&](int64_t i, int64_t fit) {
+    for (int64_t j = 0; j < fit; j += piece) {
+      const int64_t len = fit - j < piece ? fit - j : piece;
+      const uint64_t bits = chunk_bits(seeds, i + j, len);
+      if (bits != 0) {
+        clear_row_blocks(s, g0 + i + j, bits, clear);
       }
     }
-    i += in_row;
-    x = 0;
-    if (++y == H) {
-      y = 0;
-      if (++z == s.size[0]) {
-        z = 0;
-      }
-    }
-  }
-}
-
-template <typename Clear>
-C10_HOST_DEVICE inline void clear_chunk_blocks(const SeedGrid& s, uint64_t chunk, const ChunkBits& seeds,
-                                               const Clear& clear) {
-  clear_chunk_blocks(s, chunk, seeds, clear, BlockByRows{&s});
+  });
 }
 
 }  // namespace dropblock

@@ -32,24 +32,6 @@ struct AtomicClear {
   }
 };
 
-// Clears bits of the packed mask for a worker that owns the words strictly inside
-// (shared_lo, shared_hi): plain writes there, atomic ones on the words other workers may touch.
-struct OwnedClear {
-  uint64_t* words;
-  int64_t shared_lo;
-  int64_t shared_hi;
-  C10_HOST_DEVICE void operator()(int64_t w, uint64_t bits) const {
-    if (bits == 0) {
-      return;
-    }
-    if (w <= shared_lo || w >= shared_hi) {
-      atomic_and_word(words + w, ~bits);
-    } else {
-      words[w] &= ~bits;
-    }
-  }
-};
-
 // Clears bits [first, first + n) through `clear`.
 template <typename Clear>
 C10_HOST_DEVICE inline void clear_range(int64_t first, int64_t n, const Clear& clear) {

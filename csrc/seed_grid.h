@@ -51,21 +51,51 @@ C10_HOST_DEVICE inline SeedGrid make_seed_grid(const MaskGeometry& g) {
 }
 
 // Position (z, y, x) of logical index g in its plane.
+// Offset of logical index g in its plane: g % (D * H * W).
+C10_HOST_DEVICE inline int64_t plane_offset(const SeedGrid& s, int64_t g) {
+  return s.small ? g - static_cast<int64_t>(divide(s.by_plane, static_cast<uint64_t>(g))) * s.plane_numel
+                 : g % s.plane_numel;
+}
+
 C10_HOST_DEVICE inline void position_in_plane(const SeedGrid& s, int64_t g, int64_t& z, int64_t& y, int64_t& x) {
   const int64_t H = s.size[1], W = s.size[2];
   if (s.small) {
-    const int64_t r = g - static_cast<int64_t>(divide(s.by_plane, static_cast<uint64_t>(g))) * s.plane_numel;
+    const int64_t r = plane_offset(s, g);
     const int64_t line = static_cast<int64_t>(divide(s.by_width, static_cast<uint64_t>(r)));
     x = r - line * W;
     z = static_cast<int64_t>(divide(s.by_height, static_cast<uint64_t>(line)));
     y = line - z * H;
     return;
   }
-  const int64_t r = g % s.plane_numel;
+  const int64_t r = plane_offset(s, g);
   const int64_t line = r / W;
   x = r - line * W;
   z = line / H;
   y = line - z * H;
+}
+
+// Calls fits(i, n_fit) for each row of the positions [g0, g0 + n) where a block fits anywhere:
+// positions g0 + i .. g0 + i + n_fit - 1 (n_fit >= 1) share that row and a block fits at each. A
+// walk row by row from one division, for the chunk walks of the CPU and the CUDA kernels.
+template <typename F>
+C10_HOST_DEVICE inline void for_each_fitting_run(const SeedGrid& s, int64_t g0, int64_t n, const F& fits) {
+  const int64_t H = s.size[1], W = s.size[2];
+  int64_t z, y, x;
+  position_in_plane(s, g0, z, y, x);
+  for (int64_t i = 0; i < n;) {
+    const int64_t in_row = W - x < n - i ? W - x : n - i;  // positions [i, i + in_row) share a row
+    if (y < s.extent[1] && z < s.extent[0] && x < s.extent[2]) {
+      fits(i, s.extent[2] - x < in_row ? s.extent[2] - x : in_row);
+    }
+    i += in_row;
+    x = 0;
+    if (++y == H) {
+      y = 0;
+      if (++z == s.size[0]) {
+        z = 0;
+      }
+    }
+  }
 }
 
 // How far past its seed a block reaches, in logical indices: the words a worker shares with

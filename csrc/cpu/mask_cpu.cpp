@@ -17,7 +17,8 @@ namespace dropblock {
 namespace {
 
 // Logical indices per unit of parallel work in the mask (a multiple of 64): small enough to balance
-// two to a few dozen threads, large enough that per-range set-up and edge atomics stay negligible.
+// two to a few dozen threads, large enough that per-range set-up and the chunks drawn again stay
+// negligible (range_elements grows it with the block reach).
 constexpr int64_t kRangeElements = int64_t(1) << 15;
 static_assert(kRangeElements % kChunk == 0, "mask ranges hold whole chunks (and so whole words)");
 
@@ -70,15 +71,32 @@ inline void seed_counts(const uint32_t* u, int n, const uint64_t* padded_bounds,
   }
 }
 
-// The host form of PositionDraw::take for a draw kept in arrays: the bytes of `word` in order into
-// `chosen` until `have` reaches `need`. A repeat costs no branch.
-inline void take_bytes(uint32_t word, uint64_t* chosen, int& have, int need) {
+// Candidate j of a chunk's call: byte j % 4 (low byte first) of words[j / 4].
+inline uint32_t candidate(const uint32_t* words, int j) {
+  return (words[j >> 2] >> (8 * (j & 3))) & 0xFFu;
+}
+
+// Position b into the set `chosen`, counted in `have` if new. A repeat costs no branch.
+inline void take_candidate(uint32_t b, uint64_t* chosen, int& have) {
+  const uint64_t bit = uint64_t(1) << (b & 63);
+  uint64_t& w = chosen[b >> 6];
+  have += (w & bit) == 0 ? 1 : 0;
+  w |= bit;
+}
+
+// The host form of PositionDraw::take for a draw kept in arrays: the candidates words[from .. to)
+// in order into `chosen` until `have` reaches `need`.
+inline void take_candidates(const uint32_t* words, int from, int to, uint64_t* chosen, int& have, int need) {
+  for (int j = from; j < to && have < need; ++j) {
+    take_candidate(candidate(words, j), chosen, have);
+  }
+}
+
+// The same for the four candidates of one word, by constant shifts: in the further calls' loop,
+// indexing the words instead made the mask of 2x2048x7x7 block 7 (25 positions a chunk) 10% slower.
+inline void take_word(uint32_t word, uint64_t* chosen, int& have, int need) {
   for (int j = 0; j < 4 && have < need; ++j) {
-    const uint32_t b = (word >> (8 * j)) & 0xFFu;
-    const uint64_t bit = uint64_t(1) << (b & 63);
-    uint64_t& w = chosen[b >> 6];
-    have += (w & bit) == 0 ? 1 : 0;
-    w |= bit;
+    take_candidate((word >> (8 * j)) & 0xFFu, chosen, have);
   }
 }
 
@@ -150,16 +168,15 @@ inline void draw_further_positions(uint64_t first, PhiloxKey key, int* pending, 
       const int i = pending[j];
       const int m = need[i];
       int h = have[i];
+      const uint32_t words[4] = {c0[j], c1[j], c2[j], c3[j]};
       if (m <= kDenseNeed) {
-        take_bytes(c0[j], chosen[i], h, m);
-        take_bytes(c1[j], chosen[i], h, m);
-        take_bytes(c2[j], chosen[i], h, m);
-        take_bytes(c3[j], chosen[i], h, m);
+        for (const uint32_t word : words) {
+          take_word(word, chosen[i], h, m);
+        }
       } else {
         uint8_t* flags = seen[slot[j]];
-        const uint32_t words[4] = {c0[j], c1[j], c2[j], c3[j]};
         for (int b = 0; b < 16 && h < m; ++b) {
-          const uint32_t position = (words[b >> 2] >> (8 * (b & 3))) & 0xFFu;
+          const uint32_t position = candidate(words, b);
           h += 1 - flags[position];
           flags[position] = 1;
         }
@@ -207,7 +224,7 @@ int seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padded
   // position and most others one; a counting sort's counters chained through memory and cost more.
   constexpr int kFirstCandidates = 12;  // bytes of words 1..3 of the first call
   int need[kChunkBatch], seeded[kChunkBatch];
-  int ones[kChunkBatch + 1], more[kChunkBatch + 1];  // + 1: the gathers write a slot past the last
+  int ones[kChunkBatch], more[kChunkBatch];
   for (int i = 0; i < n; ++i) {
     need[i] = counts[i] <= kChunk / 2 ? counts[i] : kChunk - counts[i];
   }
@@ -250,17 +267,12 @@ int seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padded
     const uint32_t words[3] = {c1[i], c2[i], c3[i]};
     uint64_t* w = chosen[i];
     for (int j = 0; j < taken; ++j) {
-      const uint32_t b = (words[j >> 2] >> (8 * (j & 3))) & 0xFFu;
+      const uint32_t b = candidate(words, j);
       w[b >> 6] |= uint64_t(1) << (b & 63);
     }
     int h = popcount64(w[0]) + popcount64(w[1]) + popcount64(w[2]) + popcount64(w[3]);
     if (h < need[i]) {  // a repeat among the candidates set (rare), or more needed than the call holds
-      for (int j = taken; j < kFirstCandidates && h < need[i]; ++j) {
-        const uint32_t b = (words[j >> 2] >> (8 * (j & 3))) & 0xFFu;
-        const uint64_t bit = uint64_t(1) << (b & 63);
-        h += (w[b >> 6] & bit) == 0 ? 1 : 0;
-        w[b >> 6] |= bit;
-      }
+      take_candidates(words, taken, kFirstCandidates, w, h, need[i]);
       have[i] = h;
       if (h < need[i]) {
         pending[waiting++] = i;
@@ -464,7 +476,7 @@ class RangeMasker {
       const int with_seeds = seeds_of_chunks(static_cast<uint64_t>(chunk), n, key_, bounds_, table_, which_, seeds_);
       for (int t = 0; t < with_seeds; ++t) {
         const int64_t c = chunk + which_[t];
-        const ChunkBits v = valid_seeds(c, plane_offset(c * kChunk), seeds_[t]);
+        const ChunkBits v = valid_seeds(c, plane_offset(grid_, c * kChunk), seeds_[t]);
         uint64_t* m = map_.data() + pad_ + (c - first_chunk) * (kChunk / 64);
         m[0] = v.w0;
         m[1] = v.w1;
@@ -500,11 +512,6 @@ class RangeMasker {
   }
 
  private:
-  int64_t plane_offset(int64_t g) const {
-    return grid_.small ? g - static_cast<int64_t>(divide(grid_.by_plane, static_cast<uint64_t>(g))) * grid_.plane_numel
-                       : g % grid_.plane_numel;
-  }
-
   // The seeds of a chunk where a whole block fits (none past the last element); `offset` is the
   // plane offset of its first index.
   ChunkBits valid_seeds(int64_t chunk, int64_t offset, const ChunkBits& seeds) const {
@@ -530,22 +537,7 @@ class RangeMasker {
   ChunkBits fitting_positions(int64_t g0, int64_t n) const {
     uint64_t w[4] = {0, 0, 0, 0};
     const OrInto set{w};
-    int64_t z, y, x;
-    position_in_plane(grid_, g0, z, y, x);
-    for (int64_t i = 0; i < n;) {
-      const int64_t in_row = std::min(grid_.size[2] - x, n - i);  // positions [i, i + in_row) share a row
-      if (z < grid_.extent[0] && y < grid_.extent[1] && x < grid_.extent[2]) {
-        clear_range(i, std::min(grid_.extent[2] - x, in_row), set);  // "clear" = set, here
-      }
-      i += in_row;
-      x = 0;
-      if (++y == grid_.size[1]) {
-        y = 0;
-        if (++z == grid_.size[0]) {
-          z = 0;
-        }
-      }
-    }
+    for_each_fitting_run(grid_, g0, n, [&](int64_t i, int64_t fit) { clear_range(i, fit, set); });  // "clear" = set
     return {w[0], w[1], w[2], w[3]};
   }
 
