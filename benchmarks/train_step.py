@@ -281,6 +281,11 @@ class Setup:
     lr: float = 1e-3
 
 
+def autocast(setup: Setup) -> torch.autocast:
+    """The step's autocast context: ``setup.autocast``'s dtype, or off when it is None (float32)."""
+    return torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16, enabled=setup.autocast is not None)
+
+
 def make_step(model: nn.Module, setup: Setup, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """One training step of ``model`` on the batch (x, y): forward and loss (under autocast when
     set), backward, SGD with momentum."""
@@ -288,9 +293,7 @@ def make_step(model: nn.Module, setup: Setup, x: torch.Tensor, y: torch.Tensor) 
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(
-            setup.device.type, dtype=setup.autocast or torch.bfloat16, enabled=setup.autocast is not None
-        ):
+        with autocast(setup):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
@@ -310,12 +313,7 @@ def site_inputs(model: nn.Module, sites: Sequence[Site], setup: Setup, x: torch.
         for s in sites
     ]
     try:
-        with (
-            torch.no_grad(),
-            torch.autocast(
-                setup.device.type, dtype=setup.autocast or torch.bfloat16, enabled=setup.autocast is not None
-            ),
-        ):
+        with torch.no_grad(), autocast(setup):
             model(x)
     finally:
         for h in hooks:
@@ -362,9 +360,7 @@ def step_saved_bytes(model: nn.Module, setup: Setup, x: torch.Tensor, y: torch.T
     """Bytes the whole forward and loss keep for backward (weights included)."""
 
     def loss(t):
-        with torch.autocast(
-            setup.device.type, dtype=setup.autocast or torch.bfloat16, enabled=setup.autocast is not None
-        ):
+        with autocast(setup):
             return F.cross_entropy(model(t), y)
 
     return measure.saved_bytes_for_backward(loss, x)
