@@ -163,7 +163,7 @@ write_summary() {
       if [[ -f $OUTDIR/$step/train_step.md ]]; then
         echo
         echo "targets of $step (train_step):"
-        grep -E '^- (MET|NOT MET|not measured):' "$OUTDIR/$step/train_step.md"
+        grep -E '^- (MET|NOT MET|UNRESOLVED|not measured):' "$OUTDIR/$step/train_step.md"
       fi
     done
   } >"$SUMMARY"
