@@ -99,7 +99,7 @@ def test_gpu_check_counts_failed_steps_lists_skips_and_targets(tmp_path):
     # The targets of both benchmark runs follow the steps (the compiled run's measured ones only).
     assert summary.count("NOT MET       backward <= 1.1x copy") == 2 and summary.count("NOT MEASURED") == 1
     # Then the training-step targets of both of its steps.
-    assert summary.count("- MET: ours adds <= 5% to an eager step") == 2
+    assert summary.count("- MET: ours' DropBlock layers take <= 5% of an eager step") == 2
     assert "targets of train_step (train_step):" in summary and "targets of train_step_compiled" in summary
     assert sorted(path.name for path in out.iterdir()) == [
         "gpu_bench.md",
