@@ -708,8 +708,11 @@ def _finite(r: dict, key: str) -> bool:
 # layer passes' share of the step decides and the step overhead is reported; compiled, the layers
 # cannot be timed apart from their fused neighbours and the step decides.
 OVERHEAD_MEASURES = {
-    "eager": ("layers_pct_of_step", "ours' DropBlock layers take <= {limit:g}% of an eager step (paper's settings; "
-              "the layer passes' median / the no-DropBlock eager step)"),
+    "eager": (
+        "layers_pct_of_step",
+        "ours' DropBlock layers take <= {limit:g}% of an eager step (paper's settings; "
+        "the layer passes' median / the no-DropBlock eager step)",
+    ),
     "compile": ("overhead_pct", "ours adds <= {limit:g}% to a compile step (paper's settings)"),
 }
 
