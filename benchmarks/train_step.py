@@ -984,7 +984,7 @@ def write_plot(result: dict, path: str) -> bool:
             ax,
             models,
             ylabel="% of the no-DropBlock step",
-            title=title + (" (dashed: the target for ours)" if limit is not None else ""),
+            title=title + (" (dashed: target)" if limit is not None else ""),
             baseline=0.0,
         )
     reporting.legend_below(fig, axes[0][0])
