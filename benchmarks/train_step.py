@@ -37,8 +37,9 @@ step, and the interquartile range) and ``layers_pct_of_step`` (of the no-DropBlo
 Eager only: under ``torch.compile`` the peers' elementwise ops fuse into the neighbouring kernels,
 which a layer timed alone does not capture, and a layer compiled alone pays a compiled region's
 call cost (guards, the autograd wrapper: about 0.1 ms a site on a 2-core CPU at batch 2, about as
-much as the layer itself) that the step pays once per block; compiled, only the step numbers stand. Timed alone, a
-layer's input is as warm in the caches as the rounds leave it, not as the step's previous op does.
+much as the layer itself) that the step pays once per block; compiled, only the step numbers
+stand. Timed alone, a layer's input is as warm in the caches as the rounds leave it, not as the
+step's previous op does.
 
 Ours against each peer (both mask modes, every model), paired by round, as ours / peer - 1
 (``paired_comparisons``): eagerly the layer passes decide (met when the median over the rounds
