@@ -12,6 +12,7 @@ Every timing function takes ``call(i)``, ``i`` the running index of the call, so
 can rotate its inputs (``inputs[i % len(inputs)]``) and keep the working set larger than a cache.
 """
 
+import fractions
 import math
 import statistics
 import time
@@ -199,6 +200,28 @@ def quantile(values: Sequence[float], q: float) -> float:
     pos = q * (len(ordered) - 1)
     lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def median_confidence_interval(values: Sequence[float], confidence: float = 0.95) -> Tuple[float, float]:
+    """A distribution-free interval that holds the median of the distribution ``values`` were
+    drawn from with probability at least ``confidence``: the order statistics x_(j) and
+    x_(n+1-j), j the largest rank with P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2 (the
+    sign-test interval; it assumes independent draws, nothing about their distribution). (-inf,
+    inf) when n is too small for any such j (fewer than 6 values at 95%)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    # In integers, exactly (2^-n underflows past a thousand rounds): ways = 2^n P(Binomial < j + 1).
+    tail = fractions.Fraction((1.0 - confidence) / 2.0).limit_denominator(10**9)
+    j, ways, term = 0, 0, 1  # term = C(n, j)
+    while n and j < n // 2:
+        ways += term
+        if ways * tail.denominator > tail.numerator * 2**n:
+            break
+        term = term * (n - j) // (j + 1)
+        j += 1
+    if j == 0:
+        return float("-inf"), float("inf")
+    return ordered[j - 1], ordered[n - j]
 
 
 def median(values: Sequence[float]) -> float:

@@ -471,10 +471,15 @@ def time_layer_passes(
     return measure.interleaved_rounds(passes, rounds, device)
 
 
+def paired_ratios(times: Sequence[float], base: Sequence[float]) -> List[float]:
+    """(time / base time of the same round - 1) in %, round by round."""
+    return [100.0 * (t / b - 1.0) for t, b in zip(times, base)]
+
+
 def overhead_stats(times: Sequence[float], base: Sequence[float]) -> Tuple[float, float, float]:
-    """Median, 25th and 75th percentile over the rounds of (time / base time of the same round - 1), in %:
-    a variant's overhead over the no-DropBlock step, and ours against a peer."""
-    ratios = [100.0 * (t / b - 1.0) for t, b in zip(times, base)]
+    """Median, 25th and 75th percentile over the rounds of ``paired_ratios``, in %: a variant's
+    overhead over the no-DropBlock step, and ours against a peer."""
+    ratios = paired_ratios(times, base)
     return statistics.median(ratios), measure.quantile(ratios, 0.25), measure.quantile(ratios, 0.75)
 
 
@@ -629,7 +634,8 @@ def paired_comparisons(
     model: str, step_ms: Dict[Tuple[str, str], List[float]], layer_ms: Dict[str, List[float]]
 ) -> List[dict]:
     """Ours (each mask mode) against each peer of one model, paired by round: the median, 25th
-    and 75th percentile of (ours / peer - 1) in %, over the rounds of the layer passes (``timed``
+    and 75th percentile of (ours / peer - 1) in %, and the median's 95% confidence interval
+    (``measure.median_confidence_interval``), over the rounds of the layer passes (``timed``
     "layers", eager) and of the steps of each mode (``timed`` "step"). Negative: ours cheaper."""
     comparisons = []
     for ours in OURS:
@@ -642,6 +648,7 @@ def paired_comparisons(
                 if mine is None or theirs is None:
                     continue
                 pct, q25, q75 = overhead_stats(mine, theirs)
+                ci_lo, ci_hi = measure.median_confidence_interval(paired_ratios(mine, theirs))
                 comparisons.append(
                     dict(
                         model=model,
@@ -652,6 +659,8 @@ def paired_comparisons(
                         pct=pct,
                         q25_pct=q25,
                         q75_pct=q75,
+                        ci_lo_pct=ci_lo,
+                        ci_hi_pct=ci_hi,
                         rounds=len(mine),
                     )
                 )
@@ -668,7 +677,8 @@ def paired_comparisons(
 # timed alone does not capture).
 PEER_TARGETS = {
     "eager": "ours' DropBlock layers cost less than each peer's (eager, every model, both mask modes): "
-    "per round, ours' layer pass / the peer's - 1; MET when its median is below 0",
+    "per round, ours' layer pass / the peer's - 1; MET when its median's 95% confidence interval is below 0, "
+    "unresolved when only its median is",
     "compile": "the compiled step with ours costs less than with each peer (both mask modes): per round, the step "
     "with ours / the step with the peer - 1; MET when its 75th percentile is below 0, unresolved when only its "
     "median is",
@@ -678,16 +688,17 @@ PEER_TARGETS = {
 def peer_outcome(comparison: dict) -> str:
     """The outcome of one comparison of ``paired_comparisons``: "met", "unresolved" or "not met".
     The layer passes (eager) are timed in many rounds (at least ``--layer-min-rounds``), each a
-    small fraction of a step: the median of ours / peer - 1 decides. A compiled step is timed in a
-    handful of rounds, and its noise dwarfs DropBlock's share of it: met only when the 75th
-    percentile is below 0 (ours cheaper in three rounds of four), unresolved when the median is
-    below 0 but the 75th percentile is not. A median at or above 0 is "not met" in both, however
-    wide the range: noise never turns ours being slower into "unresolved"."""
+    small fraction of a step: met when the whole 95% confidence interval of the median of ours /
+    peer - 1 is below 0, unresolved when only the median is. A compiled step is timed in a
+    handful of rounds (too few for a useful interval: at 7 it is the range), and its noise dwarfs
+    DropBlock's share of it: met only when the 75th percentile is below 0 (ours cheaper in three
+    rounds of four), unresolved when the median is below 0 but the 75th percentile is not. A
+    median at or above 0 is "not met" in both, however wide the range: noise never turns ours
+    being slower into "unresolved"."""
     if not comparison["pct"] < 0:
         return "not met"
-    if comparison["timed"] == "step" and not comparison["q75_pct"] < 0:
-        return "unresolved"
-    return "met"
+    bound = comparison["q75_pct"] if comparison["timed"] == "step" else comparison["ci_hi_pct"]
+    return "met" if bound < 0 else "unresolved"
 
 
 def verdict_status(verdict: dict) -> str:
@@ -893,11 +904,14 @@ def comparison_table(comparisons: Sequence[dict]) -> List[str]:
         "",
         "Ours against each peer, paired by round: ours / peer - 1 in %, median [25th, 75th percentile] over "
         "the rounds; negative: ours cheaper. eager layers: the layer passes above (what the eager peer target "
-        "is judged on); eager step: the eager steps (reported only: their noise is larger than the layers' cost); "
-        "compile step: the compiled steps (what the compile peer target is judged on).",
+        "is judged on, with the 95% confidence interval of the median); eager step: the eager steps (reported "
+        "only: their noise is larger than the layers' cost); compile step: the compiled steps (what the compile "
+        "peer target is judged on).",
         "",
-        "| model | ours | peer | " + " | ".join(f"{mode} {timed} %" for mode, timed in columns) + " | outcome |",
-        "|---|---|---|" + "---:|" * len(columns) + "---|",
+        "| model | ours | peer | "
+        + " | ".join(f"{mode} {timed} %" + (" | 95% CI" if timed == "layers" else "") for mode, timed in columns)
+        + " | outcome |",
+        "|---|---|---|" + "".join("---:|---:|" if timed == "layers" else "---:|" for _, timed in columns) + "---|",
     ]
     for model, ours, peer in dict.fromkeys((c["model"], c["ours"], c["peer"]) for c in comparisons):
         cells = [model, ours, peer]
@@ -905,6 +919,8 @@ def comparison_table(comparisons: Sequence[dict]) -> List[str]:
         for mode, timed in columns:
             c = by.get((model, ours, peer, mode, timed))
             cells.append(_with_iqr(c["pct"], c["q25_pct"], c["q75_pct"]) if c else "-")
+            if timed == "layers":
+                cells.append(f"[{fmt(c['ci_lo_pct'], '{:+.1f}')}, {fmt(c['ci_hi_pct'], '{:+.1f}')}]" if c else "-")
             if c and (mode, timed) in judged:
                 outcomes.append(f"{mode}: {peer_outcome(c)}")
         lines.append("| " + " | ".join(cells + ["; ".join(outcomes)]) + " |")

@@ -7,6 +7,7 @@ in range; its CUDA settings and batch fitting are checked without a GPU.
 import csv
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from benchmark_helpers import assert_png, quiet_config
 
 import dropblock_cuda
+from benchmarks import measure
 from benchmarks import train_step as ts
 
 pytest.importorskip("timm")
@@ -236,15 +238,33 @@ def test_target_verdicts_count_each_case():
     assert ts.verdict_status(verdicts[ts.PEER_TARGETS["eager"]]) == "not measured"
 
 
-def _pair(model, ours, peer, mode, timed, pct, q25, q75):
-    return dict(model=model, mode=mode, timed=timed, ours=ours, peer=peer, pct=pct, q25_pct=q25, q75_pct=q75, rounds=9)
+def _pair(model, ours, peer, mode, timed, pct, q25, q75, ci=None):
+    lo, hi = ci if ci is not None else (q25, q75)  # the median's interval: the quartiles unless given
+    return dict(
+        model=model,
+        mode=mode,
+        timed=timed,
+        ours=ours,
+        peer=peer,
+        pct=pct,
+        q25_pct=q25,
+        q75_pct=q75,
+        ci_lo_pct=lo,
+        ci_hi_pct=hi,
+        rounds=9,
+    )
 
 
-def test_peer_outcome_eager_by_the_layers_median_compile_by_the_steps_iqr():
-    eager = lambda pct, q25, q75: ts.peer_outcome(_pair("m", "ours", "timm", "eager", "layers", pct, q25, q75))
+def test_peer_outcome_eager_by_the_layers_median_interval_compile_by_the_steps_iqr():
+    def eager(pct, q25, q75, ci=None):
+        return ts.peer_outcome(_pair("m", "ours", "timm", "eager", "layers", pct, q25, q75, ci))
+
     compiled = lambda pct, q25, q75: ts.peer_outcome(_pair("m", "ours", "timm", "compile", "step", pct, q25, q75))
     assert eager(-40.0, -50.0, -30.0) == "met"  # a clear win
-    assert eager(-5.0, -20.0, +10.0) == "met"  # the layers' median decides, however the rounds scatter
+    # The median's interval decides, however widely single rounds scatter.
+    assert eager(-5.0, -20.0, +10.0, ci=(-8.0, -2.0)) == "met"
+    assert eager(-5.0, -20.0, +10.0, ci=(-9.0, +1.0)) == "unresolved"
+    assert eager(-5.0, -20.0, +10.0, ci=(float("-inf"), float("inf"))) == "unresolved"  # too few rounds
     assert eager(+3.0, -10.0, +15.0) == "not met"  # ours slower in the median round
     assert eager(0.0, -1.0, +1.0) == "not met"  # a tie is not "costs less"
     assert compiled(-8.0, -10.0, -5.0) == "met"  # the whole range below 0
@@ -307,8 +327,8 @@ def test_markdown_lists_unresolved_cases_and_the_paired_comparisons():
     }
     md = ts.markdown(result)
     assert (
-        "| tv_resnet18 | ours | timm | -30.0 [-40.0, -20.0] | -1.0 [-5.0, +3.0] | eager: met; compile: unresolved |"
-        in md
+        "| tv_resnet18 | ours | timm | -30.0 [-40.0, -20.0] | [-40.0, -20.0] | -1.0 [-5.0, +3.0] "
+        "| eager: met; compile: unresolved |" in md
     )
     assert f"- UNRESOLVED: {ts.PEER_TARGETS['compile']}: 0 of 1 met; worst -1.0% (tv_resnet18 ours vs timm); " in md
     assert md.rstrip().count("unresolved: tv_resnet18 ours vs timm") == 1
@@ -608,3 +628,32 @@ def test_plot_panels_mark_what_each_target_is_judged_on():
     # Without layer costs (an older result) the eager panel is the step overhead alone, unjudged.
     del eager["layers_pct_of_step"]
     assert [(mode, limit) for mode, _, _, limit in ts._plot_panels({"rows": [eager]})] == [("eager", None)]
+
+
+def test_median_confidence_interval_is_the_sign_test_interval():
+    # n = 50 at 95%: the 18th and 33rd order statistics (P(Binomial(50, 1/2) < 18) = 0.0164 <= 0.025,
+    # P(< 19) = 0.0325 > 0.025).
+    assert measure.median_confidence_interval([float(v) for v in range(50, 0, -1)]) == (18.0, 33.0)
+    assert measure.median_confidence_interval(list(range(6))) == (0, 5)  # P(Binomial(6, 1/2) < 1) = 1/64
+    assert measure.median_confidence_interval(list(range(5))) == (float("-inf"), float("inf"))
+    lo, hi = measure.median_confidence_interval(list(range(5000)))  # 2^-5000 underflows a float
+    assert (lo, hi) == (2430, 2569)  # about 2500 -+ 1.96 * sqrt(5000) / 2
+    # Coverage: the interval of 30 draws holds the true median in at least 95% of 2000 samples, with a
+    # tolerance of 3 standard errors of a 95% proportion over 2000 trials (0.0049 each).
+    rng = random.Random(0)
+    hits = 0
+    for _ in range(2000):
+        lo, hi = measure.median_confidence_interval([rng.expovariate(1.0) for _ in range(30)])
+        hits += lo <= math.log(2.0) <= hi
+    assert hits / 2000 >= 0.95 - 3 * math.sqrt(0.95 * 0.05 / 2000)
+
+
+def test_paired_comparisons_carry_the_medians_interval():
+    mine = [1.0 + 0.01 * (i % 7) for i in range(40)]
+    theirs = [1.2] * 40
+    (layers,) = ts.paired_comparisons("m", {}, {"ours": mine, "timm": theirs})[:1]
+    ratios = sorted(100.0 * (a / b - 1.0) for a, b in zip(mine, theirs))
+    assert (layers["timed"], layers["peer"]) == ("layers", "timm")
+    assert (layers["ci_lo_pct"], layers["ci_hi_pct"]) == measure.median_confidence_interval(ratios)
+    assert layers["ci_lo_pct"] <= layers["pct"] <= layers["ci_hi_pct"] < 0
+    assert ts.peer_outcome(layers) == "met"
