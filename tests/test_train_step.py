@@ -240,19 +240,8 @@ def test_target_verdicts_count_each_case():
 
 def _pair(model, ours, peer, mode, timed, pct, q25, q75, ci=None):
     lo, hi = ci if ci is not None else (q25, q75)  # the median's interval: the quartiles unless given
-    return dict(
-        model=model,
-        mode=mode,
-        timed=timed,
-        ours=ours,
-        peer=peer,
-        pct=pct,
-        q25_pct=q25,
-        q75_pct=q75,
-        ci_lo_pct=lo,
-        ci_hi_pct=hi,
-        rounds=9,
-    )
+    keys = ("model", "mode", "timed", "ours", "peer", "pct", "q25_pct", "q75_pct", "ci_lo_pct", "ci_hi_pct")
+    return dict(zip(keys, (model, mode, timed, ours, peer, pct, q25, q75, lo, hi)), rounds=9)
 
 
 def test_peer_outcome_eager_by_the_layers_median_interval_compile_by_the_steps_iqr():
