@@ -42,8 +42,9 @@ stand. Timed alone, a layer's input is as warm in the caches as the rounds leave
 step's previous op does.
 
 Ours against each peer (both mask modes, every model), paired by round, as ours / peer - 1
-(``paired_comparisons``): eagerly the layer passes decide (met when the median over the rounds
-is below 0); compiled the steps do, and a case is met only when the 75th percentile is below 0,
+(``paired_comparisons``): eagerly the layer passes decide (met when the 95% confidence interval
+of the median over the rounds is below 0, unresolved when only the median is); compiled the steps
+do, and a case is met only when the 75th percentile is below 0,
 "unresolved" when only the median is, and not met when the median is not below 0 (``peer_outcome``).
 
 ``torch.compile``: ``--compile-scope blocks`` (the default) compiles every residual block
