@@ -50,13 +50,13 @@ C10_HOST_DEVICE inline SeedGrid make_seed_grid(const MaskGeometry& g) {
   return s;
 }
 
-// Position (z, y, x) of logical index g in its plane.
 // Offset of logical index g in its plane: g % (D * H * W).
 C10_HOST_DEVICE inline int64_t plane_offset(const SeedGrid& s, int64_t g) {
   return s.small ? g - static_cast<int64_t>(divide(s.by_plane, static_cast<uint64_t>(g))) * s.plane_numel
                  : g % s.plane_numel;
 }
 
+// Position (z, y, x) of logical index g in its plane.
 C10_HOST_DEVICE inline void position_in_plane(const SeedGrid& s, int64_t g, int64_t& z, int64_t& y, int64_t& x) {
   const int64_t H = s.size[1], W = s.size[2];
   if (s.small) {

@@ -223,7 +223,7 @@ int seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padded
   // branching on each chunk's count mispredicted about once a chunk, where half the chunks need no
   // position and most others one; a counting sort's counters chained through memory and cost more.
   constexpr int kFirstCandidates = 12;  // bytes of words 1..3 of the first call
-  int need[kChunkBatch], seeded[kChunkBatch];
+  int need[kChunkBatch];
   int ones[kChunkBatch], more[kChunkBatch];
   for (int i = 0; i < n; ++i) {
     need[i] = counts[i] <= kChunk / 2 ? counts[i] : kChunk - counts[i];
@@ -233,19 +233,14 @@ int seeds_of_chunks(uint64_t first, int n, PhiloxKey key, const uint64_t* padded
     which[with_seeds] = i;
     with_seeds += counts[i] > 0 ? 1 : 0;
   }
-  int listed = 0;
+  int one = 0, many = 0;  // from the chunks with seeds: K = 256 needs no position and joins neither
   for (int t = 0; t < with_seeds; ++t) {
-    seeded[listed] = which[t];
-    listed += need[which[t]] > 0 ? 1 : 0;
+    ones[one] = which[t];
+    one += need[which[t]] == 1 ? 1 : 0;
   }
-  int one = 0, many = 0;
-  for (int t = 0; t < listed; ++t) {
-    ones[one] = seeded[t];
-    one += need[seeded[t]] == 1 ? 1 : 0;
-  }
-  for (int t = 0; t < listed; ++t) {
-    more[many] = seeded[t];
-    many += need[seeded[t]] > 1 ? 1 : 0;
+  for (int t = 0; t < with_seeds; ++t) {
+    more[many] = which[t];
+    many += need[which[t]] > 1 ? 1 : 0;
   }
   uint64_t chosen[kChunkBatch][4];  // of the chunks with seeds only
   int have[kChunkBatch];
