@@ -64,6 +64,7 @@ Results: ``train_step.{csv,json,md,png}`` in ``benchmarks/results/`` (``--out``)
 
 import argparse
 import copy
+import math
 import os
 import statistics
 import sys
@@ -477,11 +478,14 @@ def paired_ratios(times: Sequence[float], base: Sequence[float]) -> List[float]:
     return [100.0 * (t / b - 1.0) for t, b in zip(times, base)]
 
 
-def overhead_stats(times: Sequence[float], base: Sequence[float]) -> Tuple[float, float, float]:
-    """Median, 25th and 75th percentile over the rounds of ``paired_ratios``, in %: a variant's
-    overhead over the no-DropBlock step, and ours against a peer."""
-    ratios = paired_ratios(times, base)
+def ratio_stats(ratios: Sequence[float]) -> Tuple[float, float, float]:
+    """Median, 25th and 75th percentile of per-round ratios."""
     return statistics.median(ratios), measure.quantile(ratios, 0.25), measure.quantile(ratios, 0.75)
+
+
+def overhead_stats(times: Sequence[float], base: Sequence[float]) -> Tuple[float, float, float]:
+    """``ratio_stats`` of ``paired_ratios``, in %: a variant's overhead over the no-DropBlock step."""
+    return ratio_stats(paired_ratios(times, base))
 
 
 def _inputs(setup: Setup, seed: int):
@@ -648,8 +652,9 @@ def paired_comparisons(
             for timed, mode, mine, theirs in pairs:
                 if mine is None or theirs is None:
                     continue
-                pct, q25, q75 = overhead_stats(mine, theirs)
-                ci_lo, ci_hi = measure.median_confidence_interval(paired_ratios(mine, theirs))
+                ratios = paired_ratios(mine, theirs)
+                pct, q25, q75 = ratio_stats(ratios)
+                ci_lo, ci_hi = measure.median_confidence_interval(ratios)
                 comparisons.append(
                     dict(
                         model=model,
@@ -714,7 +719,7 @@ def verdict_status(verdict: dict) -> str:
 
 def _finite(r: dict, key: str) -> bool:
     v = r.get(key)
-    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 # What the overhead targets (``TARGETS``) are judged on, per mode, and how a verdict names it: the
@@ -1241,7 +1246,9 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
     args = cli.resolve_defaults(
         build_parser().parse_args(argv),
         quick=quick,
-        full=dict(models=list(DEFAULT_MODELS), modes=list(MODES), rounds=None, warmup=2, layer_seconds=2.5),
+        full=dict(
+            models=list(DEFAULT_MODELS), modes=list(MODES), rounds=None, warmup=2, layer_seconds=Config.layer_seconds
+        ),
     )
     compile_models = (
         () if args.compile_models is None else (None if args.compile_models == ["all"] else args.compile_models)
