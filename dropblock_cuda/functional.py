@@ -212,15 +212,19 @@ def _drop_block_checked(
         seed = torch.randint(-9223372036854775807 - 1, 9223372036854775807, (), dtype=torch.int64, device=input.device)
     else:
         seed = _draw_seed(input.device, generator)
-    seed_p = p if gamma_scale == 1.0 else p * gamma_scale
     if compiling:
         # p travels as a tensor on the input's device, so that a scheduled p stays a graph input.
         # Inductor keeps a changing p symbolic only through tensor arithmetic (its
         # tensorify_python_scalars pass): `zeros + p` stays symbolic, while torch.full(p)
-        # would specialize p and recompile the graph for every value.
-        drop_probability = torch.zeros((), dtype=torch.float64, device=input.device) + seed_p
+        # would specialize p and recompile the graph for every value. So does p * gamma_scale
+        # taken as Python floats on torch 2.11 (timm's stage-3 layers): the product is taken on
+        # the tensor, the same IEEE double product (zeros + p is p exactly).
+        drop_probability = torch.zeros((), dtype=torch.float64, device=input.device) + p
+        if gamma_scale != 1.0:
+            drop_probability = drop_probability * gamma_scale
     else:
         # Eagerly, p stays on the CPU: the CUDA kernels take it by value (no fill kernel, no copy).
+        seed_p = p if gamma_scale == 1.0 else p * gamma_scale
         drop_probability = torch.full((), seed_p, dtype=torch.float64, device="cpu")
     ops = torch.ops.dropblock_cuda
     mask, scale = ops.drop_block_mask(input, seed, drop_probability, block_size, eps, shared_channels)

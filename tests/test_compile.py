@@ -167,6 +167,25 @@ def test_scheduler_ramp_compiles_at_most_twice(backend):
     assert counter.frame_count <= 2
 
 
+@p_is_a_graph_input
+def test_gamma_scale_keeps_p_a_graph_input_and_draws_the_eager_mask():
+    """With gamma_scale != 1 the seed rate is p * gamma_scale. Taken as Python floats, torch 2.11's
+    Dynamo could not keep the product symbolic and recompiled for every p (timm's stage-3 layers:
+    gamma_scale 0.25, p ramped every step); it is taken on the tensor, the same double product."""
+    model = nn.Sequential(DropBlock2d(0.0, 3, gamma_scale=0.25), nn.ReLU(), DropBlock2d(0.0, 3, gamma_scale=0.5))
+    counter = CompileCounterWithBackend("aot_eager")  # aot_eager draws the key as eager does
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    x = torch.ones(2, 3, 16, 16)
+    for p in (0.0, 0.3, 0.6, 0.9, 1.0):
+        model[0].p = model[2].p = p
+        torch.manual_seed(7)
+        got = compiled(x)
+        torch.manual_seed(7)
+        assert_equal(got, model(x))
+        assert (got == 0).any() == (p > 0)
+    assert counter.frame_count <= 2
+
+
 def test_compiled_inplace_writes_into_the_input():
     drop = DropBlock2d(0.3, 3, inplace=True)
     compiled = torch.compile(drop, fullgraph=True, backend="aot_eager")

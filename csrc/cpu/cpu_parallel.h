@@ -14,8 +14,6 @@ namespace dropblock {
 // started with fork then runs small tensors on its own thread, as torch's own ops do.
 constexpr int64_t kGrainElements = at::internal::GRAIN_SIZE;
 
-// at::parallel_for over `units` units of work that hold `elements` elements in all: serial up to
-// kGrainElements elements, else in ranges of about kGrainElements elements or more.
 // The grain (units per task) for `units` units of work that hold `elements` elements in all:
 // all of them up to kGrainElements elements (serial), else about kGrainElements elements or more.
 inline int64_t parallel_grain(int64_t units, int64_t elements) {
@@ -23,6 +21,8 @@ inline int64_t parallel_grain(int64_t units, int64_t elements) {
   return elements <= kGrainElements ? std::max<int64_t>(1, units) : std::max<int64_t>(1, kGrainElements / per_unit);
 }
 
+// at::parallel_for over `units` units of work that hold `elements` elements in all, in tasks of
+// parallel_grain's size.
 template <typename F>
 void parallel_over(int64_t units, int64_t elements, const F& f) {
   if (units <= 0) {
