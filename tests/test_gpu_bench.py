@@ -126,7 +126,7 @@ def test_gpu_bench_case_runs_on_the_cpu_kernels(fresh_dynamo):
     # A dry run of one case on CPU tensors (the host clock for the CUDA events): every
     # measurement (both mask paths, channels_last, torchvision, the compiled reference) runs and
     # lands in the table. The CUDA graph replay needs a GPU: its error is recorded instead.
-    from torchvision.ops import drop_block2d as tv_drop_block2d
+    tv_drop_block2d = pytest.importorskip("torchvision.ops").drop_block2d
 
     run = gpu_bench.Run(Timing(repeats=2, calls=1, warmup=1), l2_bytes=2**20, device="cpu")
     subjects = gpu_bench.Subjects(
