@@ -200,5 +200,8 @@ def test_quick_is_the_smoke_run_of_the_shared_flags():
 def test_mask_op_alone_draws_a_fresh_key_every_call():
     fn = peers.mask_op_impl().make(0.5, 3, torch.float32, torch.device("cpu"))
     x = torch.empty(2, 4, 16, 16)
-    first, second = fn(x)[0], fn(x)[0]
-    assert first.dtype == torch.uint8 and not torch.equal(first, second)
+    masks = [fn(x)[0] for _ in range(peers.MASK_KEYS + 1)]
+    assert masks[0].dtype == torch.uint8
+    # A cycle of MASK_KEYS keys made before the timing: every call of the cycle draws another mask.
+    assert len({m.numpy().tobytes() for m in masks[:-1]}) == peers.MASK_KEYS
+    assert torch.equal(masks[-1], masks[0])
