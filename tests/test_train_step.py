@@ -5,6 +5,7 @@ in range; its CUDA settings and batch fitting are checked without a GPU.
 """
 
 import csv
+import importlib.util
 import json
 import math
 import random
@@ -381,7 +382,10 @@ def test_train_step_driver_writes_its_files(tmp_path):
     assert data["environment"]["git_commit"] in md and "Targets" in md and "| layers ms | layers % of step |" in md
     # A row per variant in the first table, one per (ours, peer) in the comparisons.
     assert md.count("| timm_resnet18 |") == md.count("| tv_resnet18 |") == len(ts.VARIANTS) + 2 * 3
-    assert_png(files["png"])
+    if importlib.util.find_spec("matplotlib") is None:  # the plot is skipped, and says so
+        assert "png" not in files and "plot: matplotlib not installed" in result["skipped"]
+    else:
+        assert_png(files["png"])
 
 
 def _tiny_specs(monkeypatch):
@@ -436,14 +440,16 @@ def test_compiled_copy_compiles_each_block_and_leaves_the_model(fresh_dynamo):
 
 
 def test_train_step_reports_a_failed_peer_and_times_the_rest(tmp_path):
-    # At 64 px torchvision's DropBlock2d clamps block 5 to the 4x4 stage-3 maps and refuses the
-    # even size: reported as FAILED, not timed; the others run.
+    # At 64 px torchvision's DropBlock2d clamps block 5 to the 4x4 stage-3 maps: torchvision 0.26 and
+    # later refuse the even size, 0.21 fails on a shape mismatch. Either way reported as FAILED, not
+    # timed; the others run.
     result = ts.run_train_step(
         _tiny(tmp_path, models=["timm_resnet18"], variants=["ours", "torchvision"], image_size=64)
     )
     by = {r["variant"]: r for r in result["rows"]}
     assert set(by) == {"none", "ours", "torchvision"}  # none is always measured: the overheads are over it
-    assert by["torchvision"]["status"] == "FAILED" and "odd" in by["torchvision"]["reason"]
+    reason = by["torchvision"]["reason"]
+    assert by["torchvision"]["status"] == "FAILED" and ("odd" in reason or "must match the size" in reason), reason
     assert "step_ms" not in by["torchvision"] and by["ours"]["step_ms"] > 0
     assert "FAILED" in Path(result["files"]["md"]).read_text()
 
