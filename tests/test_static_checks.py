@@ -11,6 +11,7 @@
   GPU, so a NameError there would otherwise wait for the first GPU run to show.
   The GPU-only Python modules themselves get the same name check.
 * The concurrency test of tests/test_cuda.py, run on the CPU kernels (a dry run of its code).
+* Every shell script parses (`bash -n`): some run only on a GPU machine or by hand.
 """
 
 import ast
@@ -273,3 +274,30 @@ def test_the_many_keys_gpu_test_runs_on_the_cpu_kernels(mask_kernel):
     shape, block, p = test_cuda.CONCURRENCY_CASES[1]
     test_cuda.check_many_keys(shape, block, p, mask_kernel, device="cpu", keys=40)
     assert mask_kernel("auto") == "scatter"  # the last path the check set; the fixture restores the one found
+
+
+# ------------------------------------------------------------------------------------------
+# Shell scripts
+# ------------------------------------------------------------------------------------------
+
+# Scripts CI runs only in part (gpu_check.sh as a dry run) or not at all (the GPU-image rehearsal).
+SHELL_SCRIPTS = sorted(
+    p.relative_to(ROOT).as_posix() for d in ("tests", "benchmarks", ".ci") for p in (ROOT / d).glob("*.sh")
+)
+SHELL_SCRIPTS += [".ci/run"]
+
+
+def test_shell_scripts_are_found():
+    assert {"benchmarks/gpu_check.sh", "tests/run_gpu_image_rehearsal.sh", "tests/run.sh"} <= set(SHELL_SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS)
+def test_shell_script_parses(script):
+    result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_shell_script_check_finds_a_syntax_error(tmp_path):
+    broken = tmp_path / "broken.sh"
+    broken.write_text("if true; then\n  echo unclosed\n")
+    assert subprocess.run(["bash", "-n", str(broken)], capture_output=True).returncode != 0
