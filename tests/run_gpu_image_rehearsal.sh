@@ -9,8 +9,10 @@
 #
 # Environment: REHEARSAL_VENV (default .venv-gpu-image), REHEARSAL_PYTHON (default python3.12),
 # REHEARSAL_TORCH / REHEARSAL_TORCHVISION (default 2.11.0 / 0.26.0, the image's as of 2026-11).
-# The image has neither `dropblock` nor `expecttest`: they are left out here too, so that a test
-# that needs them without skipping fails here first.
+# The test environment is tests/requirements.txt with the image's torch and torchvision, less what
+# the image lacks (`dropblock`, `expecttest`, and the style tools ruff and clang-format, whose test
+# skips without them), so that a test that needs them without skipping fails here first; plus
+# pytest-xdist and setuptools, which the check's build and pytest steps use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${REHEARSAL_VENV:-.venv-gpu-image}
@@ -19,9 +21,10 @@ torch_version=${REHEARSAL_TORCH:-2.11.0}
 torchvision_version=${REHEARSAL_TORCHVISION:-0.26.0}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 venv=$(cd "$venv" && pwd)
+mapfile -t needs < <(grep -v -E '^[[:space:]]*(#|$)' tests/requirements.txt | grep -v -E '^(torch|torchvision)==' |
+  grep -v -x -E 'dropblock|expecttest|ruff|clang-format')
 "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==$torch_version" \
-  "torchvision==$torchvision_version" timm numpy pytest pytest-xdist hypothesis matplotlib tqdm onnx \
-  onnxscript onnxruntime scikit-learn ninja pybind11 setuptools wheel
+  "torchvision==$torchvision_version" "${needs[@]}" pytest-xdist setuptools
 
 # The build step of gpu_check.sh: in place, no index, for sm_90 (the H100/H200 the device lends).
 # Into a copy of the tree: the in-place build must not replace the main suite's dropblock_cuda/_C*.so.
